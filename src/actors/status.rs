@@ -1,0 +1,232 @@
+//! `StatusActor`: the single writer to `report_queue`.
+//!
+//! Writes that arrive while a flush is running are collected and committed together in
+//! the next flush, in one transaction (inserts in one statement). A lone write is
+//! flushed at once, so batching adds no latency at low load. Each sender is answered
+//! after the commit. When `max_batch` writes are waiting, the actor stops reading its
+//! (bounded) mailbox until the running flush ends, so a slow database slows the senders
+//! instead of growing memory.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use diesel_async::AsyncConnection;
+use tokio::sync::{oneshot, Notify};
+use uuid::Uuid;
+
+use super::messages::{StatusStats, Write, WriteOp, WriteOutcome};
+use crate::db::{self, reports, DbError, DbPool};
+
+type Reply = oneshot::Sender<Result<WriteOutcome, DbError>>;
+
+/// Serialises and batches every database write of this process.
+pub struct StatusActor {
+    /// Connections for the flushes.
+    pool: DbPool,
+    /// Writes waiting for the next flush, with the channel to answer each sender.
+    pending: Vec<(WriteOp, Reply)>,
+    /// Whether a flush is running (at most one at a time keeps writes ordered).
+    flushing: bool,
+    /// Woken when a flush ends; lets the actor pause its mailbox while the batch is full.
+    flush_done: Arc<Notify>,
+    /// Most writes per flush, and the point where the mailbox pauses.
+    max_batch: usize,
+    /// Figures for the health endpoint.
+    stats: StatusStats,
+}
+
+impl StatusActor {
+    /// Mailbox bound: senders wait (back-pressure) when this many writes are queued.
+    pub const MAILBOX_CAPACITY: usize = 1024;
+
+    pub fn new(pool: DbPool) -> Self {
+        Self {
+            pool,
+            pending: Vec::new(),
+            flushing: false,
+            flush_done: Arc::new(Notify::new()),
+            max_batch: 256,
+            stats: StatusStats::default(),
+        }
+    }
+
+    fn start_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing || self.pending.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let take = self.pending.len().min(self.max_batch);
+        let batch: Vec<(WriteOp, Reply)> = self.pending.drain(..take).collect();
+        let pool = self.pool.clone();
+        let size = batch.len();
+        let started = Instant::now();
+        ctx.spawn(
+            async move { execute_batch(&pool, batch).await }
+                .into_actor(self)
+                .map(move |(), actor, ctx| {
+                    actor.flushing = false;
+                    actor.stats.flushes += 1;
+                    actor.stats.last_batch_size = size;
+                    actor.stats.last_flush_ms = started.elapsed().as_secs_f64() * 1e3;
+                    actor.flush_done.notify_waiters();
+                    actor.start_flush(ctx);
+                }),
+        );
+    }
+}
+
+impl Actor for StatusActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(Self::MAILBOX_CAPACITY);
+    }
+
+    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        // Never drop accepted writes: keep running until the last flush is done.
+        if self.flushing || !self.pending.is_empty() {
+            self.start_flush(ctx);
+            return Running::Continue;
+        }
+        Running::Stop
+    }
+}
+
+impl Supervised for StatusActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        tracing::warn!("StatusActor restarting");
+        self.flushing = false;
+    }
+}
+
+impl Handler<Write> for StatusActor {
+    type Result = ResponseFuture<Result<WriteOutcome, DbError>>;
+
+    fn handle(&mut self, msg: Write, ctx: &mut Self::Context) -> Self::Result {
+        let (reply, answer) = oneshot::channel();
+        self.pending.push((msg.0, reply));
+        self.start_flush(ctx);
+        if self.pending.len() >= self.max_batch {
+            // A full batch is waiting: stop taking mail until the running flush ends.
+            let done = self.flush_done.clone().notified_owned();
+            ctx.wait(async move { done.await }.into_actor(self));
+        }
+        Box::pin(async move { answer.await.map_err(|_| DbError::WriterGone)? })
+    }
+}
+
+impl Handler<super::messages::GetStatusStats> for StatusActor {
+    type Result = MessageResult<super::messages::GetStatusStats>;
+
+    fn handle(
+        &mut self,
+        _: super::messages::GetStatusStats,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let mut stats = self.stats.clone();
+        stats.pending = self.pending.len();
+        MessageResult(stats)
+    }
+}
+
+/// Runs one batch in a transaction. If the transaction fails, each write is tried on its
+/// own so one bad write cannot fail the others; if the database is unreachable, every
+/// sender gets that error.
+async fn execute_batch(pool: &DbPool, batch: Vec<(WriteOp, Reply)>) {
+    let mut conn = match db::connection(pool).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let message = e.to_string();
+            for (_, reply) in batch {
+                let _ = reply.send(Err(DbError::Pool(message.clone())));
+            }
+            return;
+        }
+    };
+    let ops: Vec<WriteOp> = batch.iter().map(|(op, _)| op.clone()).collect();
+    let together = conn
+        .transaction::<_, diesel::result::Error, _>(async |tx| apply_all(tx, &ops).await)
+        .await;
+    match together {
+        Ok(outcomes) => {
+            for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(error) if batch.len() == 1 => {
+            if let Some((_, reply)) = batch.into_iter().next() {
+                let _ = reply.send(Err(DbError::Query(error)));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, size = batch.len(), "batched write failed; retrying the writes one by one");
+            for (op, reply) in batch {
+                let single = vec![op];
+                let result = conn
+                    .transaction::<_, diesel::result::Error, _>(async |tx| {
+                        apply_all(tx, &single).await
+                    })
+                    .await
+                    .map_err(DbError::Query)
+                    .and_then(|mut outcomes| outcomes.pop().ok_or(DbError::WriterGone));
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// Applies the writes in order; all inserts go in one statement first, which is safe
+/// because nothing else in a batch can refer to a row inserted in the same batch
+/// (a sender only learns the id after its insert is answered).
+async fn apply_all(
+    conn: &mut diesel_async::AsyncPgConnection,
+    ops: &[WriteOp],
+) -> Result<Vec<WriteOutcome>, diesel::result::Error> {
+    let inserts: Vec<_> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Insert(row) => Some(row.clone()),
+            _ => None,
+        })
+        .collect();
+    let inserted: HashSet<Uuid> = reports::insert_many(conn, &inserts)
+        .await?
+        .into_iter()
+        .collect();
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for op in ops {
+        let outcome = match op {
+            WriteOp::Insert(row) => WriteOutcome::Inserted(inserted.contains(&row.id)),
+            WriteOp::Claim { id, stale_after_s } => {
+                WriteOutcome::Claim(reports::claim(conn, *id, *stale_after_s).await?)
+            }
+            WriteOp::Touch { id, attempt } => {
+                WriteOutcome::Applied(reports::touch(conn, *id, *attempt).await?)
+            }
+            WriteOp::EndAttempt { id, attempt, end } => {
+                WriteOutcome::Applied(reports::end_attempt(conn, *id, *attempt, end).await?)
+            }
+            WriteOp::MarkEnqueued(ids) => {
+                WriteOutcome::Count(reports::mark_enqueued(conn, ids).await?)
+            }
+            WriteOp::ResetFailed(id) => {
+                WriteOutcome::Applied(reports::reset_failed(conn, *id).await?)
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// Sends one write and waits for its commit; the mailbox bound applies (back-pressure).
+pub async fn write(addr: &Addr<StatusActor>, op: WriteOp) -> Result<WriteOutcome, DbError> {
+    match tokio::time::timeout(Duration::from_secs(60), addr.send(Write(op))).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_mailbox)) => Err(DbError::WriterGone),
+        Err(_elapsed) => Err(DbError::Pool(
+            "the StatusActor did not answer within 60 s".into(),
+        )),
+    }
+}

@@ -1,0 +1,100 @@
+//! `GET /openapi.json`: the OpenAPI 3 description of every endpoint. Written by hand
+//! (no code generator, one less proc-macro crate to build); the test
+//! `openapi_document_lists_every_route` keeps it in step with [`super::configure`].
+
+use actix_web::HttpResponse;
+use serde_json::{json, Value};
+
+/// Every `(path, method)` the API serves; the OpenAPI test walks this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("/reports", "post"),
+    ("/reports", "get"),
+    ("/reports/{id}", "get"),
+    ("/reports/{id}/file", "get"),
+    ("/generate", "get"),
+    ("/health", "get"),
+    ("/health/live", "get"),
+    ("/health/ready", "get"),
+    ("/openapi.json", "get"),
+];
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+/// The document.
+pub fn spec() -> Value {
+    let id_param = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "reportd", "version": env!("CARGO_PKG_VERSION"), "description": "Submit report jobs, poll their status, fetch the result."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                    "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string", "nullable": true}}}}},
+                "ReportRequest": {"type": "object", "additionalProperties": false, "required": ["userId", "startDate", "endDate"], "properties": {
+                    "userId": {"type": "integer", "minimum": 1},
+                    "startDate": {"type": "string", "description": "ISO-8601 date or date-time"},
+                    "endDate": {"type": "string", "description": "ISO-8601 date or date-time; a date means the end of that day"}}},
+                "Accepted": {"type": "object", "properties": {"id": {"type": "string", "format": "uuid"}, "status": {"type": "string"}, "links": {"type": "object"}}},
+                "Report": {"type": "object", "properties": {
+                    "id": {"type": "string", "format": "uuid"},
+                    "status": {"type": "string", "enum": ["in-queue", "in-progress", "completed", "failed"]},
+                    "payload": {"$ref": "#/components/schemas/ReportRequest"},
+                    "reportUrl": {"type": "string", "nullable": true},
+                    "attempts": {"type": "integer"},
+                    "lastError": {"type": "string", "nullable": true},
+                    "createdAt": {"type": "string", "format": "date-time"},
+                    "startedAt": {"type": "string", "format": "date-time", "nullable": true},
+                    "finishedAt": {"type": "string", "format": "date-time", "nullable": true},
+                    "enqueuedAt": {"type": "string", "format": "date-time", "nullable": true}}},
+                "ReportPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Report"}}, "nextCursor": {"type": "string", "nullable": true}}}
+            }
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/reports": {
+                "post": {
+                    "summary": "Submit a report job",
+                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}}],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReportRequest"}}}},
+                    "responses": {
+                        "202": {"description": "Accepted", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                        "200": {"description": "Same Idempotency-Key and body as an earlier request: that report", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                        "400": error_response("Malformed JSON or a rule broken"),
+                        "401": error_response("Missing or wrong bearer token"),
+                        "409": error_response("Idempotency-Key reused with another body"),
+                        "413": error_response("Body too large"),
+                        "415": error_response("Content-Type is not JSON")
+                    }
+                },
+                "get": {
+                    "summary": "List reports, newest first",
+                    "parameters": [
+                        {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["in-queue", "in-progress", "completed", "failed"]}},
+                        {"name": "userId", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}}
+                    ],
+                    "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReportPage"}}}}, "400": error_response("Bad parameter")}
+                }
+            },
+            "/reports/{id}": {"get": {"summary": "One report", "parameters": [id_param.clone()], "responses": {
+                "200": {"description": "The report", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Report"}}}},
+                "400": error_response("Not a UUID"), "404": error_response("Unknown id")}}},
+            "/reports/{id}/file": {"get": {"summary": "The generated CSV", "parameters": [id_param], "responses": {
+                "200": {"description": "CSV", "content": {"text/csv": {}}}, "404": error_response("Unknown or not completed")}}},
+            "/generate": {"get": {"summary": "Demo: enqueue a report for a random user, now..now", "responses": {"202": {"description": "Accepted", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}}}}},
+            "/health": {"get": {"summary": "Actors and dependencies", "security": [], "responses": {"200": {"description": "Healthy"}, "503": {"description": "Unhealthy"}}}},
+            "/health/live": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "Alive"}, "503": {"description": "Poller stalled or an actor stuck"}}}},
+            "/health/ready": {"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "Ready"}, "503": {"description": "Database or SQS unreachable"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3"}}}}
+        }
+    })
+}
+
+/// `GET /openapi.json`.
+pub async fn document() -> HttpResponse {
+    HttpResponse::Ok().json(spec())
+}

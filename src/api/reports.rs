@@ -1,0 +1,472 @@
+//! `/reports`: submit, read, list, the generated file, and the demo `/generate`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
+use futures_util::StreamExt;
+use rand::Rng;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::actors::messages::{WriteOp, WriteOutcome};
+use crate::actors::status::write;
+use crate::db::models::{JobStatus, NewReport, ReportRecord};
+use crate::db::{self, reports};
+use crate::report::{report_path, ReportPayload};
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Listing page size when `limit` is absent, and its maximum.
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+/// `POST /reports`.
+pub async fn submit(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_json(&req)?;
+    let bytes = read_limited(body, state.settings.api.max_body_bytes).await?;
+    let payload = parse_submission(&bytes, state.settings.api.max_range_days)?;
+    let key = idempotency_key(&req)?;
+    accept(&state, payload, key).await
+}
+
+/// `GET /generate`: the original article's demo — a report for a random user, now..now.
+pub async fn generate(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let now = Utc::now();
+    let payload = ReportPayload {
+        user_id: rand::rng().random_range(1..=1000),
+        start_date: now,
+        end_date: now,
+    };
+    accept(&state, payload, None).await
+}
+
+/// Commits the row (through the StatusActor), then hands it to the dispatcher.
+async fn accept(
+    state: &AppState,
+    payload: ReportPayload,
+    key: Option<String>,
+) -> Result<HttpResponse, ApiError> {
+    let payload_json = serde_json::to_value(&payload)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let request_hash = key
+        .as_ref()
+        .map(|_| hex::encode(Sha256::digest(payload_json.to_string())));
+    let id = Uuid::new_v4();
+    let row = NewReport {
+        id,
+        payload: payload_json,
+        status: JobStatus::InQueue.as_str().to_string(),
+        idempotency_key: key.clone(),
+        request_hash: request_hash.clone(),
+        user_id: Some(payload.user_id),
+    };
+    let inserted = match write(&state.status, WriteOp::Insert(row)).await? {
+        WriteOutcome::Inserted(inserted) => inserted,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("unexpected write outcome {other:?}"),
+            ))
+        }
+    };
+    if !inserted {
+        // The idempotency key exists: same body → the same report; else a conflict.
+        let key = key.unwrap_or_default();
+        let mut conn = db::connection(&state.pool).await?;
+        let existing = reports::find_by_idempotency_key(&mut conn, &key)
+            .await?
+            .ok_or_else(|| ApiError::unavailable("the idempotency key vanished; retry"))?;
+        if existing.request_hash != request_hash {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                "this Idempotency-Key was used with a different request body",
+            )
+            .with_field("Idempotency-Key"));
+        }
+        return Ok(HttpResponse::Ok()
+            .insert_header((header::LOCATION, format!("/reports/{}", existing.id)))
+            .json(accepted_body(
+                &state.settings.server.public_url,
+                existing.id,
+                &existing.status,
+            )));
+    }
+    match &state.dispatcher {
+        Some(dispatcher) => dispatcher.enqueue(id, Some(payload.user_id)),
+        None => {
+            tracing::warn!(report_id = %id, "no dispatcher in this process; the sweeper of an api process will send it")
+        }
+    }
+    tracing::info!(report_id = %id, user_id = payload.user_id, "report accepted");
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/reports/{id}")))
+        .json(accepted_body(
+            &state.settings.server.public_url,
+            id,
+            JobStatus::InQueue.as_str(),
+        )))
+}
+
+fn accepted_body(public_url: &str, id: Uuid, status: &str) -> Value {
+    let base = public_url.trim_end_matches('/');
+    json!({
+        "id": id,
+        "status": status,
+        "links": {
+            "self": format!("{base}/reports/{id}"),
+            "file": format!("{base}/reports/{id}/file"),
+        }
+    })
+}
+
+fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type must be application/json, got `{content_type}`"),
+        )
+        .with_field("Content-Type"))
+    }
+}
+
+/// Reads the body, refusing it as soon as it passes `limit` bytes.
+async fn read_limited(mut body: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::invalid("body", format!("could not read the body: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {limit} bytes"),
+            )
+            .with_field("body"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// Validates a submission, naming the field at fault.
+pub fn parse_submission(bytes: &[u8], max_range_days: i64) -> Result<ReportPayload, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            "body",
+            "the body is empty; expected a JSON object with userId, startDate, endDate",
+        ));
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(ApiError::invalid(
+            "body",
+            "expected a JSON object with userId, startDate, endDate",
+        ));
+    };
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !["userId", "startDate", "endDate"].contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid(
+            unknown,
+            format!("unknown field `{unknown}`; allowed: userId, startDate, endDate"),
+        ));
+    }
+    let user_id = parse_user_id(&object)?;
+    let start_date = parse_date(&object, "startDate", false)?;
+    let end_date = parse_date(&object, "endDate", true)?;
+    if start_date > end_date {
+        return Err(ApiError::invalid(
+            "startDate",
+            "startDate must not be after endDate",
+        ));
+    }
+    if end_date - start_date > chrono::Duration::days(max_range_days) {
+        return Err(ApiError::invalid(
+            "endDate",
+            format!("the range is longer than {max_range_days} days"),
+        ));
+    }
+    Ok(ReportPayload {
+        user_id,
+        start_date,
+        end_date,
+    })
+}
+
+fn parse_user_id(object: &Map<String, Value>) -> Result<i64, ApiError> {
+    match object.get("userId") {
+        None | Some(Value::Null) => Err(ApiError::invalid("userId", "userId is required")),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(id) if id > 0 => Ok(id),
+            Some(_) => Err(ApiError::invalid(
+                "userId",
+                "userId must be a positive integer",
+            )),
+            None => Err(ApiError::invalid(
+                "userId",
+                format!("userId must be a positive integer, got {n}"),
+            )),
+        },
+        Some(other) => Err(ApiError::invalid(
+            "userId",
+            format!(
+                "userId must be a positive integer, got {}",
+                type_name(other)
+            ),
+        )),
+    }
+}
+
+/// An ISO-8601 date-time (with offset) or a date. A date as `endDate` means the end of
+/// that day, so `2024-01-01..2024-01-01` covers the whole day.
+fn parse_date(
+    object: &Map<String, Value>,
+    field: &str,
+    end_of_day: bool,
+) -> Result<DateTime<Utc>, ApiError> {
+    let raw = match object.get(field) {
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(field, format!("{field} is required")))
+        }
+        Some(Value::String(s)) => s,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "{field} must be an ISO-8601 date or date-time string, got {}",
+                    type_name(other)
+                ),
+            ))
+        }
+    };
+    if let Ok(datetime) = DateTime::parse_from_rfc3339(raw) {
+        return Ok(datetime.with_timezone(&Utc));
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        let time = if end_of_day {
+            NaiveTime::from_hms_micro_opt(23, 59, 59, 999_999).unwrap_or(NaiveTime::MIN)
+        } else {
+            NaiveTime::MIN
+        };
+        return Ok(Utc.from_utc_datetime(&date.and_time(time)));
+    }
+    Err(ApiError::invalid(
+        field,
+        format!("{field} `{raw}` is not an ISO-8601 date (2024-01-31) or date-time (2024-01-31T12:00:00Z)"),
+    ))
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::invalid("Idempotency-Key", "Idempotency-Key must be visible ASCII"))?
+        .trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            format!("Idempotency-Key must be 1..={MAX_IDEMPOTENCY_KEY} characters"),
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::invalid("id", format!("`{raw}` is not a UUID")))
+}
+
+/// The whole record as clients see it.
+pub fn record_json(record: &ReportRecord) -> Value {
+    json!({
+        "id": record.id,
+        "status": record.status,
+        "payload": record.payload,
+        "reportUrl": record.report_url,
+        "attempts": record.attempts,
+        "lastError": record.last_error,
+        "createdAt": record.created_at,
+        "startedAt": record.started_at,
+        "finishedAt": record.finished_at,
+        "enqueuedAt": record.enqueued_at,
+    })
+}
+
+/// `GET /reports/{id}`.
+pub async fn get(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let mut conn = db::connection(&state.pool).await?;
+    let record = reports::find(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))?;
+    Ok(HttpResponse::Ok().json(record_json(&record)))
+}
+
+/// `GET /reports/{id}/file`: the CSV, once the report is completed.
+pub async fn file(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let mut conn = db::connection(&state.pool).await?;
+    let record = reports::find(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))?;
+    drop(conn);
+    if record.status != JobStatus::Completed.as_str() {
+        return Err(ApiError::not_found(format!(
+            "report {id} is {}, not completed",
+            record.status
+        ))
+        .with_field("id"));
+    }
+    let path = report_path(&state.settings.report.output_dir, id);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Ok(HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .insert_header((
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{id}.csv\""),
+            ))
+            .body(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::not_found(format!(
+            "report {id} is completed but has no file on this host"
+        ))
+        .with_field("id")),
+        Err(e) => Err(ApiError::unavailable(format!(
+            "cannot read the report file: {e}"
+        ))),
+    }
+}
+
+/// `GET /reports?status=&userId=&limit=&cursor=`: newest first, keyset pagination.
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let filter = parse_list_query(req.query_string())?;
+    let mut conn = db::connection(&state.pool).await?;
+    let rows = reports::list(&mut conn, &filter).await?;
+    let next_cursor = if rows.len() as i64 == filter.limit {
+        rows.last().map(|r| encode_cursor(r.created_at, r.id))
+    } else {
+        None
+    };
+    let items: Vec<Value> = rows.iter().map(record_json).collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "nextCursor": next_cursor })))
+}
+
+/// Parses the listing's query string, naming the parameter at fault.
+pub fn parse_list_query(query: &str) -> Result<reports::ListFilter, ApiError> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let mut filter = reports::ListFilter {
+        limit: DEFAULT_LIMIT,
+        ..Default::default()
+    };
+    for (key, value) in pairs {
+        match key.as_str() {
+            "status" => {
+                filter.status = Some(JobStatus::parse(&value).ok_or_else(|| {
+                    ApiError::invalid(
+                        "status",
+                        format!("`{value}` is not one of in-queue, in-progress, completed, failed"),
+                    )
+                })?)
+            }
+            "userId" => {
+                filter.user_id = Some(value.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(
+                    || ApiError::invalid("userId", format!("`{value}` is not a positive integer")),
+                )?)
+            }
+            "limit" => {
+                filter.limit = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|v| (1..=MAX_LIMIT).contains(v))
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "limit",
+                            format!("`{value}` is not an integer in 1..={MAX_LIMIT}"),
+                        )
+                    })?
+            }
+            "cursor" => filter.after = Some(decode_cursor(&value)?),
+            other => {
+                return Err(ApiError::invalid(
+                    other,
+                    format!(
+                        "unknown query parameter `{other}`; allowed: status, userId, limit, cursor"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(filter)
+}
+
+/// A cursor is the last row's `(created_at, id)`, base64url-encoded.
+pub fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}|{id}", created_at.timestamp_micros()))
+}
+
+fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    use base64::Engine;
+    let bad = || {
+        ApiError::invalid(
+            "cursor",
+            "not a cursor returned by this API (use nextCursor as given)",
+        )
+    };
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
+    let micros: i64 = micros.parse().map_err(|_| bad())?;
+    let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    Ok((created_at, id))
+}

@@ -1,0 +1,104 @@
+//! The `reportd` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::{db, queue, startup};
+
+/// reportd: takes long-running report jobs off a web server's hands (SQS + PostgreSQL).
+#[derive(Debug, Parser)]
+#[command(name = "reportd", version, about)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "./config.toml",
+        env = "REPORTD_CONFIG"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the roles in `server.roles`) until SIGTERM/SIGINT.
+    Serve,
+    /// Create the database if missing and apply pending migrations.
+    Migrate,
+    /// Manage the SQS queues.
+    Queues {
+        #[command(subcommand)]
+        command: QueuesCommand,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Fill the demo `user_activity` table for the built-in CSV generator.
+    SeedDemo {
+        /// Users 1..=N get activity.
+        #[arg(long, default_value_t = 100)]
+        users: i64,
+        /// Days of activity, ending yesterday.
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueuesCommand {
+    /// Create the main queue and its dead-letter queue, or fix their attributes.
+    Ensure,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the resolved configuration with secrets redacted.
+    Check,
+}
+
+/// Runs a command that needs no actors (everything but `serve`).
+pub async fn run_tool(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => anyhow::bail!("serve is run by main"),
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            print!("{}", settings.to_redacted_toml());
+        }
+        Command::Migrate => {
+            if db::create_database_if_missing(&settings.database.url).await? {
+                println!(
+                    "created database {}",
+                    crate::config::redact_url(&settings.database.url)
+                );
+            }
+            let applied = db::run_migrations(&settings.database.url).await?;
+            if applied.is_empty() {
+                println!("migrations: up to date");
+            } else {
+                println!("migrations applied: {}", applied.join(", "));
+            }
+        }
+        Command::Queues {
+            command: QueuesCommand::Ensure,
+        } => {
+            let client = queue::build_client(&settings.sqs).await;
+            let report = queue::provision::ensure_queues(&client, &settings.sqs).await?;
+            print!("{report}");
+        }
+        Command::SeedDemo { users, days } => {
+            anyhow::ensure!(users >= 1, "--users must be at least 1");
+            anyhow::ensure!(days >= 1, "--days must be at least 1");
+            startup::prepare_database(&settings).await?;
+            let rows = crate::report::seed_demo(&settings.database.url, users, days).await?;
+            println!("inserted {rows} user_activity rows for {users} users over {days} days");
+        }
+    }
+    Ok(())
+}

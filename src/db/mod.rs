@@ -1,0 +1,160 @@
+//! PostgreSQL: the connection pool, database creation, embedded migrations, and the
+//! `report_queue` queries (in [`reports`]).
+//!
+//! diesel-async talks to PostgreSQL through tokio-postgres, so no libpq is needed; the
+//! pool is deadpool's, which (unlike bb8) spawns no background task on the runtime that
+//! created it — important under actix, where every worker thread has its own runtime.
+
+pub mod models;
+pub mod reports;
+pub mod schema;
+
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+/// The migrations under `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// An arbitrary constant: the advisory lock that serialises migrations when several
+/// reportd processes start against one database at the same time.
+const MIGRATION_LOCK_KEY: i64 = 0x7265_706f_7274_64;
+
+/// The pool shared by the API's reads and the StatusActor's writes.
+pub type DbPool = Pool<AsyncPgConnection>;
+/// A connection checked out of [`DbPool`].
+pub type PooledConnection = Object<AsyncPgConnection>;
+
+/// A database failure, with whether trying again later can help.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to PostgreSQL at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: diesel::ConnectionError,
+    },
+    #[error("no database connection available: {0}")]
+    Pool(String),
+    #[error("query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("the database writer (StatusActor) is not running")]
+    WriterGone,
+}
+
+impl DbError {
+    /// Connection-level problems go away by themselves; a constraint violation does not.
+    pub fn is_retryable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            DbError::Connect { .. } | DbError::Pool(_) | DbError::WriterGone => true,
+            DbError::Query(Error::DatabaseError(kind, _)) => matches!(
+                kind,
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::SerializationFailure
+            ),
+            DbError::Query(Error::BrokenTransactionManager) => true,
+            DbError::Query(_) => false,
+            DbError::Migration(_) => false,
+        }
+    }
+}
+
+/// Builds the pool; connections are opened lazily, on first use.
+pub fn build_pool(url: &str, size: usize) -> Result<DbPool, DbError> {
+    let mut manager_config = ManagerConfig::default();
+    // Skips a `SELECT 1` per checkout; a broken connection is noticed by its query.
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(std::time::Duration::from_secs(5)))
+        .create_timeout(Some(std::time::Duration::from_secs(5)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// Checks a connection out of the pool.
+pub async fn connection(pool: &DbPool) -> Result<PooledConnection, DbError> {
+    pool.get().await.map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// Creates the database named in `url` if it does not exist, by connecting to the
+/// server's `postgres` maintenance database. Returns whether it was created.
+pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
+    let parsed = url::Url::parse(url).map_err(|e| DbError::Migration(format!("bad URL: {e}")))?;
+    let name = parsed.path().trim_start_matches('/').to_string();
+    if name.is_empty() {
+        return Ok(false);
+    }
+    // Connecting straight to the target tells us it exists without needing privileges.
+    if AsyncPgConnection::establish(url).await.is_ok() {
+        return Ok(false);
+    }
+    let mut maintenance = parsed.clone();
+    maintenance.set_path("/postgres");
+    let mut conn = AsyncPgConnection::establish(maintenance.as_str())
+        .await
+        .map_err(|source| DbError::Connect {
+            url: crate::config::redact_url(maintenance.as_str()),
+            source,
+        })?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match diesel::sql_query(format!("CREATE DATABASE {quoted}"))
+        .execute(&mut conn)
+        .await
+    {
+        Ok(_) => Ok(true),
+        // Another process created it between our two connections.
+        Err(diesel::result::Error::DatabaseError(_, info))
+            if info.message().contains("already exists") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(DbError::Query(e)),
+    }
+}
+
+/// Applies pending migrations and returns the versions applied (empty when up to date).
+///
+/// diesel's migration harness is synchronous; it runs on a blocking thread through
+/// `AsyncConnectionWrapper`, which works inside actix's single-threaded runtimes (the
+/// async harness's `block_in_place` does not).
+pub async fn run_migrations(url: &str) -> Result<Vec<String>, DbError> {
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut conn =
+            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
+                .map_err(|source| DbError::Connect {
+                    url: crate::config::redact_url(&url),
+                    source,
+                })?;
+        let lock = diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"));
+        diesel::RunQueryDsl::execute(lock, &mut conn)?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map(|versions| versions.iter().map(|v| v.to_string()).collect::<Vec<_>>())
+            .map_err(|e| DbError::Migration(e.to_string()));
+        let unlock = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"));
+        let unlocked = diesel::RunQueryDsl::execute(unlock, &mut conn);
+        let applied = applied?;
+        unlocked?;
+        Ok(applied)
+    })
+    .await
+    .map_err(|e| DbError::Migration(format!("migration task failed: {e}")))?
+}
+
+/// Whether the database answers a trivial query (readiness checks).
+pub async fn ping(pool: &DbPool) -> Result<(), DbError> {
+    let mut conn = connection(pool).await?;
+    diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+    Ok(())
+}

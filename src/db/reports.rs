@@ -1,0 +1,294 @@
+//! Queries on `report_queue`. Writes are called by the StatusActor only (it batches them
+//! into transactions); reads are called by the API directly.
+//!
+//! Every write after a claim is a compare-and-set on `(status, attempts)`, so a late or
+//! duplicate worker can never overwrite a row another attempt owns or a terminal row.
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::now;
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::models::{JobStatus, NewReport, ReportRecord};
+use super::schema::report_queue::dsl as rq;
+
+/// What a worker's claim found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// The job is ours: this is attempt number `attempt` (1-based).
+    Claimed {
+        attempt: i32,
+        payload: serde_json::Value,
+    },
+    /// The job already reached a terminal status: a duplicate delivery.
+    AlreadyFinished(JobStatus),
+    /// Another worker claimed it moments ago and is still heart-beating.
+    HeldElsewhere,
+    /// No such row: a poison message.
+    NotFound,
+}
+
+/// How an attempt ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptEnd {
+    /// Success: the file is at `report_url`.
+    Completed { report_url: Option<String> },
+    /// Retryable failure: back to `in-queue` for SQS to deliver again.
+    Requeued { error: String },
+    /// Final failure.
+    Failed { error: String },
+    /// Not finished (shutdown): back to `in-queue`, no error recorded.
+    Released,
+}
+
+/// Inserts accepted reports in one statement. Rows whose idempotency key already exists
+/// are skipped; returns the ids that were inserted.
+pub async fn insert_many(
+    conn: &mut AsyncPgConnection,
+    rows: &[NewReport],
+) -> QueryResult<Vec<Uuid>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::insert_into(rq::report_queue)
+        .values(rows)
+        .on_conflict(rq::idempotency_key)
+        .do_nothing()
+        .returning(rq::id)
+        .get_results(conn)
+        .await
+}
+
+/// One report by id.
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<ReportRecord>> {
+    rq::report_queue
+        .find(id)
+        .select(ReportRecord::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The report created with an idempotency key, if any.
+pub async fn find_by_idempotency_key(
+    conn: &mut AsyncPgConnection,
+    key: &str,
+) -> QueryResult<Option<ReportRecord>> {
+    rq::report_queue
+        .filter(rq::idempotency_key.eq(key))
+        .select(ReportRecord::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Claims a job for a new attempt: `in-progress`, `attempts + 1`, `started_at`.
+///
+/// An `in-progress` row can be claimed again only when its holder has stopped
+/// heart-beating for `stale_after_s` (it crashed and SQS redelivered the message);
+/// otherwise the delivery is a duplicate of a job that is running right now.
+pub async fn claim(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    stale_after_s: i64,
+) -> QueryResult<ClaimOutcome> {
+    let stale_before = Utc::now() - chrono::Duration::seconds(stale_after_s);
+    let claimed: Option<(i32, serde_json::Value)> = diesel::update(rq::report_queue.find(id))
+        .filter(
+            rq::status.eq(JobStatus::InQueue.as_str()).or(rq::status
+                .eq(JobStatus::InProgress.as_str())
+                .and(rq::updated_at.lt(stale_before))),
+        )
+        .set((
+            rq::status.eq(JobStatus::InProgress.as_str()),
+            rq::attempts.eq(rq::attempts + 1),
+            rq::started_at.eq(now),
+            rq::updated_at.eq(now),
+            rq::finished_at.eq(None::<DateTime<Utc>>),
+            // The worker holds the message, so it did reach SQS whatever the dispatcher
+            // managed to record; this keeps the dispatcher from sending it again.
+            rq::enqueued_at.eq(diesel::dsl::sql::<
+                diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+            >("COALESCE(enqueued_at, now())")),
+        ))
+        .returning((rq::attempts, rq::payload))
+        .get_result(conn)
+        .await
+        .optional()?;
+    if let Some((attempt, payload)) = claimed {
+        return Ok(ClaimOutcome::Claimed { attempt, payload });
+    }
+    let status: Option<String> = rq::report_queue
+        .find(id)
+        .select(rq::status)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(match status.as_deref().and_then(JobStatus::parse) {
+        None => ClaimOutcome::NotFound,
+        Some(status) if status.is_terminal() => ClaimOutcome::AlreadyFinished(status),
+        Some(_) => ClaimOutcome::HeldElsewhere,
+    })
+}
+
+/// Records that attempt `attempt` is still alive (a visibility heartbeat), so that a
+/// duplicate delivery is not mistaken for a crashed holder.
+pub async fn touch(conn: &mut AsyncPgConnection, id: Uuid, attempt: i32) -> QueryResult<bool> {
+    let n = diesel::update(rq::report_queue.find(id))
+        .filter(rq::status.eq(JobStatus::InProgress.as_str()))
+        .filter(rq::attempts.eq(attempt))
+        .set(rq::updated_at.eq(now))
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}
+
+/// Ends attempt `attempt`; returns false when the row is no longer that attempt's
+/// (another worker re-claimed it, or it is terminal), in which case nothing changed.
+pub async fn end_attempt(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    attempt: i32,
+    end: &AttemptEnd,
+) -> QueryResult<bool> {
+    let target = diesel::update(rq::report_queue.find(id))
+        .filter(rq::status.eq(JobStatus::InProgress.as_str()))
+        .filter(rq::attempts.eq(attempt));
+    let n = match end {
+        AttemptEnd::Completed { report_url } => {
+            target
+                .set((
+                    rq::status.eq(JobStatus::Completed.as_str()),
+                    rq::report_url.eq(report_url),
+                    rq::finished_at.eq(now),
+                    rq::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?
+        }
+        AttemptEnd::Requeued { error } => {
+            target
+                .set((
+                    rq::status.eq(JobStatus::InQueue.as_str()),
+                    rq::last_error.eq(error),
+                    rq::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?
+        }
+        AttemptEnd::Failed { error } => {
+            target
+                .set((
+                    rq::status.eq(JobStatus::Failed.as_str()),
+                    rq::last_error.eq(error),
+                    rq::finished_at.eq(now),
+                    rq::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?
+        }
+        AttemptEnd::Released => {
+            target
+                .set((
+                    rq::status.eq(JobStatus::InQueue.as_str()),
+                    rq::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?
+        }
+    };
+    Ok(n == 1)
+}
+
+/// Records that SQS accepted the messages of these reports.
+pub async fn mark_enqueued(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    diesel::update(rq::report_queue.filter(rq::id.eq_any(ids)))
+        .filter(rq::enqueued_at.is_null())
+        .set(rq::enqueued_at.eq(now))
+        .execute(conn)
+        .await
+}
+
+/// Puts a `failed` report back in the queue (retry / redrive), keeping `attempts`.
+/// Returns false when the report is not `failed`.
+pub async fn reset_failed(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
+    let n = diesel::update(rq::report_queue.find(id))
+        .filter(rq::status.eq(JobStatus::Failed.as_str()))
+        .set((
+            rq::status.eq(JobStatus::InQueue.as_str()),
+            rq::finished_at.eq(None::<DateTime<Utc>>),
+            rq::enqueued_at.eq(None::<DateTime<Utc>>),
+            rq::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}
+
+/// A report that has not reached SQS yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unenqueued {
+    pub id: Uuid,
+    pub user_id: Option<i64>,
+}
+
+/// Reports accepted before `created_before` that still have no `enqueued_at`, oldest first.
+pub async fn unenqueued(
+    conn: &mut AsyncPgConnection,
+    created_before: DateTime<Utc>,
+    limit: i64,
+) -> QueryResult<Vec<Unenqueued>> {
+    let rows: Vec<(Uuid, Option<i64>)> = rq::report_queue
+        .filter(rq::enqueued_at.is_null())
+        .filter(rq::status.eq(JobStatus::InQueue.as_str()))
+        .filter(rq::created_at.lt(created_before))
+        .order(rq::created_at.asc())
+        .limit(limit)
+        .select((rq::id, rq::user_id))
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, user_id)| Unenqueued { id, user_id })
+        .collect())
+}
+
+/// Filters and the keyset position of a listing page.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<JobStatus>,
+    pub user_id: Option<i64>,
+    /// Rows strictly after this `(created_at, id)` in newest-first order.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// Newest first, keyset-paginated on `(created_at, id)`.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    filter: &ListFilter,
+) -> QueryResult<Vec<ReportRecord>> {
+    let mut query = rq::report_queue
+        .select(ReportRecord::as_select())
+        .order((rq::created_at.desc(), rq::id.desc()))
+        .limit(filter.limit)
+        .into_boxed();
+    if let Some(status) = filter.status {
+        query = query.filter(rq::status.eq(status.as_str()));
+    }
+    if let Some(user_id) = filter.user_id {
+        query = query.filter(rq::user_id.eq(user_id));
+    }
+    if let Some((created_at, id)) = filter.after {
+        query = query.filter(
+            rq::created_at
+                .lt(created_at)
+                .or(rq::created_at.eq(created_at).and(rq::id.lt(id))),
+        );
+    }
+    query.load(conn).await
+}

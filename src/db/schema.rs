@@ -1,0 +1,32 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    report_queue (id) {
+        id -> Uuid,
+        payload -> Jsonb,
+        status -> Varchar,
+        report_url -> Nullable<Varchar>,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+        idempotency_key -> Nullable<Varchar>,
+        request_hash -> Nullable<Varchar>,
+        user_id -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        enqueued_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    user_activity (id) {
+        id -> Int8,
+        user_id -> Int8,
+        occurred_at -> Timestamptz,
+        kind -> Varchar,
+        amount_cents -> Int8,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(report_queue, user_activity);

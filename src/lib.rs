@@ -1,0 +1,23 @@
+//! reportd: an SQS report-job daemon.
+//!
+//! - [`config`]: typed settings from `config.toml` + `REPORTD_*` env vars.
+//! - [`db`]: PostgreSQL pool, migrations and the `report_queue` queries.
+//! - [`queue`]: the SQS client, provisioning, batched calls and the dispatcher that
+//!   sends accepted reports.
+//! - [`actors`]: `StatusActor` (the single DB writer), `PollerActor` and the
+//!   `ReportWorker` pool (the consumer).
+//! - [`report`]: the `ReportGenerator` extension point and the built-in CSV generator.
+//! - [`api`]: the actix-web HTTP API, one module per resource.
+//! - [`startup`]: wires it all together and runs until a shutdown signal.
+//! - [`cli`] and [`telemetry`]: the command line and logging.
+
+pub mod actors;
+pub mod api;
+pub mod batcher;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod queue;
+pub mod report;
+pub mod startup;
+pub mod telemetry;

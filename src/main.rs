@@ -1,0 +1,48 @@
+//! The `reportd` binary: parse the command line, load the config, run the command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use reportd::cli::{run_tool, Cli, Command};
+use reportd::config::Settings;
+use reportd::startup::{shutdown_signal, Application};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.config) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("reportd: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    reportd::telemetry::init(&settings.log);
+    let result = actix::System::new().block_on(async move {
+        match cli.command {
+            Command::Serve => serve(settings).await,
+            other => run_tool(other, settings).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reportd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = Application::build(settings).await?;
+    let shutdown = async {
+        shutdown_signal().await;
+        // A second signal means "now": skip the grace period.
+        actix::spawn(async {
+            shutdown_signal().await;
+            eprintln!("reportd: second signal, exiting at once");
+            std::process::exit(130);
+        });
+    };
+    app.run_until_stopped(shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The dispatcher: sends accepted reports to SQS after their row is committed.
+//!
+//! The fast path sends each report as soon as the API has committed it (batched with
+//! concurrent ones) and records `enqueued_at`. If SQS is down, throttled, or the process
+//! dies in between, the row keeps `enqueued_at = NULL`; the sweeper finds such rows and
+//! sends them with backoff until SQS accepts them, also after a restart. The sweeper only
+//! looks at rows older than [`SWEEP_AFTER`], so on the happy path nothing is sent twice.
+
+use std::time::Duration;
+
+use actix::Addr;
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{OutgoingMessage, SqsBatchers};
+use crate::actors::messages::WriteOp;
+use crate::actors::status::{write, StatusActor};
+use crate::db::{self, reports, DbPool};
+
+/// Rows younger than this are the fast path's business.
+pub const SWEEP_AFTER: Duration = Duration::from_secs(10);
+
+/// Sends committed reports to SQS.
+#[derive(Clone)]
+pub struct Dispatcher {
+    batchers: SqsBatchers,
+    status: Addr<StatusActor>,
+}
+
+impl Dispatcher {
+    pub fn new(batchers: SqsBatchers, status: Addr<StatusActor>) -> Self {
+        Self { batchers, status }
+    }
+
+    /// Sends one committed report in the background (the HTTP answer does not wait).
+    pub fn enqueue(&self, id: Uuid, user_id: Option<i64>) {
+        let this = self.clone();
+        actix::spawn(async move {
+            if let Err(e) = this.send_and_mark(id, user_id).await {
+                tracing::warn!(report_id = %id, error = %e, "send to SQS failed; the sweeper will retry");
+            }
+        });
+    }
+
+    async fn send_and_mark(&self, id: Uuid, user_id: Option<i64>) -> Result<(), String> {
+        let message = OutgoingMessage {
+            report_id: id,
+            group_id: user_id.map(|u| u.to_string()),
+        };
+        self.batchers
+            .send(message)
+            .await
+            .map_err(|e| e.to_string())?;
+        write(&self.status, WriteOp::MarkEnqueued(vec![id]))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Runs the sweeper until the process stops: every second while all is well, backing
+    /// off to 30 s while SQS or the database fail.
+    pub async fn sweep_forever(self, pool: DbPool) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(delay).await;
+            match self.sweep_once(&pool).await {
+                Ok(sent) => {
+                    if sent > 0 {
+                        tracing::info!(sent, "sweeper sent reports that had not reached SQS");
+                    }
+                    delay = Duration::from_secs(1);
+                }
+                Err(e) => {
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                    tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "sweeper could not send pending reports");
+                }
+            }
+        }
+    }
+
+    /// One pass: sends up to 500 rows that never reached SQS; returns how many were sent.
+    pub async fn sweep_once(&self, pool: &DbPool) -> Result<usize, String> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(SWEEP_AFTER).unwrap_or_default();
+        let rows = {
+            let mut conn = db::connection(pool).await.map_err(|e| e.to_string())?;
+            reports::unenqueued(&mut conn, cutoff, 500)
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        let mut sent = 0;
+        let mut first_error = None;
+        let results = futures_util::future::join_all(
+            rows.iter()
+                .map(|row| self.send_and_mark(row.id, row.user_id)),
+        )
+        .await;
+        for result in results {
+            match result {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if sent == 0 => Err(e),
+            _ => Ok(sent),
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! SQS: the client, queue provisioning, and the few calls reportd makes (batched where
+//! SQS allows it, because calls per message is what limits throughput).
+
+pub mod dispatcher;
+pub mod provision;
+
+use crate::batcher::Batcher;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_sqs::config::Credentials;
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    SendMessageBatchRequestEntry,
+};
+use aws_sdk_sqs::Client;
+use uuid::Uuid;
+
+use crate::config::SqsSettings;
+
+/// An SQS failure. Everything but a malformed request is worth retrying.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("SQS {operation} failed: {message}")]
+    Call {
+        operation: &'static str,
+        message: String,
+    },
+    #[error("queue {0} does not exist (run `reportd queues ensure`)")]
+    Missing(String),
+}
+
+impl QueueError {
+    fn call<E: std::error::Error + Send + Sync + 'static>(
+        operation: &'static str,
+        err: aws_sdk_sqs::error::SdkError<E>,
+    ) -> Self {
+        use aws_sdk_sqs::error::DisplayErrorContext;
+        QueueError::Call {
+            operation,
+            message: format!("{}", DisplayErrorContext(&err)),
+        }
+    }
+
+    /// Whether the message says the receipt handle no longer refers to a message
+    /// (already deleted, or re-received elsewhere): benign after a finished job.
+    pub fn is_stale_receipt(&self) -> bool {
+        match self {
+            QueueError::Call { message, .. } => {
+                message.contains("ReceiptHandleIsInvalid")
+                    || message.contains("InvalidParameterValue")
+                    || message.contains("does not exist")
+                    || message.contains("MessageNotInflight")
+            }
+            QueueError::Missing(_) => false,
+        }
+    }
+}
+
+/// Builds an SQS client. With an `endpoint_url` (LocalStack) and no AWS credentials in
+/// the environment, static dummy credentials are used, since such endpoints accept any.
+pub async fn build_client(settings: &SqsSettings) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(aws_config::Region::new(settings.region.clone()))
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                // A long poll holds the call for up to 20 s.
+                .operation_attempt_timeout(Duration::from_secs(
+                    u64::from(settings.wait_time_s) + 10,
+                ))
+                .build(),
+        )
+        // Retries are reportd's own (with backoff and visible errors); one attempt per call
+        // keeps a dead endpoint from hiding behind SDK retries.
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2));
+    if let Some(endpoint) = &settings.endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+            && std::env::var_os("AWS_PROFILE").is_none()
+        {
+            loader = loader.credentials_provider(Credentials::new(
+                "test",
+                "test",
+                None,
+                None,
+                "reportd-local",
+            ));
+        }
+    }
+    Client::new(&loader.load().await)
+}
+
+/// A received message, with what the consumer needs to act on it.
+#[derive(Debug, Clone)]
+pub struct ReceivedMessage {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
+    /// SQS's `ApproximateReceiveCount` (1 on the first delivery).
+    pub receive_count: u32,
+    /// FIFO message group, if any.
+    pub group_id: Option<String>,
+}
+
+/// A message to send: the report id, and its FIFO group (the user id).
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    pub report_id: Uuid,
+    pub group_id: Option<String>,
+}
+
+/// The queue pair reportd works with.
+#[derive(Debug, Clone)]
+pub struct SqsQueue {
+    client: Client,
+    /// URL of the main queue.
+    pub queue_url: String,
+    /// URL of the dead-letter queue.
+    pub dlq_url: String,
+    fifo: bool,
+}
+
+/// The body every message carries, exactly as the original design had it.
+pub fn message_body(report_id: Uuid) -> String {
+    format!("{{\"id\":\"{report_id}\"}}")
+}
+
+impl SqsQueue {
+    /// Looks up both queues' URLs.
+    pub async fn connect(client: Client, settings: &SqsSettings) -> Result<Self, QueueError> {
+        let main_url = queue_url(&client, &settings.queue_name).await?;
+        let dlq_url = queue_url(&client, &settings.dlq_name()).await?;
+        Ok(Self {
+            client,
+            queue_url: main_url,
+            dlq_url,
+            fifo: settings.fifo,
+        })
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Sends up to 10 messages in one call; returns the report ids SQS accepted.
+    pub async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<Uuid>, QueueError> {
+        let mut request = self.client.send_message_batch().queue_url(&self.queue_url);
+        for (index, message) in messages.iter().enumerate() {
+            let mut entry = SendMessageBatchRequestEntry::builder()
+                .id(format!("m{index}"))
+                .message_body(message_body(message.report_id));
+            if self.fifo {
+                entry = entry
+                    .message_group_id(message.group_id.clone().unwrap_or_else(|| "default".into()))
+                    .message_deduplication_id(message.report_id.to_string());
+            }
+            let entry = entry.build().map_err(|e| QueueError::Call {
+                operation: "SendMessageBatch",
+                message: e.to_string(),
+            })?;
+            request = request.entries(entry);
+        }
+        let output = request
+            .send()
+            .await
+            .map_err(|e| QueueError::call("SendMessageBatch", e))?;
+        let accepted = output
+            .successful()
+            .iter()
+            .filter_map(|ok| ok.id().strip_prefix('m')?.parse::<usize>().ok())
+            .filter_map(|index| messages.get(index).map(|m| m.report_id))
+            .collect();
+        Ok(accepted)
+    }
+
+    /// Long-polls for up to `max` messages.
+    pub async fn receive(
+        &self,
+        max: i32,
+        wait_time_s: i32,
+        visibility_timeout_s: Option<i32>,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(max.clamp(1, 10))
+            .wait_time_seconds(wait_time_s)
+            .set_visibility_timeout(visibility_timeout_s)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .send()
+            .await
+            .map_err(|e| QueueError::call("ReceiveMessage", e))?;
+        Ok(output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| {
+                let attributes = m.attributes.unwrap_or_default();
+                Some(ReceivedMessage {
+                    message_id: m.message_id?,
+                    receipt_handle: m.receipt_handle?,
+                    body: m.body.unwrap_or_default(),
+                    receive_count: attributes
+                        .get(&MessageSystemAttributeName::ApproximateReceiveCount)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1),
+                    group_id: attributes
+                        .get(&MessageSystemAttributeName::MessageGroupId)
+                        .cloned(),
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes up to 10 messages in one call; returns the receipt handles that failed
+    /// with their reason.
+    pub async fn delete_batch(
+        &self,
+        receipt_handles: &[String],
+    ) -> Result<Vec<(String, String)>, QueueError> {
+        let mut request = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.queue_url);
+        for (index, handle) in receipt_handles.iter().enumerate() {
+            let entry = DeleteMessageBatchRequestEntry::builder()
+                .id(format!("d{index}"))
+                .receipt_handle(handle)
+                .build()
+                .map_err(|e| QueueError::Call {
+                    operation: "DeleteMessageBatch",
+                    message: e.to_string(),
+                })?;
+            request = request.entries(entry);
+        }
+        let output = request
+            .send()
+            .await
+            .map_err(|e| QueueError::call("DeleteMessageBatch", e))?;
+        Ok(output
+            .failed()
+            .iter()
+            .filter_map(|f| {
+                let index: usize = f.id().strip_prefix('d')?.parse().ok()?;
+                let handle = receipt_handles.get(index)?.clone();
+                Some((
+                    handle,
+                    format!("{}: {}", f.code(), f.message().unwrap_or_default()),
+                ))
+            })
+            .collect())
+    }
+
+    /// Sets a received message's remaining invisibility (0 releases it at once).
+    pub async fn change_visibility(
+        &self,
+        receipt_handle: &str,
+        seconds: i32,
+    ) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+            .map_err(|e| QueueError::call("ChangeMessageVisibility", e))?;
+        Ok(())
+    }
+
+    /// Changes several messages' visibility in one call; one result per entry, in order.
+    pub async fn change_visibility_batch(
+        &self,
+        entries: &[(String, i32)],
+    ) -> Vec<Result<(), String>> {
+        let mut request = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.queue_url);
+        for (index, (handle, seconds)) in entries.iter().enumerate() {
+            match aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(format!("v{index}"))
+                .receipt_handle(handle)
+                .visibility_timeout(*seconds)
+                .build()
+            {
+                Ok(entry) => request = request.entries(entry),
+                Err(e) => return entries.iter().map(|_| Err(e.to_string())).collect(),
+            }
+        }
+        match request.send().await {
+            Ok(output) => {
+                let mut results: Vec<Result<(), String>> = entries.iter().map(|_| Ok(())).collect();
+                for failed in output.failed() {
+                    if let Some(index) = failed
+                        .id()
+                        .strip_prefix('v')
+                        .and_then(|i| i.parse::<usize>().ok())
+                    {
+                        if let Some(slot) = results.get_mut(index) {
+                            *slot = Err(format!(
+                                "{}: {}",
+                                failed.code(),
+                                failed.message().unwrap_or_default()
+                            ));
+                        }
+                    }
+                }
+                results
+            }
+            Err(e) => {
+                let message = QueueError::call("ChangeMessageVisibilityBatch", e).to_string();
+                entries.iter().map(|_| Err(message.clone())).collect()
+            }
+        }
+    }
+
+    /// Copies a poison message to the DLQ with the reason as a message attribute. The
+    /// caller deletes the original afterwards: a crash in between duplicates, never loses.
+    pub async fn send_poison_to_dlq(
+        &self,
+        message: &ReceivedMessage,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        let attribute = |value: &str| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .map_err(|e| QueueError::Call {
+                    operation: "SendMessage",
+                    message: e.to_string(),
+                })
+        };
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(&self.dlq_url)
+            .message_body(if message.body.is_empty() {
+                " "
+            } else {
+                message.body.as_str()
+            })
+            .message_attributes("reportd_poison_reason", attribute(reason)?)
+            .message_attributes(
+                "reportd_original_message_id",
+                attribute(&message.message_id)?,
+            );
+        if self.fifo {
+            request = request
+                .message_group_id(message.group_id.clone().unwrap_or_else(|| "poison".into()))
+                .message_deduplication_id(message.message_id.clone());
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| QueueError::call("SendMessage", e))?;
+        Ok(())
+    }
+
+    /// Queue depth attributes of a queue (`ApproximateNumberOfMessages`, ...).
+    pub async fn depth(&self, queue_url: &str) -> Result<HashMap<String, String>, QueueError> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(
+                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            )
+            .send()
+            .await
+            .map_err(|e| QueueError::call("GetQueueAttributes", e))?;
+        Ok(output
+            .attributes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.as_str().to_string(), v))
+            .collect())
+    }
+}
+
+/// A queue's URL, or [`QueueError::Missing`].
+pub async fn queue_url(client: &Client, name: &str) -> Result<String, QueueError> {
+    match client.get_queue_url().queue_name(name).send().await {
+        Ok(output) => output
+            .queue_url
+            .ok_or_else(|| QueueError::Missing(name.to_string())),
+        Err(err) => {
+            let is_missing = err
+                .as_service_error()
+                .map(|e| e.is_queue_does_not_exist())
+                .unwrap_or(false);
+            if is_missing {
+                Err(QueueError::Missing(name.to_string()))
+            } else {
+                Err(QueueError::call("GetQueueUrl", err))
+            }
+        }
+    }
+}
+
+/// Batched SQS calls shared by every worker and the dispatcher of one process.
+#[derive(Clone)]
+pub struct SqsBatchers {
+    /// `DeleteMessageBatch` by receipt handle.
+    pub delete: Batcher<String, Result<(), String>>,
+    /// `ChangeMessageVisibilityBatch` by (receipt handle, seconds).
+    pub visibility: Batcher<(String, i32), Result<(), String>>,
+    /// `SendMessageBatch`: whether SQS accepted each message.
+    pub send: Batcher<OutgoingMessage, Result<(), String>>,
+}
+
+impl SqsBatchers {
+    /// Starts the three batchers on the current runtime.
+    pub fn spawn(queue: &SqsQueue) -> Self {
+        let q = queue.clone();
+        let delete = Batcher::spawn(10, 8, 4096, move |handles: Vec<String>| {
+            let q = q.clone();
+            async move {
+                match q.delete_batch(&handles).await {
+                    Ok(failed) => handles
+                        .iter()
+                        .map(|h| match failed.iter().find(|(f, _)| f == h) {
+                            Some((_, reason)) => Err(reason.clone()),
+                            None => Ok(()),
+                        })
+                        .collect(),
+                    Err(e) => handles.iter().map(|_| Err(e.to_string())).collect(),
+                }
+            }
+        });
+        let q = queue.clone();
+        let visibility = Batcher::spawn(10, 8, 4096, move |entries: Vec<(String, i32)>| {
+            let q = q.clone();
+            async move { q.change_visibility_batch(&entries).await }
+        });
+        let q = queue.clone();
+        let send = Batcher::spawn(10, 8, 4096, move |messages: Vec<OutgoingMessage>| {
+            let q = q.clone();
+            async move {
+                match q.send_batch(&messages).await {
+                    Ok(accepted) => messages
+                        .iter()
+                        .map(|m| {
+                            if accepted.contains(&m.report_id) {
+                                Ok(())
+                            } else {
+                                Err("SQS rejected the message".to_string())
+                            }
+                        })
+                        .collect(),
+                    Err(e) => messages.iter().map(|_| Err(e.to_string())).collect(),
+                }
+            }
+        });
+        Self {
+            delete,
+            visibility,
+            send,
+        }
+    }
+
+    /// Deletes one message (batched with others').
+    pub async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
+        self.delete
+            .submit(receipt_handle.to_string())
+            .await
+            .unwrap_or_else(|| Err("the delete batcher is gone".into()))
+            .map_err(|message| QueueError::Call {
+                operation: "DeleteMessageBatch",
+                message,
+            })
+    }
+
+    /// Sets one message's visibility (batched with others').
+    pub async fn set_visibility(
+        &self,
+        receipt_handle: &str,
+        seconds: i32,
+    ) -> Result<(), QueueError> {
+        self.visibility
+            .submit((receipt_handle.to_string(), seconds))
+            .await
+            .unwrap_or_else(|| Err("the visibility batcher is gone".into()))
+            .map_err(|message| QueueError::Call {
+                operation: "ChangeMessageVisibilityBatch",
+                message,
+            })
+    }
+
+    /// Sends one message (batched with others').
+    pub async fn send(&self, message: OutgoingMessage) -> Result<(), QueueError> {
+        self.send
+            .submit(message)
+            .await
+            .unwrap_or_else(|| Err("the send batcher is gone".into()))
+            .map_err(|message| QueueError::Call {
+                operation: "SendMessageBatch",
+                message,
+            })
+    }
+}

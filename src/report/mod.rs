@@ -1,0 +1,243 @@
+//! Report generation: the [`ReportGenerator`] extension point, the built-in CSV
+//! generator over the demo `user_activity` table, and the `[simulate]` wrapper.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::sql_types::{BigInt, Date, Timestamptz};
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use futures_util::future::BoxFuture;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::SimulateSettings;
+use crate::db::{self, DbPool};
+
+/// The payload stored with a report: who and which range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportPayload {
+    pub user_id: i64,
+    pub start_date: DateTime<Utc>,
+    pub end_date: DateTime<Utc>,
+}
+
+/// One job handed to a generator.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub report_id: Uuid,
+    /// 1-based attempt number (claims, not SQS receives).
+    pub attempt: i32,
+    pub payload: serde_json::Value,
+}
+
+/// A finished report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedReport {
+    /// Where clients fetch it; `None` for zero-work jobs.
+    pub report_url: Option<String>,
+}
+
+/// Why a generation failed, and whether trying again can help.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GeneratorError {
+    /// Worth another attempt (a database hiccup, a full disk that may clear).
+    #[error("{0}")]
+    Retryable(String),
+    /// Will fail the same way every time (bad payload).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl GeneratorError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, GeneratorError::Retryable(_))
+    }
+}
+
+/// What users implement to make reportd produce their reports. The future runs on a
+/// tokio task; CPU-heavy parts belong in `tokio::task::spawn_blocking`.
+pub trait ReportGenerator: Send + Sync + 'static {
+    fn generate(
+        &self,
+        job: JobContext,
+    ) -> BoxFuture<'static, Result<GeneratedReport, GeneratorError>>;
+}
+
+/// The built-in generator: per-day event counts and amounts of one user over the range,
+/// from `user_activity`, written as `<output_dir>/<id>.csv`.
+pub struct CsvReportGenerator {
+    pool: DbPool,
+    output_dir: PathBuf,
+    public_url: String,
+}
+
+impl CsvReportGenerator {
+    pub fn new(pool: DbPool, output_dir: PathBuf, public_url: String) -> Self {
+        Self {
+            pool,
+            output_dir,
+            public_url: public_url.trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+/// One line of the CSV.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct DailyFigures {
+    #[diesel(sql_type = Date)]
+    pub day: NaiveDate,
+    #[diesel(sql_type = BigInt)]
+    pub events: i64,
+    #[diesel(sql_type = BigInt)]
+    pub amount_cents: i64,
+}
+
+/// The report file's path for an id.
+pub fn report_path(output_dir: &std::path::Path, id: Uuid) -> PathBuf {
+    output_dir.join(format!("{id}.csv"))
+}
+
+/// Renders the CSV text (header + one line per day that had activity).
+pub fn render_csv(rows: &[DailyFigures]) -> String {
+    let mut out = String::from("day,events,amount_cents\n");
+    for row in rows {
+        out.push_str(&format!(
+            "{},{},{}\n",
+            row.day, row.events, row.amount_cents
+        ));
+    }
+    out
+}
+
+impl ReportGenerator for CsvReportGenerator {
+    fn generate(
+        &self,
+        job: JobContext,
+    ) -> BoxFuture<'static, Result<GeneratedReport, GeneratorError>> {
+        let pool = self.pool.clone();
+        let dir = self.output_dir.clone();
+        let url = format!("{}/reports/{}/file", self.public_url, job.report_id);
+        Box::pin(async move {
+            let payload: ReportPayload =
+                serde_json::from_value(job.payload.clone()).map_err(|e| {
+                    GeneratorError::Permanent(format!("payload is not a report request: {e}"))
+                })?;
+            let mut conn = db::connection(&pool)
+                .await
+                .map_err(|e| GeneratorError::Retryable(e.to_string()))?;
+            let rows: Vec<DailyFigures> = diesel::sql_query(
+                "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, count(*)::bigint AS events, \
+                 COALESCE(sum(amount_cents), 0)::bigint AS amount_cents \
+                 FROM user_activity WHERE user_id = $1 AND occurred_at >= $2 AND occurred_at <= $3 \
+                 GROUP BY 1 ORDER BY 1",
+            )
+            .bind::<BigInt, _>(payload.user_id)
+            .bind::<Timestamptz, _>(payload.start_date)
+            .bind::<Timestamptz, _>(payload.end_date)
+            .load(&mut conn)
+            .await
+            .map_err(|e| GeneratorError::Retryable(format!("activity query failed: {e}")))?;
+            drop(conn);
+            let id = job.report_id;
+            // Rendering and the file write are blocking work: keep them off the actors' threads.
+            tokio::task::spawn_blocking(move || write_atomically(&dir, id, &render_csv(&rows)))
+                .await
+                .map_err(|e| GeneratorError::Retryable(format!("writer task failed: {e}")))??;
+            Ok(GeneratedReport {
+                report_url: Some(url),
+            })
+        })
+    }
+}
+
+/// Writes to a temporary file in the same directory, then renames, so a reader never
+/// sees half a report and a crash leaves no partial file under the final name.
+fn write_atomically(dir: &std::path::Path, id: Uuid, contents: &str) -> Result<(), GeneratorError> {
+    let io = |what: &str, e: std::io::Error| {
+        GeneratorError::Retryable(format!("{what} {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", e))?;
+    let tmp = dir.join(format!(".{id}.csv.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, contents).map_err(|e| io("cannot write in", e))?;
+    std::fs::rename(&tmp, report_path(dir, id)).map_err(|e| io("cannot rename in", e))?;
+    Ok(())
+}
+
+/// Wraps a generator with the `[simulate]` knobs (demos and load tests).
+pub struct SimulatedGenerator {
+    inner: Arc<dyn ReportGenerator>,
+    settings: SimulateSettings,
+}
+
+impl SimulatedGenerator {
+    pub fn new(inner: Arc<dyn ReportGenerator>, settings: SimulateSettings) -> Self {
+        Self { inner, settings }
+    }
+}
+
+impl ReportGenerator for SimulatedGenerator {
+    fn generate(
+        &self,
+        job: JobContext,
+    ) -> BoxFuture<'static, Result<GeneratedReport, GeneratorError>> {
+        let settings = self.settings.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if let Some([min, max]) = settings.duration_ms {
+                let ms = if max > min {
+                    rand::rng().random_range(min..=max)
+                } else {
+                    min
+                };
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            let attempt = u32::try_from(job.attempt).unwrap_or(0);
+            if attempt <= settings.panic_first_attempts {
+                panic!("simulated panic on attempt {attempt}");
+            }
+            if attempt <= settings.fail_first_attempts {
+                return Err(GeneratorError::Retryable(format!(
+                    "simulated failure on attempt {attempt}"
+                )));
+            }
+            if settings.failure_rate > 0.0 && rand::rng().random_bool(settings.failure_rate) {
+                return Err(GeneratorError::Retryable("simulated random failure".into()));
+            }
+            if settings.skip_generator {
+                return Ok(GeneratedReport { report_url: None });
+            }
+            inner.generate(job).await
+        })
+    }
+}
+
+/// Fills `user_activity` with three events per user per day over the last `days` days
+/// (the demo data of `reportd seed-demo`); returns the rows inserted.
+pub async fn seed_demo(url: &str, users: i64, days: i64) -> Result<usize, crate::db::DbError> {
+    use diesel_async::AsyncConnection;
+    let mut conn = diesel_async::AsyncPgConnection::establish(url)
+        .await
+        .map_err(|source| crate::db::DbError::Connect {
+            url: crate::config::redact_url(url),
+            source,
+        })?;
+    let inserted = diesel::sql_query(
+        "INSERT INTO user_activity (user_id, occurred_at, kind, amount_cents) \
+         SELECT u, d + random() * interval '1 day', \
+                (ARRAY['view', 'click', 'purchase'])[1 + floor(random() * 3)::int], \
+                floor(random() * 10000)::bigint \
+         FROM generate_series(1, $1) AS u, \
+              generate_series(current_date - $2::int, current_date - 1, interval '1 day') AS d, \
+              generate_series(1, 3) AS k",
+    )
+    .bind::<BigInt, _>(users)
+    .bind::<diesel::sql_types::Integer, _>(i32::try_from(days).unwrap_or(i32::MAX))
+    .execute(&mut conn)
+    .await?;
+    Ok(inserted)
+}

@@ -1,0 +1,310 @@
+//! Wires one reportd process together and runs it until its shutdown future resolves.
+//!
+//! Shutdown is passed in (`run_until_stopped(shutdown)`), so tests drive it the same
+//! way a signal does: stop receiving, let the in-flight long poll return (its messages
+//! are released), give running jobs `shutdown.grace_s`, release what is still running,
+//! then stop the HTTP server. The StatusActor has flushed by then, because every worker
+//! waits for its writes to commit.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{middleware, web, App, HttpServer};
+use tokio::sync::watch;
+
+use crate::actors::messages::{GetPollerStats, StopPolling};
+use crate::actors::poller::PollerActor;
+use crate::actors::status::StatusActor;
+use crate::actors::worker::{ReportWorker, WorkerDeps};
+use crate::api::{self, AppState};
+use crate::config::{Role, Settings};
+use crate::db::{self, DbError, DbPool};
+use crate::queue::dispatcher::Dispatcher;
+use crate::queue::provision::{ensure_queues, EnsureReport};
+use crate::queue::{self, QueueError, SqsBatchers, SqsQueue};
+use crate::report::{CsvReportGenerator, ReportGenerator, SimulatedGenerator};
+
+/// Why the process could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Database(#[from] DbError),
+    #[error("SQS: {0}")]
+    Queue(#[from] QueueError),
+    #[error("cannot listen on {bind}: {source}")]
+    Bind {
+        bind: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates the database if missing and applies migrations, as the config asks.
+pub async fn prepare_database(settings: &Settings) -> Result<Vec<String>, DbError> {
+    if settings.database.create_if_missing
+        && db::create_database_if_missing(&settings.database.url).await?
+    {
+        tracing::info!(database = %crate::config::redact_url(&settings.database.url), "created the database");
+    }
+    if settings.database.migrate_on_start {
+        let applied = db::run_migrations(&settings.database.url).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "applied migrations");
+        }
+        return Ok(applied);
+    }
+    Ok(Vec::new())
+}
+
+/// A built, listening process.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    settings: Arc<Settings>,
+    pool: DbPool,
+    status: Addr<StatusActor>,
+    poller: Option<Addr<PollerActor>>,
+    /// Set to true when the grace period ends: workers release their jobs.
+    abort: watch::Sender<bool>,
+    queues: Option<EnsureReport>,
+}
+
+impl Application {
+    /// Builds everything with the built-in generator (wrapped by `[simulate]` if set).
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_generator(settings, None).await
+    }
+
+    /// Builds everything; `generator` replaces the built-in CSV generator.
+    pub async fn build_with_generator(
+        settings: Settings,
+        generator: Option<Arc<dyn ReportGenerator>>,
+    ) -> Result<Self, StartupError> {
+        let settings = Arc::new(settings);
+        prepare_database(&settings).await?;
+        let pool = db::build_pool(&settings.database.url, settings.database.pool_size)?;
+
+        let client = queue::build_client(&settings.sqs).await;
+        let queues = if settings.sqs.create_queues {
+            let report = ensure_queues(&client, &settings.sqs).await?;
+            tracing::info!("{}", report.to_string().trim_end());
+            Some(report)
+        } else {
+            None
+        };
+        let sqs = SqsQueue::connect(client, &settings.sqs).await?;
+        let batchers = SqsBatchers::spawn(&sqs);
+
+        let status_pool = pool.clone();
+        let status = Supervisor::start(move |_| StatusActor::new(status_pool));
+
+        let dispatcher = if settings.has_role(Role::Api) {
+            let dispatcher = Dispatcher::new(batchers.clone(), status.clone());
+            actix::spawn(dispatcher.clone().sweep_forever(pool.clone()));
+            Some(dispatcher)
+        } else {
+            None
+        };
+
+        let (abort, abort_rx) = watch::channel(false);
+        let poller = if settings.has_role(Role::Worker) {
+            let base: Arc<dyn ReportGenerator> = match generator {
+                Some(custom) => custom,
+                None => Arc::new(CsvReportGenerator::new(
+                    pool.clone(),
+                    settings.report.output_dir.clone(),
+                    settings.server.public_url.clone(),
+                )),
+            };
+            let generator: Arc<dyn ReportGenerator> = if settings.simulate.is_active() {
+                Arc::new(SimulatedGenerator::new(base, settings.simulate.clone()))
+            } else {
+                base
+            };
+            let deps = Arc::new(WorkerDeps::from_settings(
+                &settings,
+                status.clone(),
+                sqs.clone(),
+                batchers.clone(),
+                generator,
+                abort_rx,
+            ));
+            let count = settings.workers.count;
+            let sqs_settings = settings.sqs.clone();
+            let poller_queue = sqs.clone();
+            let poller_batchers = batchers.clone();
+            Some(Supervisor::start(move |ctx: &mut Context<PollerActor>| {
+                let mut poller = PollerActor::new(
+                    poller_queue,
+                    poller_batchers,
+                    sqs_settings.receive_batch,
+                    sqs_settings.wait_time_s,
+                    sqs_settings.fifo,
+                );
+                let me = ctx.address();
+                let workers = (0..count)
+                    .map(|index| {
+                        let deps = deps.clone();
+                        let idle = me.clone().recipient();
+                        Supervisor::start(move |_| ReportWorker::new(index, deps, idle))
+                    })
+                    .collect();
+                poller.set_workers(workers);
+                poller
+            }))
+        } else {
+            None
+        };
+
+        let listener =
+            TcpListener::bind(&settings.server.bind).map_err(|source| StartupError::Bind {
+                bind: settings.server.bind.clone(),
+                source,
+            })?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            pool: pool.clone(),
+            status: status.clone(),
+            dispatcher,
+            poller: poller.clone(),
+            queue: sqs,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(middleware::from_fn(api::authenticate))
+                .configure(api::configure)
+                .default_service(web::to(api::not_found))
+        })
+        .listen(listener)
+        .map_err(|source| StartupError::Bind {
+            bind: settings.server.bind.clone(),
+            source,
+        })?
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .run();
+        tracing::info!(port, roles = ?settings.server.roles, "reportd listening");
+        Ok(Self {
+            port,
+            server,
+            settings,
+            pool,
+            status,
+            poller,
+            abort,
+            queues,
+        })
+    }
+
+    /// The port the HTTP server listens on (useful with `bind = "127.0.0.1:0"`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The pool (tests).
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    /// The StatusActor (tests drive it through its messages).
+    pub fn status(&self) -> &Addr<StatusActor> {
+        &self.status
+    }
+
+    /// What queue provisioning found at start, when it ran.
+    pub fn queues(&self) -> Option<&EnsureReport> {
+        self.queues.as_ref()
+    }
+
+    /// Serves until `shutdown` resolves (or the server fails), then shuts down gracefully.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let mut server = actix::spawn(self.server);
+        tokio::select! {
+            () = shutdown => {}
+            result = &mut server => {
+                return result.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            }
+        }
+        tracing::info!("shutting down");
+        if let Some(poller) = &self.poller {
+            drain(poller, &self.abort, &self.settings).await;
+        }
+        handle.stop(true).await;
+        let _ = server.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Stops receiving, waits for the in-flight long poll and for running jobs (up to the
+/// grace period), then releases whatever still runs and waits for the releases.
+async fn drain(poller: &Addr<PollerActor>, abort: &watch::Sender<bool>, settings: &Settings) {
+    poller.do_send(StopPolling);
+    let started = Instant::now();
+    let grace = Duration::from_secs(settings.shutdown.grace_s);
+    // A receive already in flight returns within the long-poll wait.
+    let poll_deadline = started + Duration::from_secs(u64::from(settings.sqs.wait_time_s) + 5);
+    let mut released = false;
+    loop {
+        let stats =
+            match tokio::time::timeout(Duration::from_secs(2), poller.send(GetPollerStats)).await {
+                Ok(Ok(stats)) => stats,
+                _ => break,
+            };
+        let now = Instant::now();
+        if stats.busy_workers == 0 && (!stats.polling || now >= poll_deadline) {
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "all workers idle"
+            );
+            break;
+        }
+        if !released && now >= started + grace && stats.busy_workers > 0 {
+            tracing::warn!(
+                running = stats.busy_workers,
+                "grace period over; releasing running jobs"
+            );
+            let _ = abort.send(true);
+            released = true;
+        }
+        if released && now >= started + grace + Duration::from_secs(15) {
+            tracing::error!(
+                "jobs did not release within 15 s; exiting anyway (SQS redelivers them)"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
