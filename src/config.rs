@@ -333,7 +333,7 @@ pub enum ConfigError {
 
 impl From<figment::Error> for ConfigError {
     fn from(error: figment::Error) -> Self {
-        // figment reports one error per problem; join them so none is hidden.
+        // figment may report several errors; join them so none is hidden.
         let messages: Vec<String> = error.into_iter().map(describe_figment_error).collect();
         ConfigError::Parse(messages.join("; "))
     }
@@ -579,6 +579,10 @@ fn toml_string(settings: &Settings) -> Result<String, String> {
         out.push_str(&format!("[{section}]\n"));
         if let Some(fields) = body.as_dict() {
             for (key, value) in fields {
+                // An unset optional key (e.g. no `sqs.endpoint_url`) is left out.
+                if matches!(value, figment::value::Value::Empty(..)) {
+                    continue;
+                }
                 out.push_str(&format!("{key} = {}\n", render_value(value)));
             }
         }
@@ -603,10 +607,15 @@ fn render_value(value: &figment::value::Value) -> String {
             format!("{{ {} }}", inner.join(", "))
         }
         Value::Bool(_, b) => b.to_string(),
-        Value::Num(_, n) => match n.to_f64() {
-            Some(f) if n.to_i128().is_none() => format!("{f:?}"),
-            _ => n.to_i128().map(|i| i.to_string()).unwrap_or_default(),
-        },
+        Value::Num(_, n) => {
+            if let Some(u) = n.to_u128() {
+                u.to_string()
+            } else if let Some(i) = n.to_i128() {
+                i.to_string()
+            } else {
+                n.to_f64().map(|f| format!("{f:?}")).unwrap_or_default()
+            }
+        }
         Value::Char(_, c) => format!("{:?}", c.to_string()),
         Value::Empty(_, _) => "\"\"".into(),
     }

@@ -293,6 +293,29 @@ fn pg_data_type(diesel_type: &str) -> &'static str {
     }
 }
 
+#[test]
+fn schema_rs_parser_reads_tables_columns_types_and_nullability() {
+    let text = "// @generated\n\
+        diesel::table! {\n    a (id) {\n        id -> Uuid,\n        note -> Nullable<Text>,\n    }\n}\n\
+        diesel::table! {\n    b (id) {\n        id -> Int8,\n    }\n}\n\
+        diesel::allow_tables_to_appear_in_same_query!(a, b);\n";
+    let col = |name: &str, ty: &str, nullable: bool| DeclaredColumn {
+        name: name.into(),
+        sql_type: ty.into(),
+        nullable,
+    };
+    assert_eq!(
+        parse_schema_rs(text),
+        vec![
+            (
+                "a".to_string(),
+                vec![col("id", "Uuid", false), col("note", "Text", true)]
+            ),
+            ("b".to_string(), vec![col("id", "Int8", false)]),
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_rs_matches_the_migrated_database() {
     let schema_path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/db/schema.rs");

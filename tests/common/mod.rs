@@ -13,6 +13,8 @@
 //!
 //! Each test binary includes this module with `mod common;` and uses only some of it.
 #![allow(dead_code)]
+pub mod app;
+pub mod proxy;
 
 use reportd::config::SqsSettings;
 
@@ -56,10 +58,23 @@ pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
             client
         }
         Err(err) => panic!(
-            "PostgreSQL is not reachable at {}: {err}. Start it (scripts/dev-services) or set REPORTD_TEST_PG",
-            reportd::config::redact_url(url)
+            "PostgreSQL is not reachable at {}: {}. Start it (scripts/dev-services) or set REPORTD_TEST_PG",
+            reportd::config::redact_url(url),
+            error_chain(&err)
         ),
     }
+}
+
+/// An error and its sources, `outer: inner: root`, since tokio-postgres's own message
+/// ("error connecting to server") leaves out the cause.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    out
 }
 
 /// A connection to the server's `postgres` maintenance database.

@@ -1,0 +1,427 @@
+//! The producer API against real PostgreSQL and LocalStack SQS.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::app::{spawn_app, wait_until, AppOptions};
+use common::proxy::SqsProxy;
+use reportd::config::Role;
+use serde_json::{json, Value};
+
+fn api_only() -> AppOptions {
+    AppOptions {
+        roles: vec![Role::Api],
+        ..AppOptions::default()
+    }
+}
+
+struct BadRequest {
+    name: &'static str,
+    method: &'static str,
+    path: &'static str,
+    content_type: &'static str,
+    body: String,
+    status: u16,
+    field: &'static str,
+}
+
+fn bad(name: &'static str, body: Value, field: &'static str) -> BadRequest {
+    BadRequest {
+        name,
+        method: "POST",
+        path: "/reports",
+        content_type: "application/json",
+        body: body.to_string(),
+        status: 400,
+        field,
+    }
+}
+
+fn get(name: &'static str, path: &'static str, status: u16, field: &'static str) -> BadRequest {
+    BadRequest {
+        name,
+        method: "GET",
+        path,
+        content_type: "",
+        body: String::new(),
+        status,
+        field,
+    }
+}
+
+#[actix_web::test]
+async fn bad_requests_are_answered_with_a_json_error_naming_the_field() {
+    let app = spawn_app(AppOptions {
+        max_body_bytes: 1024,
+        ..api_only()
+    })
+    .await;
+    let ok_start = "2024-01-01";
+    let cases = vec![
+        bad("missing userId", json!({"startDate": ok_start, "endDate": ok_start}), "userId"),
+        bad("missing startDate", json!({"userId": 1, "endDate": ok_start}), "startDate"),
+        bad("missing endDate", json!({"userId": 1, "startDate": ok_start}), "endDate"),
+        bad("userId as string", json!({"userId": "7", "startDate": ok_start, "endDate": ok_start}), "userId"),
+        bad("userId negative", json!({"userId": -3, "startDate": ok_start, "endDate": ok_start}), "userId"),
+        bad("userId zero", json!({"userId": 0, "startDate": ok_start, "endDate": ok_start}), "userId"),
+        bad("userId fractional", json!({"userId": 1.5, "startDate": ok_start, "endDate": ok_start}), "userId"),
+        bad("userId null", json!({"userId": null, "startDate": ok_start, "endDate": ok_start}), "userId"),
+        bad("startDate not a date", json!({"userId": 1, "startDate": "yesterday", "endDate": ok_start}), "startDate"),
+        bad("startDate impossible", json!({"userId": 1, "startDate": "2024-02-30", "endDate": "2024-03-01"}), "startDate"),
+        bad("endDate a number", json!({"userId": 1, "startDate": ok_start, "endDate": 20240101}), "endDate"),
+        bad("reversed range", json!({"userId": 1, "startDate": "2024-02-01", "endDate": "2024-01-01"}), "startDate"),
+        bad("range too long", json!({"userId": 1, "startDate": "2020-01-01", "endDate": "2024-01-01"}), "endDate"),
+        bad("unknown field", json!({"userId": 1, "startDate": ok_start, "endDate": ok_start, "format": "pdf"}), "format"),
+        bad("array body", json!([1, 2]), "body"),
+        BadRequest { body: String::new(), ..bad("empty body", json!(null), "body") },
+        BadRequest { body: "{\"userId\": 1,".into(), ..bad("malformed JSON", json!(null), "body") },
+        BadRequest {
+            content_type: "text/plain",
+            status: 415,
+            ..bad("wrong content type", json!({"userId": 1, "startDate": ok_start, "endDate": ok_start}), "Content-Type")
+        },
+        BadRequest {
+            body: format!("{{\"userId\": 1, \"startDate\": \"{ok_start}\", \"endDate\": \"{ok_start}\", \"pad\": \"{}\"}}", "x".repeat(4096)),
+            status: 413,
+            ..bad("huge body", json!(null), "body")
+        },
+        get("bad UUID in path", "/reports/not-a-uuid", 400, "id"),
+        get("bad UUID in file path", "/reports/123/file", 400, "id"),
+        get("unknown report", "/reports/00000000-0000-4000-8000-000000000000", 404, "id"),
+        get("limit zero", "/reports?limit=0", 400, "limit"),
+        get("limit too big", "/reports?limit=501", 400, "limit"),
+        get("limit not a number", "/reports?limit=ten", 400, "limit"),
+        get("bad cursor", "/reports?cursor=%%%", 400, "cursor"),
+        get("forged cursor", "/reports?cursor=aGVsbG8", 400, "cursor"),
+        get("bad status filter", "/reports?status=done", 400, "status"),
+        get("bad userId filter", "/reports?userId=-1", 400, "userId"),
+        get("unknown query parameter", "/reports?sort=asc", 400, "sort"),
+    ];
+    assert!(cases.len() >= 20);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let request = match case.method {
+            "POST" => app
+                .http
+                .post(app.url(case.path))
+                .header("content-type", case.content_type)
+                .body(case.body.clone()),
+            _ => app.http.get(app.url(case.path)),
+        };
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let field = body["error"]["field"].as_str().unwrap_or("");
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        if status != case.status
+            || field != case.field
+            || message.is_empty()
+            || body["error"]["code"].as_str().is_none()
+        {
+            failures.push(format!(
+                "{}: expected {} naming `{}`, got {status} {body}",
+                case.name, case.status, case.field
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "wrong answers:\n{}",
+        failures.join("\n")
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn submit_answers_202_with_location_and_the_queue_message_is_exactly_the_id() {
+    let app = spawn_app(api_only()).await;
+    let response = app
+        .http
+        .post(app.url("/reports"))
+        .json(&json!({"userId": 42, "startDate": "2024-03-01T00:00:00Z", "endDate": "2024-03-31T23:59:59+02:00"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 202);
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .expect("Location header");
+    let body: Value = response.json().await.expect("JSON body");
+    let id = body["id"].as_str().expect("id").to_string();
+    assert_eq!(location, format!("/reports/{id}"));
+    assert_eq!(body["status"], "in-queue");
+    assert!(body["links"]["self"]
+        .as_str()
+        .is_some_and(|l| l.ends_with(&location)));
+
+    let (status, record) = app.get_json(&location).await;
+    assert_eq!(status, 200);
+    assert_eq!(record["payload"]["userId"], 42);
+    assert_eq!(record["attempts"], 0);
+    for key in [
+        "id",
+        "status",
+        "payload",
+        "reportUrl",
+        "attempts",
+        "lastError",
+        "createdAt",
+        "startedAt",
+        "finishedAt",
+    ] {
+        assert!(record.get(key).is_some(), "record lacks {key}: {record}");
+    }
+
+    let messages = app.queue.receive(10, 5, Some(30)).await.expect("receive");
+    assert_eq!(messages.len(), 1, "exactly one message: {messages:?}");
+    assert_eq!(messages[0].body, format!("{{\"id\":\"{id}\"}}"));
+    wait_until(
+        "enqueued_at to be recorded",
+        Duration::from_secs(10),
+        || async { app.report(id.parse().expect("uuid")).await["enqueuedAt"].is_string() },
+    )
+    .await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_same_idempotency_key_returns_the_same_report_and_a_different_body_conflicts() {
+    let app = spawn_app(api_only()).await;
+    let body = json!({"userId": 7, "startDate": "2024-01-01", "endDate": "2024-01-02"});
+    let send = |body: Value, key: &'static str| {
+        let request = app
+            .http
+            .post(app.url("/reports"))
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move {
+            let response = request.send().await.expect("POST");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (first_status, first) = send(body.clone(), "order-1").await;
+    assert_eq!(first_status, 202, "{first}");
+    let (again_status, again) = send(body.clone(), "order-1").await;
+    assert_eq!(again_status, 200, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    let other = json!({"userId": 8, "startDate": "2024-01-01", "endDate": "2024-01-02"});
+    let (conflict_status, conflict) = send(other, "order-1").await;
+    assert_eq!(conflict_status, 409, "{conflict}");
+    assert_eq!(conflict["error"]["field"], "Idempotency-Key");
+    let (list_status, list) = app.get_json("/reports?limit=500").await;
+    assert_eq!(list_status, 200);
+    assert_eq!(
+        list["items"].as_array().map(Vec::len),
+        Some(1),
+        "one report only: {list}"
+    );
+    // One message only, too.
+    let messages = app.queue.receive(10, 2, Some(30)).await.expect("receive");
+    assert_eq!(messages.len(), 1);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn listing_walks_every_row_exactly_once_newest_first_with_filters() {
+    let app = spawn_app(api_only()).await;
+    let mut ids_user_1 = Vec::new();
+    let mut all = Vec::new();
+    for n in 0..23 {
+        let user = if n % 3 == 0 { 1 } else { 2 };
+        let id = app.submit_ok(user).await;
+        if user == 1 {
+            ids_user_1.push(id.to_string());
+        }
+        all.push(id.to_string());
+    }
+    let walk = |query: &'static str| {
+        let app = &app;
+        async move {
+            let mut seen = Vec::new();
+            let mut cursor: Option<String> = None;
+            for _ in 0..50 {
+                let path = match &cursor {
+                    Some(c) => format!("/reports?{query}&cursor={c}"),
+                    None => format!("/reports?{query}"),
+                };
+                let (status, page) = app.get_json(&path).await;
+                assert_eq!(status, 200, "{page}");
+                for item in page["items"].as_array().expect("items") {
+                    seen.push((
+                        item["createdAt"].as_str().unwrap_or("").to_string(),
+                        item["id"].as_str().unwrap_or("").to_string(),
+                    ));
+                }
+                match page["nextCursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_string()),
+                    None => break,
+                }
+            }
+            seen
+        }
+    };
+    let seen = walk("limit=5").await;
+    let ids: Vec<String> = seen.iter().map(|(_, id)| id.clone()).collect();
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len(), 23, "every row once: {ids:?}");
+    assert_eq!(unique.len(), 23);
+    assert!(
+        seen.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {seen:?}"
+    );
+    let mut newest_first = all.clone();
+    newest_first.reverse();
+    assert_eq!(ids, newest_first);
+
+    let by_user: Vec<String> = walk("limit=2&userId=1")
+        .await
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    let mut expected = ids_user_1.clone();
+    expected.reverse();
+    assert_eq!(by_user, expected);
+    assert_eq!(walk("status=in-queue&limit=500").await.len(), 23);
+    assert_eq!(walk("status=completed").await.len(), 0);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_submit_during_an_sqs_outage_is_accepted_and_delivered_once_when_sqs_returns() {
+    let proxy = SqsProxy::start("127.0.0.1:4566".into()).await;
+    let app = spawn_app(AppOptions {
+        sqs_endpoint: Some(proxy.endpoint()),
+        ..api_only()
+    })
+    .await;
+    proxy.cut();
+    let id = app.submit_ok(5).await;
+    let record = app.report(id).await;
+    assert_eq!(record["status"], "in-queue");
+    assert!(
+        record["enqueuedAt"].is_null(),
+        "not sent while SQS is away: {record}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+    // The sweeper picks up rows older than 10 s, backing off while SQS was away.
+    wait_until(
+        "the report to reach SQS",
+        Duration::from_secs(60),
+        || async { app.report(id).await["enqueuedAt"].is_string() },
+    )
+    .await;
+    let direct = reportd::queue::SqsQueue::connect(
+        reportd::queue::build_client(&common::sqs_settings(&app.settings.sqs.queue_name, false))
+            .await,
+        &common::sqs_settings(&app.settings.sqs.queue_name, false),
+    )
+    .await
+    .expect("queues");
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        for message in direct.receive(10, 1, Some(60)).await.expect("receive") {
+            bodies.push(message.body);
+        }
+    }
+    assert_eq!(
+        bodies,
+        vec![format!("{{\"id\":\"{id}\"}}")],
+        "delivered exactly once"
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn generate_enqueues_a_demo_report_for_a_random_user() {
+    let app = spawn_app(api_only()).await;
+    let (status, body) = app.get_json("/generate").await;
+    assert_eq!(status, 202, "{body}");
+    let id: uuid::Uuid = body["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    let record = app.report(id).await;
+    assert!(record["payload"]["userId"].as_i64().is_some_and(|u| u >= 1));
+    assert_eq!(record["payload"]["startDate"], record["payload"]["endDate"]);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn with_tokens_every_endpoint_but_health_and_openapi_requires_a_bearer_token() {
+    let app = spawn_app(AppOptions {
+        tokens: vec!["s3cret".into()],
+        ..api_only()
+    })
+    .await;
+    let (status, body) = app.get_json("/reports").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["field"], "Authorization");
+    let response = app
+        .http
+        .get(app.url("/reports"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status().as_u16(), 401);
+    let response = app
+        .http
+        .get(app.url("/reports"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(app.get_json("/health/live").await.0, 200);
+    assert_eq!(app.get_json("/openapi.json").await.0, 200);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn openapi_document_lists_every_route_and_every_route_is_served() {
+    let app = spawn_app(api_only()).await;
+    let (status, spec) = app.get_json("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        spec["openapi"].as_str().map(|v| v.starts_with("3.")),
+        Some(true)
+    );
+    let paths = spec["paths"].as_object().expect("paths");
+    for (path, method) in reportd::api::openapi::ROUTES {
+        assert!(
+            paths.get(*path).and_then(|p| p.get(*method)).is_some(),
+            "{method} {path} missing from the document"
+        );
+    }
+    let documented: usize = paths
+        .values()
+        .map(|p| p.as_object().map_or(0, |m| m.len()))
+        .sum();
+    assert_eq!(
+        documented,
+        reportd::api::openapi::ROUTES.len(),
+        "the document has routes ROUTES lacks"
+    );
+    // Every documented GET without parameters is really served (not the JSON 404 fallback).
+    for (path, method) in reportd::api::openapi::ROUTES {
+        if *method == "get" && !path.contains('{') {
+            let response = app.http.get(app.url(path)).send().await.expect("GET");
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert_ne!(body["error"]["code"], "not_found", "{path} is not served");
+        }
+    }
+    let (status, body) = app.get_json("/no/such/route").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    app.stop().await;
+}
