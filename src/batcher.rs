@@ -63,6 +63,14 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         Self { tx }
     }
 
+    /// Queues one item without waiting, so items queue in exactly the order of the calls
+    /// (FIFO sends rely on it). `None` when the queue is full or the batcher gone.
+    pub fn try_submit(&self, item: T) -> Option<oneshot::Receiver<R>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.try_send((item, reply)).ok()?;
+        Some(answer)
+    }
+
     /// Queues one item and waits for its result; `None` if the batcher is gone.
     pub async fn submit(&self, item: T) -> Option<R> {
         let (reply, answer) = oneshot::channel();

@@ -72,7 +72,9 @@ pub async fn run_tool(command: Command, settings: Settings) -> anyhow::Result<()
             print!("{}", settings.to_redacted_toml());
         }
         Command::Migrate => {
-            if db::create_database_if_missing(&settings.database.url).await? {
+            if settings.database.create_if_missing
+                && db::create_database_if_missing(&settings.database.url).await?
+            {
                 println!(
                     "created database {}",
                     crate::config::redact_url(&settings.database.url)

@@ -121,7 +121,8 @@ impl fmt::Debug for DatabaseSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqsSettings {
-    /// SQS-compatible endpoint (LocalStack); absent means real AWS via the default chain.
+    /// SQS-compatible endpoint (LocalStack); absent means real AWS, with credentials from
+    /// the default chain (the region is always `region`).
     pub endpoint_url: Option<String>,
     /// AWS region of the queues.
     pub region: String,
@@ -235,8 +236,6 @@ pub struct ApiSettings {
     /// Bearer tokens; when non-empty every endpoint but health, metrics and the OpenAPI
     /// document requires one. Never printed.
     pub tokens: Vec<String>,
-    /// Longest time a submit waits for SQS before answering; the dispatcher retries later.
-    pub enqueue_timeout_ms: u64,
 }
 
 impl Default for ApiSettings {
@@ -245,7 +244,6 @@ impl Default for ApiSettings {
             max_range_days: 366,
             max_body_bytes: 256 * 1024,
             tokens: Vec::new(),
-            enqueue_timeout_ms: 2_000,
         }
     }
 }
@@ -256,7 +254,6 @@ impl fmt::Debug for ApiSettings {
             .field("max_range_days", &self.max_range_days)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
-            .field("enqueue_timeout_ms", &self.enqueue_timeout_ms)
             .finish()
     }
 }
@@ -353,11 +350,15 @@ fn describe_figment_error(error: figment::Error) -> String {
             None => format!(" (from {})", meta.name),
         })
         .unwrap_or_default();
+    // For an unknown field figment's path already ends with the field itself.
     match (&error.kind, key) {
-        (figment::error::Kind::UnknownField(field, _), Some(section)) => {
+        (figment::error::Kind::UnknownField(_, _), Some(key)) if key.contains('.') => {
+            format!("unknown key `{key}`{source}")
+        }
+        (figment::error::Kind::UnknownField(field, _), Some(section)) if section != *field => {
             format!("unknown key `{section}.{field}`{source}")
         }
-        (figment::error::Kind::UnknownField(field, _), None) => {
+        (figment::error::Kind::UnknownField(field, _), _) => {
             format!("unknown section `{field}`{source}")
         }
         (kind, Some(key)) => format!("invalid value for `{key}`: {kind}{source}"),
@@ -678,7 +679,7 @@ fn parse_env_value(raw: &str) -> figment::value::Value {
 /// `REPORTD_<SECTION>__<KEY>` and `DATABASE_URL` as a figment provider. figment's own `Env`
 /// always reads the process environment; building the provider from a captured map keeps
 /// tests hermetic. `REPORTD_DATABASE__URL` wins over `DATABASE_URL`.
-fn env_provider(env: &HashMap<String, String>) -> Serialized<figment::value::Dict> {
+fn env_provider(env: &HashMap<String, String>) -> EnvOverrides {
     let mut data = figment::value::Dict::new();
     if let Some(url) = env.get("DATABASE_URL") {
         insert_path(
@@ -699,5 +700,20 @@ fn env_provider(env: &HashMap<String, String>) -> Serialized<figment::value::Dic
         let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
         insert_path(&mut data, &path, parse_env_value(&env[key]));
     }
-    Serialized::defaults(data)
+    EnvOverrides(data)
+}
+
+/// The environment's overrides, named so in error messages.
+struct EnvOverrides(figment::value::Dict);
+
+impl figment::Provider for EnvOverrides {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable REPORTD_<SECTION>__<KEY> / DATABASE_URL")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.0.clone()))
+    }
 }

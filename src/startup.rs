@@ -173,11 +173,12 @@ impl Application {
             poller: poller.clone(),
             queue: sqs,
         });
+        let serve_api = settings.has_role(Role::Api);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(middleware::from_fn(api::authenticate))
-                .configure(api::configure)
+                .configure(|cfg| api::configure(cfg, serve_api))
                 .default_service(web::to(api::not_found))
         })
         .listen(listener)

@@ -111,7 +111,7 @@ impl Handler<Write> for StatusActor {
         if self.pending.len() >= self.max_batch {
             // A full batch is waiting: stop taking mail until the running flush ends.
             let done = self.flush_done.clone().notified_owned();
-            ctx.wait(async move { done.await }.into_actor(self));
+            ctx.wait(done.into_actor(self));
         }
         Box::pin(async move { answer.await.map_err(|_| DbError::WriterGone)? })
     }

@@ -33,13 +33,17 @@ pub struct AppState {
     pub queue: SqsQueue,
 }
 
-/// Registers every route.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Registers the operations routes, and the producer API when `serve_api` (the `api`
+/// role): a worker-only process answers health checks, not submits.
+pub fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
     cfg.service(web::resource("/health").route(web::get().to(health::health)))
         .service(web::resource("/health/live").route(web::get().to(health::live)))
         .service(web::resource("/health/ready").route(web::get().to(health::ready)))
-        .service(web::resource("/openapi.json").route(web::get().to(openapi::document)))
-        .service(web::resource("/generate").route(web::get().to(reports::generate)))
+        .service(web::resource("/openapi.json").route(web::get().to(openapi::document)));
+    if !serve_api {
+        return;
+    }
+    cfg.service(web::resource("/generate").route(web::get().to(reports::generate)))
         .service(
             web::resource("/reports")
                 .route(web::post().to(reports::submit))

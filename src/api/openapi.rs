@@ -1,6 +1,6 @@
 //! `GET /openapi.json`: the OpenAPI 3 description of every endpoint. Written by hand
 //! (no code generator, one less proc-macro crate to build); the test
-//! `openapi_document_lists_every_route` keeps it in step with [`super::configure`].
+//! `openapi_document_lists_every_route_and_every_route_is_served` keeps it in step with [`super::configure`].
 
 use actix_web::HttpResponse;
 use serde_json::{json, Value};

@@ -22,7 +22,7 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// An arbitrary constant: the advisory lock that serialises migrations when several
 /// reportd processes start against one database at the same time.
-const MIGRATION_LOCK_KEY: i64 = 0x7265_706f_7274_64;
+const MIGRATION_LOCK_KEY: i64 = 0x7265_706f_7274_6400;
 
 /// The pool shared by the API's reads and the StatusActor's writes.
 pub type DbPool = Pool<AsyncPgConnection>;

@@ -33,10 +33,28 @@ impl Dispatcher {
     }
 
     /// Sends one committed report in the background (the HTTP answer does not wait).
+    /// The message is queued for sending before this returns, so reports of one user
+    /// reach a FIFO queue in the order they were accepted.
     pub fn enqueue(&self, id: Uuid, user_id: Option<i64>) {
-        let this = self.clone();
+        let message = OutgoingMessage {
+            report_id: id,
+            group_id: user_id.map(|u| u.to_string()),
+        };
+        let Some(sent) = self.batchers.send.try_submit(message) else {
+            tracing::warn!(report_id = %id, "send queue full; the sweeper will send it");
+            return;
+        };
+        let status = self.status.clone();
         actix::spawn(async move {
-            if let Err(e) = this.send_and_mark(id, user_id).await {
+            let result = match sent.await {
+                Ok(Ok(())) => write(&status, WriteOp::MarkEnqueued(vec![id]))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("the send batcher is gone".to_string()),
+            };
+            if let Err(e) = result {
                 tracing::warn!(report_id = %id, error = %e, "send to SQS failed; the sweeper will retry");
             }
         });

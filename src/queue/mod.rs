@@ -73,8 +73,9 @@ pub async fn build_client(settings: &SqsSettings) -> Client {
                 ))
                 .build(),
         )
-        // Retries are reportd's own (with backoff and visible errors); one attempt per call
-        // keeps a dead endpoint from hiding behind SDK retries.
+        // Retries are mostly reportd's own (with backoff and visible errors); the SDK only
+        // retries a call once, for a reset connection, so a dead endpoint cannot hide
+        // behind SDK retries.
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2));
     if let Some(endpoint) = &settings.endpoint_url {
         loader = loader.endpoint_url(endpoint);
@@ -442,24 +443,31 @@ impl SqsBatchers {
             async move { q.change_visibility_batch(&entries).await }
         });
         let q = queue.clone();
-        let send = Batcher::spawn(10, 8, 4096, move |messages: Vec<OutgoingMessage>| {
-            let q = q.clone();
-            async move {
-                match q.send_batch(&messages).await {
-                    Ok(accepted) => messages
-                        .iter()
-                        .map(|m| {
-                            if accepted.contains(&m.report_id) {
-                                Ok(())
-                            } else {
-                                Err("SQS rejected the message".to_string())
-                            }
-                        })
-                        .collect(),
-                    Err(e) => messages.iter().map(|_| Err(e.to_string())).collect(),
+        // A FIFO queue keeps a group's order only if its sends do not overtake each other.
+        let send_in_flight = if queue.fifo { 1 } else { 8 };
+        let send = Batcher::spawn(
+            10,
+            send_in_flight,
+            4096,
+            move |messages: Vec<OutgoingMessage>| {
+                let q = q.clone();
+                async move {
+                    match q.send_batch(&messages).await {
+                        Ok(accepted) => messages
+                            .iter()
+                            .map(|m| {
+                                if accepted.contains(&m.report_id) {
+                                    Ok(())
+                                } else {
+                                    Err("SQS rejected the message".to_string())
+                                }
+                            })
+                            .collect(),
+                        Err(e) => messages.iter().map(|_| Err(e.to_string())).collect(),
+                    }
                 }
-            }
-        });
+            },
+        );
         Self {
             delete,
             visibility,

@@ -89,6 +89,8 @@ pub async fn test_settings(options: &AppOptions) -> (Settings, Arc<tempfile::Tem
     let mut settings = Settings::default();
     settings.server.bind = "127.0.0.1:0".into();
     settings.server.roles = options.roles.clone();
+    // Port 0 is only known after binding; report URLs use this fixed public address.
+    settings.server.public_url = "http://reportd.test:8080".into();
     settings.database.url = database_url;
     settings.database.pool_size = 8;
     settings.sqs = sqs_settings(&queue_name, options.fifo);
@@ -115,12 +117,11 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
     if std::env::var_os("RUST_LOG").is_some() {
         reportd::telemetry::init(&reportd::config::LogSettings::default());
     }
-    let (mut settings, tmp) = test_settings(&options).await;
+    let (settings, tmp) = test_settings(&options).await;
     let app = Application::build_with_generator(settings.clone(), options.generator.clone())
         .await
         .unwrap_or_else(|e| panic!("reportd did not start: {e}"));
     let port = app.port();
-    settings.server.public_url = format!("http://127.0.0.1:{port}");
     let client = reportd::queue::build_client(&settings.sqs).await;
     let queue = SqsQueue::connect(client, &settings.sqs)
         .await
