@@ -49,6 +49,27 @@ pub struct Settings {
     /// Demo/load-test knobs that reproduce the original article's slow, flaky jobs.
     #[serde(default)]
     pub simulate: SimulateSettings,
+    /// When restarting actors counts as a restart storm.
+    #[serde(default)]
+    pub supervisor: SupervisorSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorSettings {
+    /// More restarts than this within `window_s` mark an actor unhealthy.
+    pub max_restarts: usize,
+    /// The restart-storm window, in seconds.
+    pub window_s: u64,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            window_s: 60,
+        }
+    }
 }
 
 /// A role this process plays. Producers and consumers scale independently by running
@@ -528,6 +549,9 @@ impl Settings {
                 "retry.backoff_max_s",
                 "must be at most 43200 seconds".into(),
             );
+        }
+        if self.supervisor.window_s == 0 {
+            return invalid("supervisor.window_s", "must be at least 1 second".into());
         }
         if let Some([min, max]) = self.simulate.duration_ms {
             if min > max {

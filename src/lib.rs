@@ -9,6 +9,7 @@
 //! - [`report`]: the `ReportGenerator` extension point and the built-in CSV generator.
 //! - [`api`]: the actix-web HTTP API, one module per resource.
 //! - [`startup`]: wires it all together and runs until a shutdown signal.
+//! - [`metrics`]: the Prometheus metrics served on `/metrics`.
 //! - [`cli`] and [`telemetry`]: the command line and logging.
 
 pub mod actors;
@@ -17,6 +18,7 @@ pub mod batcher;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod metrics;
 pub mod queue;
 pub mod report;
 pub mod startup;

@@ -17,11 +17,13 @@ use tokio::sync::watch;
 
 use crate::actors::messages::{GetPollerStats, StopPolling};
 use crate::actors::poller::PollerActor;
+use crate::actors::registry::{ActorRegistry, StormLimit};
 use crate::actors::status::StatusActor;
 use crate::actors::worker::{ReportWorker, WorkerDeps};
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, QueueDepths};
 use crate::config::{Role, Settings};
 use crate::db::{self, DbError, DbPool};
+use crate::metrics::Metrics;
 use crate::queue::dispatcher::Dispatcher;
 use crate::queue::provision::{ensure_queues, EnsureReport};
 use crate::queue::{self, QueueError, SqsBatchers, SqsQueue};
@@ -95,11 +97,26 @@ impl Application {
         } else {
             None
         };
-        let sqs = SqsQueue::connect(client, &settings.sqs).await?;
+        let metrics = Metrics::new();
+        let registry = ActorRegistry::new(
+            StormLimit {
+                max_restarts: settings.supervisor.max_restarts,
+                window: Duration::from_secs(settings.supervisor.window_s),
+            },
+            metrics.clone(),
+        );
+        let sqs = SqsQueue::connect(client, &settings.sqs)
+            .await?
+            .with_metrics(metrics.clone());
         let batchers = SqsBatchers::spawn(&sqs);
+        let depths = QueueDepths::default();
+        actix::spawn(depths.clone().refresh_forever(sqs.clone(), metrics.clone()));
 
         let status_pool = pool.clone();
-        let status = Supervisor::start(move |_| StatusActor::new(status_pool));
+        let status_metrics = metrics.clone();
+        let status_slot = registry.register("status", "StatusActor");
+        let status =
+            Supervisor::start(move |_| StatusActor::new(status_pool, status_metrics, status_slot));
 
         let dispatcher = if settings.has_role(Role::Api) {
             let dispatcher = Dispatcher::new(batchers.clone(), status.clone());
@@ -131,30 +148,48 @@ impl Application {
                 batchers.clone(),
                 generator,
                 abort_rx,
+                metrics.clone(),
             ));
             let count = settings.workers.count;
             let sqs_settings = settings.sqs.clone();
             let poller_queue = sqs.clone();
             let poller_batchers = batchers.clone();
-            Some(Supervisor::start(move |ctx: &mut Context<PollerActor>| {
+            let poller_metrics = metrics.clone();
+            let poller_slot = registry.register("poller", "PollerActor");
+            let worker_registry = registry.clone();
+            let started_workers = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let worker_list = started_workers.clone();
+            let poller = Supervisor::start(move |ctx: &mut Context<PollerActor>| {
                 let mut poller = PollerActor::new(
                     poller_queue,
                     poller_batchers,
                     sqs_settings.receive_batch,
                     sqs_settings.wait_time_s,
                     sqs_settings.fifo,
+                    poller_metrics,
+                    poller_slot,
                 );
                 let me = ctx.address();
-                let workers = (0..count)
+                let workers: Vec<Addr<ReportWorker>> = (0..count)
                     .map(|index| {
                         let deps = deps.clone();
                         let idle = me.clone().recipient();
-                        Supervisor::start(move |_| ReportWorker::new(index, deps, idle))
+                        let slot =
+                            worker_registry.register(format!("worker-{index}"), "ReportWorker");
+                        Supervisor::start(move |_| ReportWorker::new(index, deps, idle, slot))
                     })
                     .collect();
+                if let Ok(mut list) = worker_list.lock() {
+                    *list = workers.clone();
+                }
                 poller.set_workers(workers);
                 poller
-            }))
+            });
+            let workers = started_workers
+                .lock()
+                .map(|w| w.clone())
+                .unwrap_or_default();
+            Some((poller, workers))
         } else {
             None
         };
@@ -165,19 +200,28 @@ impl Application {
                 source,
             })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        let (poller, workers) = match poller {
+            Some((poller, workers)) => (Some(poller), workers),
+            None => (None, Vec::new()),
+        };
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             pool: pool.clone(),
             status: status.clone(),
             dispatcher,
             poller: poller.clone(),
+            workers,
             queue: sqs,
+            metrics: metrics.clone(),
+            registry,
+            depths,
         });
         let serve_api = settings.has_role(Role::Api);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(middleware::from_fn(api::authenticate))
+                .wrap(middleware::from_fn(api::record_http_metrics))
                 .configure(|cfg| api::configure(cfg, serve_api))
                 .default_service(web::to(api::not_found))
         })

@@ -54,6 +54,8 @@ pub struct StatusStats {
     pub flushes: u64,
     pub last_batch_size: usize,
     pub last_flush_ms: f64,
+    /// Seconds the running flush has taken so far (None when idle).
+    pub flush_running_s: Option<f64>,
 }
 
 /// Asks the StatusActor for its figures (also proves its mailbox moves).
@@ -109,3 +111,8 @@ pub struct PollerStats {
 #[derive(Message)]
 #[rtype(result = "PollerStats")]
 pub struct GetPollerStats;
+
+/// Asks a worker whether its mailbox moves (health); answered with nothing.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;

@@ -6,5 +6,6 @@
 
 pub mod messages;
 pub mod poller;
+pub mod registry;
 pub mod status;
 pub mod worker;

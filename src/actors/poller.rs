@@ -4,12 +4,15 @@
 //! (capped) and polling resumes by itself when SQS answers again.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use super::messages::{GetPollerStats, PollerStats, RunJobs, StopPolling, WorkerIdle};
+use super::registry::ActorSlot;
 use super::worker::ReportWorker;
+use crate::metrics::Metrics;
 use crate::queue::{ReceivedMessage, SqsBatchers, SqsQueue};
 
 /// Longest pause between two receives after repeated SQS errors.
@@ -40,6 +43,9 @@ pub struct PollerActor {
     last_receive: Option<Instant>,
     last_tick: Instant,
     received: u64,
+    metrics: Arc<Metrics>,
+    /// This actor's entry in the health registry.
+    slot: ActorSlot,
 }
 
 impl PollerActor {
@@ -49,6 +55,8 @@ impl PollerActor {
         receive_batch: u32,
         wait_time_s: u32,
         fifo: bool,
+        metrics: Arc<Metrics>,
+        slot: ActorSlot,
     ) -> Self {
         Self {
             queue,
@@ -66,6 +74,8 @@ impl PollerActor {
             last_receive: None,
             last_tick: Instant::now(),
             received: 0,
+            metrics,
+            slot,
         }
     }
 
@@ -77,6 +87,8 @@ impl PollerActor {
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
         self.last_tick = Instant::now();
+        self.slot.heartbeat();
+        self.metrics.idle_workers.set(self.idle.len() as i64);
         if self.stopping || self.polling || self.idle.is_empty() {
             return;
         }
@@ -193,7 +205,7 @@ impl Actor for PollerActor {
 
 impl Supervised for PollerActor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        tracing::warn!("poller restarting");
+        self.slot.restarted("the poller stopped");
         self.polling = false;
     }
 }

@@ -17,7 +17,9 @@ use tokio::sync::{oneshot, Notify};
 use uuid::Uuid;
 
 use super::messages::{StatusStats, Write, WriteOp, WriteOutcome};
+use super::registry::ActorSlot;
 use crate::db::{self, reports, DbError, DbPool};
+use crate::metrics::Metrics;
 
 type Reply = oneshot::Sender<Result<WriteOutcome, DbError>>;
 
@@ -35,13 +37,18 @@ pub struct StatusActor {
     max_batch: usize,
     /// Figures for the health endpoint.
     stats: StatusStats,
+    /// When the running flush started (a flush that takes long means a busy database).
+    flush_started: Option<Instant>,
+    metrics: Arc<Metrics>,
+    /// This actor's entry in the health registry.
+    slot: ActorSlot,
 }
 
 impl StatusActor {
     /// Mailbox bound: senders wait (back-pressure) when this many writes are queued.
     pub const MAILBOX_CAPACITY: usize = 1024;
 
-    pub fn new(pool: DbPool) -> Self {
+    pub fn new(pool: DbPool, metrics: Arc<Metrics>, slot: ActorSlot) -> Self {
         Self {
             pool,
             pending: Vec::new(),
@@ -49,6 +56,9 @@ impl StatusActor {
             flush_done: Arc::new(Notify::new()),
             max_batch: 256,
             stats: StatusStats::default(),
+            flush_started: None,
+            metrics,
+            slot,
         }
     }
 
@@ -57,6 +67,7 @@ impl StatusActor {
             return;
         }
         self.flushing = true;
+        self.flush_started = Some(Instant::now());
         let take = self.pending.len().min(self.max_batch);
         let batch: Vec<(WriteOp, Reply)> = self.pending.drain(..take).collect();
         let pool = self.pool.clone();
@@ -67,9 +78,15 @@ impl StatusActor {
                 .into_actor(self)
                 .map(move |(), actor, ctx| {
                     actor.flushing = false;
+                    actor.flush_started = None;
                     actor.stats.flushes += 1;
                     actor.stats.last_batch_size = size;
                     actor.stats.last_flush_ms = started.elapsed().as_secs_f64() * 1e3;
+                    actor.metrics.status_batch_size.observe(size as f64);
+                    actor
+                        .metrics
+                        .status_flush_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     actor.flush_done.notify_waiters();
                     actor.start_flush(ctx);
                 }),
@@ -82,6 +99,7 @@ impl Actor for StatusActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(Self::MAILBOX_CAPACITY);
+        ctx.run_interval(Duration::from_secs(1), |actor, _| actor.slot.heartbeat());
     }
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
@@ -96,8 +114,9 @@ impl Actor for StatusActor {
 
 impl Supervised for StatusActor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        tracing::warn!("StatusActor restarting");
+        self.slot.restarted("the StatusActor stopped");
         self.flushing = false;
+        self.flush_started = None;
     }
 }
 
@@ -127,6 +146,7 @@ impl Handler<super::messages::GetStatusStats> for StatusActor {
     ) -> Self::Result {
         let mut stats = self.stats.clone();
         stats.pending = self.pending.len();
+        stats.flush_running_s = self.flush_started.map(|t| t.elapsed().as_secs_f64());
         MessageResult(stats)
     }
 }

@@ -12,10 +12,12 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::messages::{RunJobs, WorkerIdle, WriteOp, WriteOutcome};
+use super::messages::{Ping, RunJobs, WorkerIdle, WriteOp, WriteOutcome};
+use super::registry::ActorSlot;
 use super::status::{write, StatusActor};
 use crate::config::{RetrySettings, Settings};
 use crate::db::reports::{AttemptEnd, ClaimOutcome};
+use crate::metrics::Metrics;
 use crate::queue::{ReceivedMessage, SqsBatchers, SqsQueue};
 use crate::report::{JobContext, ReportGenerator};
 
@@ -35,6 +37,7 @@ pub struct WorkerDeps {
     pub retry: RetrySettings,
     /// Becomes true when the shutdown grace period is over: running jobs are released.
     pub abort: watch::Receiver<bool>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl WorkerDeps {
@@ -45,6 +48,7 @@ impl WorkerDeps {
         batchers: SqsBatchers,
         generator: Arc<dyn ReportGenerator>,
         abort: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             status,
@@ -55,6 +59,7 @@ impl WorkerDeps {
             max_receive_count: settings.sqs.max_receive_count,
             retry: settings.retry.clone(),
             abort,
+            metrics,
         }
     }
 }
@@ -66,33 +71,58 @@ pub struct ReportWorker {
     deps: Arc<WorkerDeps>,
     /// Told when this worker is free again.
     poller: Recipient<WorkerIdle>,
-    /// When the current job started, for the health endpoint.
+    /// When the current job started.
     busy_since: Option<Instant>,
+    /// This worker's entry in the health registry (job in hand, restarts).
+    slot: ActorSlot,
+    /// Why the worker stopped itself, for the restart log.
+    stop_cause: Option<String>,
 }
 
 impl ReportWorker {
-    pub fn new(index: usize, deps: Arc<WorkerDeps>, poller: Recipient<WorkerIdle>) -> Self {
+    pub fn new(
+        index: usize,
+        deps: Arc<WorkerDeps>,
+        poller: Recipient<WorkerIdle>,
+        slot: ActorSlot,
+    ) -> Self {
         Self {
             index,
             deps,
             poller,
             busy_since: None,
+            slot,
+            stop_cause: None,
         }
     }
 }
 
 impl Actor for ReportWorker {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(Duration::from_secs(1), |worker, _| worker.slot.heartbeat());
+    }
 }
 
 impl Supervised for ReportWorker {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        tracing::warn!(worker = self.index, "worker restarting");
+        let cause = self
+            .stop_cause
+            .take()
+            .unwrap_or_else(|| "the worker stopped".into());
+        self.slot.restarted(&cause);
         if self.busy_since.take().is_some() {
             // The job it held comes back through SQS after its visibility timeout.
             self.poller.do_send(WorkerIdle { worker: self.index });
         }
     }
+}
+
+impl Handler<Ping> for ReportWorker {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
 }
 
 impl Handler<RunJobs> for ReportWorker {
@@ -101,14 +131,22 @@ impl Handler<RunJobs> for ReportWorker {
     fn handle(&mut self, msg: RunJobs, ctx: &mut Self::Context) {
         self.busy_since = Some(Instant::now());
         let deps = self.deps.clone();
+        let slot = self.slot.clone();
         ctx.spawn(
-            async move { run_in_order(&deps, msg.messages).await }
+            async move { run_in_order(&deps, &slot, msg.messages).await }
                 .into_actor(self)
-                .map(|(), worker, _| {
+                .map(|crash, worker, ctx| {
                     worker.busy_since = None;
+                    worker.slot.set_job(None);
                     worker.poller.do_send(WorkerIdle {
                         worker: worker.index,
                     });
+                    if let Some(cause) = crash {
+                        // Treat a panic in the job like a crashed worker: the supervisor
+                        // restarts it with fresh state, and the restart is counted.
+                        worker.stop_cause = Some(cause);
+                        ctx.stop();
+                    }
                 }),
         );
     }
@@ -121,14 +159,25 @@ pub enum Processed {
     Done,
     /// It will run again later; later messages of its group must wait.
     NotDone,
+    /// Like `NotDone`, and the generator panicked: the worker restarts.
+    Crashed,
 }
 
 /// Runs messages one after another; when one is not done, the rest are released at once
-/// so that they are not run out of order.
-pub async fn run_in_order(deps: &WorkerDeps, messages: Vec<ReceivedMessage>) {
+/// so that they are not run out of order. Returns the cause when the generator panicked.
+pub async fn run_in_order(
+    deps: &WorkerDeps,
+    slot: &ActorSlot,
+    messages: Vec<ReceivedMessage>,
+) -> Option<String> {
+    let mut crash = None;
     let mut iter = messages.into_iter();
     while let Some(message) = iter.next() {
-        if process_message(deps, &message).await == Processed::NotDone {
+        let processed = process_message(deps, slot, &message).await;
+        if processed == Processed::Crashed {
+            crash = Some("the report generator panicked".to_string());
+        }
+        if processed != Processed::Done {
             for rest in iter.by_ref() {
                 if let Err(e) = deps.batchers.set_visibility(&rest.receipt_handle, 0).await {
                     tracing::warn!(message_id = %rest.message_id, error = %e, "could not release a message of a failed group");
@@ -136,6 +185,7 @@ pub async fn run_in_order(deps: &WorkerDeps, messages: Vec<ReceivedMessage>) {
             }
         }
     }
+    crash
 }
 
 #[derive(serde::Deserialize)]
@@ -145,7 +195,11 @@ struct Body {
 
 /// Processes one message from start to end. Never panics; every failure is logged and
 /// left where a person can see it (the row's `last_error`, the DLQ).
-pub async fn process_message(deps: &WorkerDeps, message: &ReceivedMessage) -> Processed {
+pub async fn process_message(
+    deps: &WorkerDeps,
+    slot: &ActorSlot,
+    message: &ReceivedMessage,
+) -> Processed {
     let span = tracing::info_span!(
         "job",
         report_id = tracing::field::Empty,
@@ -197,18 +251,29 @@ pub async fn process_message(deps: &WorkerDeps, message: &ReceivedMessage) -> Pr
                 retry_later(deps, message, deps.visibility_timeout_s.max(1) as i32).await;
                 Processed::Done
             }
-            ClaimOutcome::Claimed { attempt, payload } => {
+            ClaimOutcome::Claimed {
+                attempt,
+                payload,
+                created_at,
+            } => {
                 tracing::Span::current().record("attempt", attempt);
-                run_attempt(
-                    deps,
-                    message,
-                    JobContext {
-                        report_id: id,
-                        attempt,
-                        payload,
-                    },
-                )
-                .await
+                if attempt == 1 {
+                    let waited = (chrono::Utc::now() - created_at)
+                        .num_microseconds()
+                        .unwrap_or(0);
+                    deps.metrics.queue_wait.observe(waited.max(0) as f64 / 1e6);
+                }
+                slot.set_job(Some(id));
+                deps.metrics.jobs_in_flight.inc();
+                let job = JobContext {
+                    report_id: id,
+                    attempt,
+                    payload,
+                };
+                let processed = run_attempt(deps, message, job).await;
+                deps.metrics.jobs_in_flight.dec();
+                slot.set_job(None);
+                processed
             }
         }
     }
@@ -252,6 +317,7 @@ async fn run_attempt(deps: &WorkerDeps, message: &ReceivedMessage, job: JobConte
         }
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    let mut crashed = false;
     let error = match result {
         Ok(Ok(report)) => {
             if end(
@@ -265,6 +331,8 @@ async fn run_attempt(deps: &WorkerDeps, message: &ReceivedMessage, job: JobConte
             .await
             {
                 tracing::info!(elapsed_ms, "job completed");
+                deps.metrics.jobs_completed.inc();
+                deps.metrics.job_duration.observe(elapsed_ms as f64 / 1e3);
                 delete(deps, message).await;
                 return Processed::Done;
             }
@@ -274,6 +342,7 @@ async fn run_attempt(deps: &WorkerDeps, message: &ReceivedMessage, job: JobConte
         }
         Ok(Err(e)) => e,
         Err(join) => {
+            crashed = join.is_panic();
             let what = if join.is_panic() {
                 "the generator panicked"
             } else {
@@ -295,20 +364,35 @@ async fn run_attempt(deps: &WorkerDeps, message: &ReceivedMessage, job: JobConte
         )
         .await
         {
+            deps.metrics.jobs_failed.inc();
+            deps.metrics.jobs_dead_lettered.inc();
+            // If the copy fails the row still says `failed` with its error, where a
+            // person sees it (and can retry it); the message is dropped on redelivery.
             to_dlq(deps, message, &format!("permanent error: {text}")).await;
         }
         return Processed::NotDone;
     }
+    let not_done = if crashed {
+        Processed::Crashed
+    } else {
+        Processed::NotDone
+    };
     if message.receive_count >= deps.max_receive_count {
         tracing::warn!(error = %text, elapsed_ms, "job failed on its last allowed receive; SQS moves it to the dead-letter queue");
-        end(deps, id, attempt, AttemptEnd::Failed { error: text }).await;
+        if end(deps, id, attempt, AttemptEnd::Failed { error: text }).await {
+            deps.metrics.jobs_failed.inc();
+            deps.metrics.jobs_dead_lettered.inc();
+        }
         retry_later(deps, message, 0).await;
-        return Processed::NotDone;
+        return not_done;
     }
     let delay = backoff_s(&deps.retry, attempt);
     tracing::warn!(error = %text, elapsed_ms, retry_in_s = delay, "job failed; it will be retried");
-    end(deps, id, attempt, AttemptEnd::Requeued { error: text }).await;
-    retry_later(deps, message, delay as i32).await
+    if end(deps, id, attempt, AttemptEnd::Requeued { error: text }).await {
+        deps.metrics.jobs_retried.inc();
+    }
+    retry_later(deps, message, delay as i32).await;
+    not_done
 }
 
 /// `base × 2^(attempt−1)`, capped.
@@ -365,6 +449,7 @@ async fn retry_later(deps: &WorkerDeps, message: &ReceivedMessage, seconds: i32)
 /// A message no attempt can fix: copy it to the DLQ with the reason, then delete it.
 async fn poison(deps: &WorkerDeps, message: &ReceivedMessage, reason: &str) -> Processed {
     tracing::warn!(reason, body = %truncate(&message.body, 200), "poison message; moving it to the dead-letter queue");
+    deps.metrics.jobs_dead_lettered.inc();
     to_dlq(deps, message, reason).await;
     Processed::Done
 }

@@ -1,131 +1,225 @@
 //! Health endpoints: `/health/live` (is the process doing its job), `/health/ready`
-//! (can it serve: database and SQS reachable), `/health` (the details).
+//! (can it serve: database and SQS reachable, actors answering), `/health` (every actor
+//! and dependency in detail).
+//!
+//! Each actor is asked with a message and a short timeout, so a stuck mailbox shows as
+//! an actor that does not answer, not as a hung health check.
 
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
+use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use super::AppState;
-use crate::actors::messages::{GetPollerStats, GetStatusStats};
+use crate::actors::messages::{GetPollerStats, GetStatusStats, Ping, PollerStats, StatusStats};
+use crate::actors::registry::ActorView;
 
-/// How long an actor gets to answer a health question before it counts as stuck.
-const ACTOR_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an actor gets to answer before it counts as stuck.
+const ACTOR_TIMEOUT: Duration = Duration::from_secs(1);
+/// A StatusActor flush running longer than this means the database is not keeping up.
+const SLOW_FLUSH_S: f64 = 5.0;
 
-/// The poller's answer, or why there is none.
-async fn poller_view(
-    state: &AppState,
-) -> Option<Result<crate::actors::messages::PollerStats, String>> {
-    let poller = state.poller.as_ref()?;
-    Some(
-        match tokio::time::timeout(ACTOR_TIMEOUT, poller.send(GetPollerStats)).await {
-            Ok(Ok(stats)) => Ok(stats),
-            Ok(Err(e)) => Err(format!("poller mailbox closed: {e}")),
-            Err(_) => Err("poller did not answer within 2 s".into()),
-        },
-    )
+async fn ask<M, A>(addr: &actix::Addr<A>, msg: M) -> Option<M::Result>
+where
+    A: actix::Actor + actix::Handler<M>,
+    A::Context: actix::dev::ToEnvelope<A, M>,
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+{
+    match tokio::time::timeout(ACTOR_TIMEOUT, addr.send(msg)).await {
+        Ok(Ok(answer)) => Some(answer),
+        _ => None,
+    }
 }
 
-/// Whether the poll loop has ticked recently enough: it ticks at least once a second,
-/// so several wait periods without one mean it silently stopped.
-fn poller_alive(state: &AppState, stats: &crate::actors::messages::PollerStats) -> bool {
+async fn status_stats(state: &AppState) -> Option<StatusStats> {
+    ask(&state.status, GetStatusStats).await
+}
+
+async fn poller_stats(state: &AppState) -> Option<Option<PollerStats>> {
+    let poller = state.poller.as_ref()?;
+    Some(ask(poller, GetPollerStats).await)
+}
+
+/// The poll loop ticks at least once a second; several long-poll periods without a
+/// tick mean it silently stopped (the classic failure of SQS consumers).
+fn poller_ticking(state: &AppState, stats: &PollerStats) -> bool {
     let limit = 3.0 * f64::from(state.settings.sqs.wait_time_s.max(1)) + 5.0;
     stats.stopped || stats.last_tick_age_s.is_none_or(|age| age < limit)
 }
 
-/// `GET /health/live`: 503 when the poller loop stopped ticking or an actor is stuck.
-/// Does not depend on SQS or the database.
-pub async fn live(state: web::Data<AppState>) -> HttpResponse {
-    let status_ok = tokio::time::timeout(ACTOR_TIMEOUT, state.status.send(GetStatusStats))
-        .await
-        .map(|r| r.is_ok())
-        .unwrap_or(false);
-    let poller = poller_view(&state).await;
-    let poller_ok = match &poller {
-        None => true,
-        Some(Ok(stats)) => poller_alive(&state, stats),
-        Some(Err(_)) => false,
-    };
-    let body = json!({
-        "status": if status_ok && poller_ok { "ok" } else { "unhealthy" },
-        "statusActor": if status_ok { "running" } else { "stuck" },
-        "poller": match &poller { None => json!(null), Some(Ok(_)) if poller_ok => json!("running"), Some(Ok(_)) => json!("stalled"), Some(Err(e)) => json!(e) },
-    });
-    if status_ok && poller_ok {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
+fn view_of<'a>(views: &'a [ActorView], name: &str) -> Option<&'a ActorView> {
+    views.iter().find(|v| v.name == name)
+}
+
+fn actor_state(answered: bool, view: Option<&ActorView>) -> &'static str {
+    match (answered, view) {
+        (false, _) => "stuck",
+        (true, Some(v)) if v.restart_storm => "restarting",
+        _ => "running",
     }
 }
 
-async fn dependencies(state: &AppState) -> (Value, bool) {
-    let database = match tokio::time::timeout(ACTOR_TIMEOUT, crate::db::ping(&state.pool)).await {
-        Ok(Ok(())) => json!({"reachable": true}),
-        Ok(Err(e)) => json!({"reachable": false, "error": e.to_string()}),
-        Err(_) => json!({"reachable": false, "error": "no answer within 2 s"}),
+/// `GET /health/live`: 503 when the poll loop stopped ticking or an actor is stuck.
+/// Does not depend on SQS or the database being reachable.
+pub async fn live(state: web::Data<AppState>) -> HttpResponse {
+    let status_ok = status_stats(&state).await.is_some();
+    let (poller_ok, poller) = match poller_stats(&state).await {
+        None => (true, json!(null)),
+        Some(Some(stats)) if poller_ticking(&state, &stats) => (true, json!("running")),
+        Some(Some(stats)) => (
+            false,
+            json!(format!(
+                "stalled: no poll-loop tick for {:.0} s",
+                stats.last_tick_age_s.unwrap_or(0.0)
+            )),
+        ),
+        Some(None) => (false, json!("stuck: did not answer within 1 s")),
     };
-    let sqs = match tokio::time::timeout(ACTOR_TIMEOUT, state.queue.depth(&state.queue.queue_url))
-        .await
+    let ok = status_ok && poller_ok;
+    let body = json!({
+        "status": if ok { "ok" } else { "unhealthy" },
+        "statusActor": if status_ok { "running" } else { "stuck" },
+        "poller": poller,
+    });
+    respond(ok, body)
+}
+
+/// Database and SQS reachability (SQS: a live call, bounded by a short timeout).
+async fn dependencies(state: &AppState) -> (Value, bool) {
+    let database =
+        match tokio::time::timeout(Duration::from_secs(2), crate::db::ping(&state.pool)).await {
+            Ok(Ok(())) => json!({"reachable": true}),
+            Ok(Err(e)) => json!({"reachable": false, "error": e.to_string()}),
+            Err(_) => json!({"reachable": false, "error": "no answer within 2 s"}),
+        };
+    let pool = state.pool.status();
+    let sqs = match tokio::time::timeout(
+        Duration::from_secs(2),
+        state.queue.depth(&state.queue.queue_url),
+    )
+    .await
     {
-        Ok(Ok(depth)) => json!({"reachable": true, "queue": depth}),
+        Ok(Ok(_)) => json!({"reachable": true}),
         Ok(Err(e)) => json!({"reachable": false, "error": e.to_string()}),
         Err(_) => json!({"reachable": false, "error": "no answer within 2 s"}),
     };
     let ok = database["reachable"] == json!(true) && sqs["reachable"] == json!(true);
-    (json!({"database": database, "sqs": sqs}), ok)
+    (
+        json!({
+            "database": database,
+            "pool": {"size": pool.size, "available": pool.available, "maxSize": pool.max_size, "waiting": pool.waiting},
+            "sqs": sqs,
+        }),
+        ok,
+    )
 }
 
-/// `GET /health/ready`: database and SQS reachable, actors answering.
+/// `GET /health/ready`: database and SQS reachable, the poller receiving without errors.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let (deps, deps_ok) = dependencies(&state).await;
-    let poller = poller_view(&state).await;
-    let poller_ok = match &poller {
-        None => true,
-        Some(Ok(stats)) => poller_alive(&state, stats) && stats.consecutive_errors == 0,
-        Some(Err(_)) => false,
+    let (poller_ok, poller_error) = match poller_stats(&state).await {
+        None => (true, None),
+        Some(Some(stats)) => (
+            poller_ticking(&state, &stats) && stats.consecutive_errors == 0,
+            stats.last_error.clone(),
+        ),
+        Some(None) => (false, Some("poller did not answer".to_string())),
     };
     let ok = deps_ok && poller_ok;
-    let body = json!({"status": if ok { "ok" } else { "unavailable" }, "dependencies": deps});
-    if ok {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
+    respond(
+        ok,
+        json!({"status": if ok { "ok" } else { "unavailable" }, "dependencies": deps, "pollerError": poller_error}),
+    )
 }
 
 /// `GET /health`: every actor and dependency.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let views = state.registry.snapshot();
+    let mut actors = Vec::new();
+    let mut healthy = true;
+
+    let status = status_stats(&state).await;
+    let view = view_of(&views, "status");
+    let busy = status
+        .as_ref()
+        .and_then(|s| s.flush_running_s)
+        .is_some_and(|s| s > SLOW_FLUSH_S);
+    let status_state = if busy {
+        "busy"
+    } else {
+        actor_state(status.is_some(), view)
+    };
+    healthy &= status_state == "running";
+    actors.push(json!({
+        "name": "status", "kind": "StatusActor", "state": status_state,
+        "restarts": view.map_or(0, |v| v.restarts),
+        "lastRestartCause": view.and_then(|v| v.last_restart_cause.clone()),
+        "heartbeatAgeS": view.map(|v| v.heartbeat_age_s),
+        "pendingWrites": status.as_ref().map(|s| s.pending),
+        "lastFlushMs": status.as_ref().map(|s| s.last_flush_ms),
+        "lastBatchSize": status.as_ref().map(|s| s.last_batch_size),
+        "flushRunningS": status.as_ref().and_then(|s| s.flush_running_s),
+    }));
+
+    if let Some(poller) = poller_stats(&state).await {
+        let view = view_of(&views, "poller");
+        let mut poller_state = actor_state(poller.is_some(), view);
+        if let Some(stats) = &poller {
+            if stats.stopped {
+                poller_state = "stopped";
+            } else if !poller_ticking(&state, stats) {
+                poller_state = "stalled";
+            }
+        }
+        let ok = poller_state == "running" || poller_state == "stopped";
+        let receiving = poller.as_ref().is_some_and(|s| s.consecutive_errors == 0);
+        healthy &= ok && receiving;
+        actors.push(json!({
+            "name": "poller", "kind": "PollerActor", "state": poller_state,
+            "restarts": view.map_or(0, |v| v.restarts),
+            "lastRestartCause": view.and_then(|v| v.last_restart_cause.clone()),
+            "heartbeatAgeS": view.map(|v| v.heartbeat_age_s),
+            "lastReceiveAgeS": poller.as_ref().and_then(|s| s.last_receive_age_s),
+            "consecutiveErrors": poller.as_ref().map(|s| s.consecutive_errors),
+            "lastError": poller.as_ref().and_then(|s| s.last_error.clone()),
+            "idleWorkers": poller.as_ref().map(|s| s.idle_workers),
+            "busyWorkers": poller.as_ref().map(|s| s.busy_workers),
+        }));
+    }
+
+    let answers = join_all(state.workers.iter().map(|w| ask(w, Ping))).await;
+    for (index, answer) in answers.iter().enumerate() {
+        let name = format!("worker-{index}");
+        let view = view_of(&views, &name);
+        let worker_state = actor_state(answer.is_some(), view);
+        healthy &= worker_state == "running";
+        actors.push(json!({
+            "name": name, "kind": "ReportWorker", "state": worker_state,
+            "restarts": view.map_or(0, |v| v.restarts),
+            "lastRestartCause": view.and_then(|v| v.last_restart_cause.clone()),
+            "heartbeatAgeS": view.map(|v| v.heartbeat_age_s),
+            "job": view.and_then(|v| v.job),
+            "jobAgeS": view.and_then(|v| v.job_age_s),
+        }));
+    }
+
     let (deps, deps_ok) = dependencies(&state).await;
-    let status = match tokio::time::timeout(ACTOR_TIMEOUT, state.status.send(GetStatusStats)).await
-    {
-        Ok(Ok(stats)) => {
-            json!({"name": "status", "kind": "StatusActor", "state": "running", "stats": stats})
-        }
-        _ => json!({"name": "status", "kind": "StatusActor", "state": "stuck"}),
-    };
-    let status_ok = status["state"] == json!("running");
-    let poller = poller_view(&state).await;
-    let (poller_json, poller_ok) = match &poller {
-        None => (json!(null), true),
-        Some(Ok(stats)) => {
-            let ok = poller_alive(&state, stats) && stats.consecutive_errors == 0;
-            (
-                json!({"name": "poller", "kind": "PollerActor", "state": if stats.stopped { "stopped" } else { "running" }, "healthy": ok, "stats": stats}),
-                ok,
-            )
-        }
-        Some(Err(e)) => (
-            json!({"name": "poller", "kind": "PollerActor", "state": "stuck", "error": e}),
-            false,
-        ),
-    };
-    let ok = deps_ok && status_ok && poller_ok;
-    let body = json!({
-        "status": if ok { "ok" } else { "unhealthy" },
-        "roles": state.settings.server.roles,
-        "actors": [status, poller_json],
-        "dependencies": deps,
-    });
+    healthy &= deps_ok;
+    respond(
+        healthy,
+        json!({
+            "status": if healthy { "ok" } else { "unhealthy" },
+            "roles": state.settings.server.roles,
+            "actors": actors,
+            "dependencies": deps,
+            "queueDepths": state.depths.latest(),
+        }),
+    )
+}
+
+fn respond(ok: bool, body: Value) -> HttpResponse {
     if ok {
         HttpResponse::Ok().json(body)
     } else {

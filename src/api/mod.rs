@@ -14,9 +14,12 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 
 use crate::actors::poller::PollerActor;
+use crate::actors::registry::ActorRegistry;
 use crate::actors::status::StatusActor;
+use crate::actors::worker::ReportWorker;
 use crate::config::Settings;
 use crate::db::DbPool;
+use crate::metrics::Metrics;
 use crate::queue::dispatcher::Dispatcher;
 use crate::queue::SqsQueue;
 use error::ApiError;
@@ -30,7 +33,113 @@ pub struct AppState {
     pub dispatcher: Option<Dispatcher>,
     /// Present when this process runs the `worker` role.
     pub poller: Option<Addr<PollerActor>>,
+    /// The worker pool (empty without the `worker` role); health pings each.
+    pub workers: Vec<Addr<ReportWorker>>,
     pub queue: SqsQueue,
+    pub metrics: Arc<Metrics>,
+    /// Restarts, heartbeats and jobs in hand of every actor.
+    pub registry: ActorRegistry,
+    /// Queue depths, refreshed in the background.
+    pub depths: QueueDepths,
+}
+
+/// The last queue depths read from SQS, refreshed every few seconds in the background
+/// so that health checks never wait on SQS for them.
+#[derive(Clone, Default)]
+pub struct QueueDepths {
+    inner: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
+}
+
+impl QueueDepths {
+    /// The latest reading (with its error, if the last refresh failed).
+    pub fn latest(&self) -> serde_json::Value {
+        self.inner
+            .lock()
+            .map(|v| v.clone().unwrap_or(serde_json::Value::Null))
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Refreshes every 5 s until the process stops; also sets the depth gauges.
+    pub async fn refresh_forever(self, queue: SqsQueue, metrics: Arc<Metrics>) {
+        loop {
+            let mut reading = serde_json::Map::new();
+            for (name, url) in [
+                ("main", queue.queue_url.clone()),
+                ("dlq", queue.dlq_url.clone()),
+            ] {
+                match queue.depth(&url).await {
+                    Ok(depth) => {
+                        let number = |key: &str| {
+                            depth
+                                .get(key)
+                                .and_then(|v| v.parse::<i64>().ok())
+                                .unwrap_or(0)
+                        };
+                        let visible = number("ApproximateNumberOfMessages");
+                        let in_flight = number("ApproximateNumberOfMessagesNotVisible");
+                        metrics
+                            .queue_depth
+                            .with_label_values(&[name, "visible"])
+                            .set(visible);
+                        metrics
+                            .queue_depth
+                            .with_label_values(&[name, "in_flight"])
+                            .set(in_flight);
+                        reading.insert(
+                            name.into(),
+                            serde_json::json!({"approximateNumberOfMessages": visible, "approximateNumberOfMessagesNotVisible": in_flight}),
+                        );
+                    }
+                    Err(e) => {
+                        reading.insert(name.into(), serde_json::json!({"error": e.to_string()}));
+                    }
+                }
+            }
+            reading.insert("ageLimitS".into(), serde_json::json!(5));
+            if let Ok(mut slot) = self.inner.lock() {
+                *slot = Some(serde_json::Value::Object(reading));
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// Counts every request by route pattern, method and status, with its latency.
+pub async fn record_http_metrics<B: MessageBody + 'static>(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<B>,
+) -> Result<ServiceResponse<B>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().to_string();
+    let response = next.call(req).await;
+    if let Some(metrics) = metrics {
+        let status = match &response {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.as_response_error().status_code().as_u16(),
+        };
+        metrics
+            .http_requests
+            .with_label_values(&[&route, &method, &status.to_string()])
+            .inc();
+        metrics
+            .http_seconds
+            .with_label_values(&[&route])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
 }
 
 /// Registers the operations routes, and the producer API when `serve_api` (the `api`
@@ -39,6 +148,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
     cfg.service(web::resource("/health").route(web::get().to(health::health)))
         .service(web::resource("/health/live").route(web::get().to(health::live)))
         .service(web::resource("/health/ready").route(web::get().to(health::ready)))
+        .service(web::resource("/metrics").route(web::get().to(metrics)))
         .service(web::resource("/openapi.json").route(web::get().to(openapi::document)));
     if !serve_api {
         return;

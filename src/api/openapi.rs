@@ -15,6 +15,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/health", "get"),
     ("/health/live", "get"),
     ("/health/ready", "get"),
+    ("/metrics", "get"),
     ("/openapi.json", "get"),
 ];
 
@@ -89,6 +90,7 @@ pub fn spec() -> Value {
             "/health": {"get": {"summary": "Actors and dependencies", "security": [], "responses": {"200": {"description": "Healthy"}, "503": {"description": "Unhealthy"}}}},
             "/health/live": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "Alive"}, "503": {"description": "Poller stalled or an actor stuck"}}}},
             "/health/ready": {"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "Ready"}, "503": {"description": "Database or SQS unreachable"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (text format)", "security": [], "responses": {"200": {"description": "Metrics", "content": {"text/plain": {}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3"}}}}
         }
     })

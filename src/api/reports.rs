@@ -106,6 +106,7 @@ async fn accept(
             tracing::warn!(report_id = %id, "no dispatcher in this process; the sweeper of an api process will send it")
         }
     }
+    state.metrics.jobs_accepted.inc();
     tracing::info!(report_id = %id, user_id = payload.user_id, "report accepted");
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/reports/{id}")))

@@ -20,6 +20,8 @@ pub enum ClaimOutcome {
     Claimed {
         attempt: i32,
         payload: serde_json::Value,
+        /// When the report was accepted (for the queue-wait metric).
+        created_at: DateTime<Utc>,
     },
     /// The job already reached a terminal status: a duplicate delivery.
     AlreadyFinished(JobStatus),
@@ -94,30 +96,35 @@ pub async fn claim(
     stale_after_s: i64,
 ) -> QueryResult<ClaimOutcome> {
     let stale_before = Utc::now() - chrono::Duration::seconds(stale_after_s);
-    let claimed: Option<(i32, serde_json::Value)> = diesel::update(rq::report_queue.find(id))
-        .filter(
-            rq::status.eq(JobStatus::InQueue.as_str()).or(rq::status
-                .eq(JobStatus::InProgress.as_str())
-                .and(rq::updated_at.lt(stale_before))),
-        )
-        .set((
-            rq::status.eq(JobStatus::InProgress.as_str()),
-            rq::attempts.eq(rq::attempts + 1),
-            rq::started_at.eq(now),
-            rq::updated_at.eq(now),
-            rq::finished_at.eq(None::<DateTime<Utc>>),
-            // The worker holds the message, so it did reach SQS whatever the dispatcher
-            // managed to record; this keeps the dispatcher from sending it again.
-            rq::enqueued_at.eq(diesel::dsl::sql::<
-                diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
-            >("COALESCE(enqueued_at, now())")),
-        ))
-        .returning((rq::attempts, rq::payload))
-        .get_result(conn)
-        .await
-        .optional()?;
-    if let Some((attempt, payload)) = claimed {
-        return Ok(ClaimOutcome::Claimed { attempt, payload });
+    let claimed: Option<(i32, serde_json::Value, DateTime<Utc>)> =
+        diesel::update(rq::report_queue.find(id))
+            .filter(
+                rq::status.eq(JobStatus::InQueue.as_str()).or(rq::status
+                    .eq(JobStatus::InProgress.as_str())
+                    .and(rq::updated_at.lt(stale_before))),
+            )
+            .set((
+                rq::status.eq(JobStatus::InProgress.as_str()),
+                rq::attempts.eq(rq::attempts + 1),
+                rq::started_at.eq(now),
+                rq::updated_at.eq(now),
+                rq::finished_at.eq(None::<DateTime<Utc>>),
+                // The worker holds the message, so it did reach SQS whatever the dispatcher
+                // managed to record; this keeps the dispatcher from sending it again.
+                rq::enqueued_at.eq(diesel::dsl::sql::<
+                    diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+                >("COALESCE(enqueued_at, now())")),
+            ))
+            .returning((rq::attempts, rq::payload, rq::created_at))
+            .get_result(conn)
+            .await
+            .optional()?;
+    if let Some((attempt, payload, created_at)) = claimed {
+        return Ok(ClaimOutcome::Claimed {
+            attempt,
+            payload,
+            created_at,
+        });
     }
     let status: Option<String> = rq::report_queue
         .find(id)

@@ -4,7 +4,10 @@
 pub mod dispatcher;
 pub mod provision;
 
+use std::sync::Arc;
+
 use crate::batcher::Batcher;
+use crate::metrics::Metrics;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -114,7 +117,7 @@ pub struct OutgoingMessage {
 }
 
 /// The queue pair reportd works with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqsQueue {
     client: Client,
     /// URL of the main queue.
@@ -122,6 +125,18 @@ pub struct SqsQueue {
     /// URL of the dead-letter queue.
     pub dlq_url: String,
     fifo: bool,
+    /// Counts calls by operation and outcome, when set.
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for SqsQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsQueue")
+            .field("queue_url", &self.queue_url)
+            .field("dlq_url", &self.dlq_url)
+            .field("fifo", &self.fifo)
+            .finish()
+    }
 }
 
 /// The body every message carries, exactly as the original design had it.
@@ -139,7 +154,20 @@ impl SqsQueue {
             queue_url: main_url,
             dlq_url,
             fifo: settings.fifo,
+            metrics: None,
         })
+    }
+
+    /// Counts this queue's SQS calls in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count<T, E>(&self, operation: &str, result: &Result<T, E>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.sqs_call(operation, result.is_ok());
+        }
     }
 
     /// The underlying client.
@@ -165,10 +193,9 @@ impl SqsQueue {
             })?;
             request = request.entries(entry);
         }
-        let output = request
-            .send()
-            .await
-            .map_err(|e| QueueError::call("SendMessageBatch", e))?;
+        let output = request.send().await;
+        self.count("SendMessageBatch", &output);
+        let output = output.map_err(|e| QueueError::call("SendMessageBatch", e))?;
         let accepted = output
             .successful()
             .iter()
@@ -195,8 +222,9 @@ impl SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .send()
-            .await
-            .map_err(|e| QueueError::call("ReceiveMessage", e))?;
+            .await;
+        self.count("ReceiveMessage", &output);
+        let output = output.map_err(|e| QueueError::call("ReceiveMessage", e))?;
         Ok(output
             .messages
             .unwrap_or_default()
@@ -240,10 +268,9 @@ impl SqsQueue {
                 })?;
             request = request.entries(entry);
         }
-        let output = request
-            .send()
-            .await
-            .map_err(|e| QueueError::call("DeleteMessageBatch", e))?;
+        let output = request.send().await;
+        self.count("DeleteMessageBatch", &output);
+        let output = output.map_err(|e| QueueError::call("DeleteMessageBatch", e))?;
         Ok(output
             .failed()
             .iter()
@@ -264,14 +291,16 @@ impl SqsQueue {
         receipt_handle: &str,
         seconds: i32,
     ) -> Result<(), QueueError> {
-        self.client
+        let result = self
+            .client
             .change_message_visibility()
             .queue_url(&self.queue_url)
             .receipt_handle(receipt_handle)
             .visibility_timeout(seconds)
             .send()
-            .await
-            .map_err(|e| QueueError::call("ChangeMessageVisibility", e))?;
+            .await;
+        self.count("ChangeMessageVisibility", &result);
+        result.map_err(|e| QueueError::call("ChangeMessageVisibility", e))?;
         Ok(())
     }
 
@@ -295,7 +324,9 @@ impl SqsQueue {
                 Err(e) => return entries.iter().map(|_| Err(e.to_string())).collect(),
             }
         }
-        match request.send().await {
+        let output = request.send().await;
+        self.count("ChangeMessageVisibilityBatch", &output);
+        match output {
             Ok(output) => {
                 let mut results: Vec<Result<(), String>> = entries.iter().map(|_| Ok(())).collect();
                 for failed in output.failed() {

@@ -1,0 +1,181 @@
+//! Prometheus metrics of one process, served as text on `GET /metrics`.
+//!
+//! One registry per process (not a global), so tests that run several processes in one
+//! binary each see their own counters.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric reportd exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Reports accepted by `POST /reports` / `GET /generate` (new rows only).
+    pub jobs_accepted: IntCounter,
+    /// Attempts that completed their job.
+    pub jobs_completed: IntCounter,
+    /// Jobs that ended `failed` (permanent error or out of receives).
+    pub jobs_failed: IntCounter,
+    /// Attempts that failed and were put back for another try.
+    pub jobs_retried: IntCounter,
+    /// Messages sent to the dead-letter queue by reportd or left for SQS's redrive.
+    pub jobs_dead_lettered: IntCounter,
+    /// Seconds a successful attempt ran.
+    pub job_duration: Histogram,
+    /// Seconds from `created_at` to the claim of the first attempt.
+    pub queue_wait: Histogram,
+    /// Jobs running now.
+    pub jobs_in_flight: IntGauge,
+    /// Workers with nothing to do.
+    pub idle_workers: IntGauge,
+    /// SQS calls by operation and outcome (`ok` / `error`).
+    pub sqs_calls: IntCounterVec,
+    /// Writes committed per StatusActor flush.
+    pub status_batch_size: Histogram,
+    /// Seconds per StatusActor flush.
+    pub status_flush_seconds: Histogram,
+    /// HTTP requests by route pattern, method and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP latency by route pattern.
+    pub http_seconds: HistogramVec,
+    /// SQS queue depth by queue (`main`/`dlq`) and state (`visible`/`in_flight`).
+    pub queue_depth: IntGaugeVec,
+    /// Actor restarts by actor kind.
+    pub actor_restarts: IntCounterVec,
+}
+
+/// Latency buckets from 1 ms to 2 min.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+impl Metrics {
+    /// A fresh registry with every metric registered. The names and labels are constants,
+    /// so the `expect`s below can only fire on a programming error, which every test hits.
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric name");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric name");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let metrics = Self {
+            jobs_accepted: counter("reportd_jobs_accepted_total", "Reports accepted by the API"),
+            jobs_completed: counter("reportd_jobs_completed_total", "Jobs completed"),
+            jobs_failed: counter("reportd_jobs_failed_total", "Jobs that ended failed"),
+            jobs_retried: counter(
+                "reportd_jobs_retried_total",
+                "Failed attempts put back for a retry",
+            ),
+            jobs_dead_lettered: counter(
+                "reportd_jobs_dead_lettered_total",
+                "Messages moved (or left for redrive) to the DLQ",
+            ),
+            job_duration: histogram(
+                "reportd_job_duration_seconds",
+                "Run time of successful attempts",
+                SECONDS_BUCKETS.to_vec(),
+            ),
+            queue_wait: histogram(
+                "reportd_job_queue_wait_seconds",
+                "Time from acceptance to the first attempt's start",
+                SECONDS_BUCKETS.to_vec(),
+            ),
+            jobs_in_flight: gauge("reportd_jobs_in_flight", "Jobs running now"),
+            idle_workers: gauge("reportd_idle_workers", "Workers with nothing to do"),
+            sqs_calls: counter_vec(
+                "reportd_sqs_calls_total",
+                "SQS calls by operation and outcome",
+                &["operation", "outcome"],
+            ),
+            status_batch_size: histogram(
+                "reportd_status_batch_size",
+                "Writes per StatusActor flush",
+                vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 256.0],
+            ),
+            status_flush_seconds: histogram(
+                "reportd_status_flush_seconds",
+                "StatusActor flush latency",
+                SECONDS_BUCKETS.to_vec(),
+            ),
+            http_requests: counter_vec(
+                "reportd_http_requests_total",
+                "HTTP requests",
+                &["route", "method", "status"],
+            ),
+            http_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new("reportd_http_request_seconds", "HTTP latency")
+                        .buckets(SECONDS_BUCKETS.to_vec()),
+                    &["route"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("unique metric");
+                h
+            },
+            queue_depth: {
+                let g = IntGaugeVec::new(
+                    Opts::new("reportd_queue_depth", "SQS approximate queue depth"),
+                    &["queue", "state"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            actor_restarts: counter_vec(
+                "reportd_actor_restarts_total",
+                "Actor restarts by kind",
+                &["kind"],
+            ),
+            registry,
+        };
+        Arc::new(metrics)
+    }
+
+    /// Counts one SQS call.
+    pub fn sqs_call(&self, operation: &str, ok: bool) {
+        self.sqs_calls
+            .with_label_values(&[operation, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            return format!("# encoding failed: {e}\n");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,229 @@
+//! Supervision, the health endpoints and metrics, against real PostgreSQL and LocalStack.
+
+mod common;
+
+use std::time::Duration;
+
+use common::app::{spawn_app, wait_until, AppOptions, TestApp};
+use common::proxy::SqsProxy;
+use reportd::config::SimulateSettings;
+use serde_json::Value;
+
+fn zero_work() -> SimulateSettings {
+    SimulateSettings {
+        skip_generator: true,
+        ..SimulateSettings::default()
+    }
+}
+
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find(|line| line.split_whitespace().next() == Some(name))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+}
+
+#[actix_web::test]
+async fn a_generator_that_panics_once_restarts_its_worker_and_the_job_still_completes() {
+    let app = spawn_app(AppOptions {
+        workers: 1,
+        simulate: SimulateSettings {
+            panic_first_attempts: 1,
+            ..zero_work()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let id = app.submit_ok(1).await;
+    let record = app
+        .wait_for_status(id, "completed", Duration::from_secs(30))
+        .await;
+    assert_eq!(record["attempts"], 2, "{record}");
+    let (status, health) = app.get_json("/health").await;
+    let worker = health["actors"]
+        .as_array()
+        .and_then(|actors| actors.iter().find(|a| a["name"] == "worker-0"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(worker["restarts"], 1, "{health}");
+    assert!(
+        worker["lastRestartCause"]
+            .as_str()
+            .is_some_and(|c| c.contains("panicked")),
+        "{worker}"
+    );
+    assert_eq!(worker["state"], "running");
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(
+        app.get_json("/health/live").await.0,
+        200,
+        "the process is alive"
+    );
+    assert_eq!(metric(&app, "reportd_jobs_retried_total").await, 1.0);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn an_sqs_outage_turns_health_and_ready_503_and_they_recover_without_a_restart() {
+    let proxy = SqsProxy::start("127.0.0.1:4566".into()).await;
+    let app = spawn_app(AppOptions {
+        sqs_endpoint: Some(proxy.endpoint()),
+        simulate: zero_work(),
+        ..AppOptions::default()
+    })
+    .await;
+    let (status, health) = app.get_json("/health").await;
+    assert_eq!(status, 200, "{health}");
+    proxy.cut();
+    let id = app.submit_ok(2).await;
+    wait_until(
+        "/health/ready to answer 503",
+        Duration::from_secs(20),
+        || async { app.get_json("/health/ready").await.0 == 503 },
+    )
+    .await;
+    // Within a few poll cycles the poller reports its failing receives.
+    let poller_of = |health: &Value| {
+        health["actors"]
+            .as_array()
+            .and_then(|actors| actors.iter().find(|a| a["name"] == "poller"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    wait_until(
+        "/health to name the poller's error",
+        Duration::from_secs(20),
+        || async {
+            let (status, health) = app.get_json("/health").await;
+            let poller = poller_of(&health);
+            status == 503
+                && poller["consecutiveErrors"].as_u64().is_some_and(|n| n >= 1)
+                && poller["lastError"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("ReceiveMessage"))
+        },
+    )
+    .await;
+    // Liveness does not depend on SQS: the process is up and its loop ticks.
+    assert_eq!(app.get_json("/health/live").await.0, 200);
+    proxy.restore();
+    wait_until(
+        "/health to answer 200 again",
+        Duration::from_secs(40),
+        || async { app.get_json("/health").await.0 == 200 },
+    )
+    .await;
+    assert_eq!(app.get_json("/health/ready").await.0, 200);
+    app.wait_for_status(id, "completed", Duration::from_secs(60))
+        .await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_status_actor_blocked_by_a_locked_table_is_reported_busy() {
+    let app = spawn_app(AppOptions {
+        simulate: zero_work(),
+        ..AppOptions::default()
+    })
+    .await;
+    let mut locker = common::pg_connect(&app.settings.database.url).await;
+    let transaction = locker.transaction().await.expect("begin");
+    transaction
+        .batch_execute("LOCK TABLE report_queue IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let address = app.url("/reports");
+    let submit = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(address)
+            .json(&serde_json::json!({"userId": 1, "startDate": "2024-01-01", "endDate": "2024-01-02"}))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    wait_until(
+        "/health to report the StatusActor busy",
+        Duration::from_secs(20),
+        || async {
+            let (status, health) = app.get_json("/health").await;
+            let actor = health["actors"]
+                .as_array()
+                .and_then(|actors| actors.iter().find(|a| a["name"] == "status"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            status == 503 && actor["state"] == "busy" && actor["pendingWrites"].is_number()
+        },
+    )
+    .await;
+    transaction.rollback().await.expect("unlock");
+    let answered = submit.await.expect("submit task").expect("submit answered");
+    assert_eq!(
+        answered, 202,
+        "the write went through once the lock was gone"
+    );
+    wait_until("/health to recover", Duration::from_secs(20), || async {
+        app.get_json("/health").await.0 == 200
+    })
+    .await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn after_n_jobs_the_metrics_counters_equal_n() {
+    let app = spawn_app(AppOptions {
+        simulate: zero_work(),
+        ..AppOptions::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for user in 1..=7 {
+        ids.push(app.submit_ok(user).await);
+    }
+    for id in &ids {
+        app.wait_for_status(*id, "completed", Duration::from_secs(30))
+            .await;
+    }
+    assert_eq!(metric(&app, "reportd_jobs_accepted_total").await, 7.0);
+    assert_eq!(metric(&app, "reportd_jobs_completed_total").await, 7.0);
+    assert_eq!(metric(&app, "reportd_jobs_failed_total").await, 0.0);
+    assert_eq!(
+        metric(&app, "reportd_job_duration_seconds_count").await,
+        7.0
+    );
+    assert_eq!(
+        metric(&app, "reportd_job_queue_wait_seconds_count").await,
+        7.0
+    );
+    assert_eq!(metric(&app, "reportd_jobs_in_flight").await, 0.0);
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("reportd_sqs_calls_total{operation=\"ReceiveMessage\",outcome=\"ok\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "reportd_http_requests_total{method=\"POST\",route=\"/reports\",status=\"202\"} 7"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("reportd_status_batch_size_count"));
+    app.stop().await;
+}
