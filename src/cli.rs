@@ -39,6 +39,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Look into the dead-letter queue and act on it.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Fill the demo `user_activity` table for the built-in CSV generator.
     SeedDemo {
         /// Users 1..=N get activity.
@@ -54,6 +59,31 @@ pub enum Command {
 pub enum QueuesCommand {
     /// Create the main queue and its dead-letter queue, or fix their attributes.
     Ensure,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List the DLQ's messages with their reports (without consuming them).
+    List {
+        /// Most messages to show.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send messages back to the main queue (reports reset to in-queue, attempts kept).
+    Redrive {
+        /// A report id or message id; repeat for several. Poison messages only this way.
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Every message that has a report row.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete every message in the DLQ.
+    Purge {
+        /// Confirms the purge.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,12 +124,47 @@ pub async fn run_tool(command: Command, settings: Settings) -> anyhow::Result<()
             let report = queue::provision::ensure_queues(&client, &settings.sqs).await?;
             print!("{report}");
         }
+        Command::Dlq { command } => run_dlq(command, &settings).await?,
         Command::SeedDemo { users, days } => {
             anyhow::ensure!(users >= 1, "--users must be at least 1");
             anyhow::ensure!(days >= 1, "--days must be at least 1");
             startup::prepare_database(&settings).await?;
             let rows = crate::report::seed_demo(&settings.database.url, users, days).await?;
             println!("inserted {rows} user_activity rows for {users} users over {days} days");
+        }
+    }
+    Ok(())
+}
+
+async fn run_dlq(command: DlqCommand, settings: &Settings) -> anyhow::Result<()> {
+    let client = queue::build_client(&settings.sqs).await;
+    let sqs = queue::SqsQueue::connect(client, &settings.sqs).await?;
+    let pool = db::build_pool(&settings.database.url, 2)?;
+    match command {
+        DlqCommand::List { limit } => {
+            anyhow::ensure!(
+                (1..=10_000).contains(&limit),
+                "--limit must be in 1..=10000"
+            );
+            let entries = queue::dlq::list(&sqs, &pool, limit).await?;
+            println!("{}", serde_json::to_string_pretty(&entries)?);
+        }
+        DlqCommand::Redrive { ids, all } => {
+            anyhow::ensure!(
+                all || !ids.is_empty(),
+                "name messages with --id ID (repeatable) or use --all"
+            );
+            let report =
+                queue::dlq::redrive(&sqs, &pool, &queue::dlq::Selection { ids, all }).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        DlqCommand::Purge { yes } => {
+            anyhow::ensure!(
+                yes,
+                "purge deletes every DLQ message for good: add --yes to confirm"
+            );
+            queue::dlq::purge(&sqs).await?;
+            println!("purged {}", sqs.dlq_url);
         }
     }
     Ok(())

@@ -25,7 +25,7 @@ pub enum WriteOp {
     },
     /// SQS accepted these reports' messages.
     MarkEnqueued(Vec<Uuid>),
-    /// Put a `failed` report back in the queue.
+    /// Put a `failed` report back in the queue, to be sent again.
     ResetFailed(Uuid),
 }
 

@@ -232,7 +232,7 @@ async fn apply_all(
                 WriteOutcome::Count(reports::mark_enqueued(conn, ids).await?)
             }
             WriteOp::ResetFailed(id) => {
-                WriteOutcome::Applied(reports::reset_failed(conn, *id).await?)
+                WriteOutcome::Applied(reports::reset_failed(conn, *id, true).await?)
             }
         };
         outcomes.push(outcome);

@@ -1,5 +1,6 @@
 //! The actix-web HTTP API, one module per resource.
 
+pub mod dlq;
 pub mod error;
 pub mod health;
 pub mod openapi;
@@ -160,7 +161,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
                 .route(web::get().to(reports::list)),
         )
         .service(web::resource("/reports/{id}").route(web::get().to(reports::get)))
-        .service(web::resource("/reports/{id}/file").route(web::get().to(reports::file)));
+        .service(web::resource("/reports/{id}/file").route(web::get().to(reports::file)))
+        .service(web::resource("/reports/{id}/retry").route(web::post().to(reports::retry)))
+        .service(web::resource("/dlq").route(web::get().to(dlq::list)))
+        .service(web::resource("/dlq/redrive").route(web::post().to(dlq::redrive)))
+        .service(web::resource("/dlq/{messageId}").route(web::delete().to(dlq::discard)));
 }
 
 /// Unknown routes answer JSON too.

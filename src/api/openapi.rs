@@ -11,6 +11,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/reports", "get"),
     ("/reports/{id}", "get"),
     ("/reports/{id}/file", "get"),
+    ("/reports/{id}/retry", "post"),
+    ("/dlq", "get"),
+    ("/dlq/redrive", "post"),
+    ("/dlq/{messageId}", "delete"),
     ("/generate", "get"),
     ("/health", "get"),
     ("/health/live", "get"),
@@ -50,6 +54,10 @@ pub fn spec() -> Value {
                     "startedAt": {"type": "string", "format": "date-time", "nullable": true},
                     "finishedAt": {"type": "string", "format": "date-time", "nullable": true},
                     "enqueuedAt": {"type": "string", "format": "date-time", "nullable": true}}},
+                "DlqPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "object", "properties": {
+                    "messageId": {"type": "string"}, "reportId": {"type": "string", "nullable": true}, "reportStatus": {"type": "string", "nullable": true},
+                    "attempts": {"type": "integer", "nullable": true}, "lastError": {"type": "string", "nullable": true},
+                    "poisonReason": {"type": "string", "nullable": true}, "sentAt": {"type": "string", "format": "date-time", "nullable": true}, "body": {"type": "string"}}}}}},
                 "ReportPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Report"}}, "nextCursor": {"type": "string", "nullable": true}}}
             }
         },
@@ -86,6 +94,18 @@ pub fn spec() -> Value {
                 "400": error_response("Not a UUID"), "404": error_response("Unknown id")}}},
             "/reports/{id}/file": {"get": {"summary": "The generated CSV", "parameters": [id_param], "responses": {
                 "200": {"description": "CSV", "content": {"text/csv": {}}}, "404": error_response("Unknown or not completed")}}},
+            "/reports/{id}/retry": {"post": {"summary": "Re-enqueue a failed report", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}], "responses": {
+                "202": {"description": "Back in the queue", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                "404": error_response("Unknown id"), "409": error_response("The report is not failed")}}},
+            "/dlq": {"get": {"summary": "Messages in the dead-letter queue, with their reports (not consumed)", "parameters": [
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+                "responses": {"200": {"description": "DLQ messages", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DlqPage"}}}}, "400": error_response("Bad parameter")}}},
+            "/dlq/redrive": {"post": {"summary": "Send DLQ messages back to the main queue", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false, "properties": {
+                "ids": {"type": "array", "items": {"type": "string"}, "description": "report ids or message ids; poison messages only by id"},
+                "all": {"type": "boolean", "description": "every message that has a report row"}}}}}},
+                "responses": {"200": {"description": "What moved", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": error_response("Bad body")}}},
+            "/dlq/{messageId}": {"delete": {"summary": "Discard one DLQ message", "parameters": [{"name": "messageId", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"204": {"description": "Discarded"}, "404": error_response("Not in the DLQ")}}},
             "/generate": {"get": {"summary": "Demo: enqueue a report for a random user, now..now", "responses": {"202": {"description": "Accepted", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}}}}},
             "/health": {"get": {"summary": "Actors and dependencies", "security": [], "responses": {"200": {"description": "Healthy"}, "503": {"description": "Unhealthy"}}}},
             "/health/live": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "Alive"}, "503": {"description": "Poller stalled or an actor stuck"}}}},

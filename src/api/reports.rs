@@ -471,3 +471,46 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     let id = Uuid::parse_str(id).map_err(|_| bad())?;
     Ok((created_at, id))
 }
+
+/// `POST /reports/{id}/retry`: puts a `failed` report back in the queue with a new
+/// message (whether or not its old one is still in the DLQ); 409 for any other status.
+pub async fn retry(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let reset = write(&state.status, WriteOp::ResetFailed(id)).await?;
+    if reset != WriteOutcome::Applied(true) {
+        let mut conn = db::connection(&state.pool).await?;
+        return match reports::find(&mut conn, id).await? {
+            None => Err(ApiError::not_found(format!("no report with id {id}")).with_field("id")),
+            Some(record) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_failed",
+                format!(
+                    "report {id} is {}; only failed reports can be retried",
+                    record.status
+                ),
+            )
+            .with_field("id")),
+        };
+    }
+    let mut conn = db::connection(&state.pool).await?;
+    let record = reports::find(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))?;
+    match &state.dispatcher {
+        Some(dispatcher) => dispatcher.enqueue(id, record.user_id),
+        None => {
+            tracing::warn!(report_id = %id, "no dispatcher in this process; the sweeper of an api process will send it")
+        }
+    }
+    tracing::info!(report_id = %id, attempts = record.attempts, "failed report retried by an operator");
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/reports/{id}")))
+        .json(accepted_body(
+            &state.settings.server.public_url,
+            id,
+            JobStatus::InQueue.as_str(),
+        )))
+}

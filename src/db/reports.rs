@@ -221,14 +221,21 @@ pub async fn mark_enqueued(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryR
 }
 
 /// Puts a `failed` report back in the queue (retry / redrive), keeping `attempts`.
-/// Returns false when the report is not `failed`.
-pub async fn reset_failed(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
+/// `resend`: a new message must be sent (enqueued_at cleared, so the dispatcher sends
+/// it); otherwise its existing message is being moved back. Returns false when the
+/// report is not `failed`.
+pub async fn reset_failed(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    resend: bool,
+) -> QueryResult<bool> {
+    let enqueued_at = if resend { None } else { Some(Utc::now()) };
     let n = diesel::update(rq::report_queue.find(id))
         .filter(rq::status.eq(JobStatus::Failed.as_str()))
         .set((
             rq::status.eq(JobStatus::InQueue.as_str()),
             rq::finished_at.eq(None::<DateTime<Utc>>),
-            rq::enqueued_at.eq(None::<DateTime<Utc>>),
+            rq::enqueued_at.eq(enqueued_at),
             rq::updated_at.eq(now),
         ))
         .execute(conn)

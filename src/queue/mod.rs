@@ -2,6 +2,7 @@
 //! SQS allows it, because calls per message is what limits throughput).
 
 pub mod dispatcher;
+pub mod dlq;
 pub mod provision;
 
 use std::sync::Arc;

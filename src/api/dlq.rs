@@ -1,0 +1,127 @@
+//! `/dlq`: see why jobs failed, send them back, discard them.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::queue::dlq::{self, DlqError, Selection};
+
+/// Most messages `GET /dlq` lists.
+const MAX_LIMIT: usize = 1000;
+
+impl From<DlqError> for ApiError {
+    fn from(error: DlqError) -> Self {
+        tracing::error!(%error, "DLQ operation failed");
+        ApiError::unavailable(error.to_string())
+    }
+}
+
+/// `GET /dlq?limit=`: the DLQ's messages, without consuming them.
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut limit = 100;
+    for (key, value) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        match key.as_ref() {
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|v| (1..=MAX_LIMIT).contains(v))
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "limit",
+                            format!("`{value}` is not an integer in 1..={MAX_LIMIT}"),
+                        )
+                    })?
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    other,
+                    format!("unknown query parameter `{other}`; allowed: limit"),
+                ))
+            }
+        }
+    }
+    let entries = dlq::list(&state.queue, &state.pool, limit).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": entries })))
+}
+
+/// `POST /dlq/redrive` with `{"ids": [...]}` (report or message ids) or `{"all": true}`.
+pub async fn redrive(
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            "body",
+            "expected {\"ids\": [...]} or {\"all\": true}",
+        ));
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?
+    };
+    let Value::Object(object) = value else {
+        return Err(ApiError::invalid(
+            "body",
+            "expected {\"ids\": [...]} or {\"all\": true}",
+        ));
+    };
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !["ids", "all"].contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid(
+            unknown,
+            format!("unknown field `{unknown}`; allowed: ids, all"),
+        ));
+    }
+    let all = match object.get("all") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("all", "all must be a boolean")),
+    };
+    let ids = match object.get("ids") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ApiError::invalid("ids", "ids must be strings"))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "ids",
+                "ids must be an array of report or message ids",
+            ))
+        }
+    };
+    if ids.is_empty() && !all {
+        return Err(ApiError::invalid(
+            "ids",
+            "name at least one id, or set \"all\": true",
+        ));
+    }
+    let report = dlq::redrive(&state.queue, &state.pool, &Selection { ids, all }).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+/// `DELETE /dlq/{messageId}`: discards one message (logged).
+pub async fn discard(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let message_id = path.into_inner();
+    if dlq::discard(&state.queue, &state.pool, &message_id).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no message {message_id} in the DLQ"),
+        )
+        .with_field("messageId"))
+    }
+}
