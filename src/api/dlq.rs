@@ -9,7 +9,7 @@ use super::AppState;
 use crate::queue::dlq::{self, DlqError, Selection};
 
 /// Most messages `GET /dlq` lists.
-const MAX_LIMIT: usize = 1000;
+const MAX_LIMIT: i64 = 1000;
 
 impl From<DlqError> for ApiError {
     fn from(error: DlqError) -> Self {
@@ -23,18 +23,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let mut limit = 100;
     for (key, value) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
         match key.as_ref() {
-            "limit" => {
-                limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|v| (1..=MAX_LIMIT).contains(v))
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "limit",
-                            format!("`{value}` is not an integer in 1..={MAX_LIMIT}"),
-                        )
-                    })?
-            }
+            "limit" => limit = super::parse_limit(&value, MAX_LIMIT)?,
             other => {
                 return Err(ApiError::invalid(
                     other,
@@ -43,7 +32,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
             }
         }
     }
-    let entries = dlq::list(&state.queue, &state.pool, limit).await?;
+    let entries = dlq::list(&state.queue, &state.pool, limit as usize).await?;
     Ok(HttpResponse::Ok().json(json!({ "items": entries })))
 }
 

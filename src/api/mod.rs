@@ -168,6 +168,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
         .service(web::resource("/dlq/{messageId}").route(web::delete().to(dlq::discard)));
 }
 
+/// A `limit` query parameter: an integer in `1..=max`.
+pub(crate) fn parse_limit(value: &str, max: i64) -> Result<i64, ApiError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|v| (1..=max).contains(v))
+        .ok_or_else(|| {
+            ApiError::invalid("limit", format!("`{value}` is not an integer in 1..={max}"))
+        })
+}
+
 /// Unknown routes answer JSON too.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found("no such endpoint (see /openapi.json)"))

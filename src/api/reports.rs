@@ -100,21 +100,26 @@ async fn accept(
                 &existing.status,
             )));
     }
+    state.metrics.jobs_accepted.inc();
+    tracing::info!(report_id = %id, user_id = payload.user_id, "report accepted");
+    Ok(enqueue_and_accept(state, id, Some(payload.user_id)))
+}
+
+/// Hands a committed report to the dispatcher and answers 202 with its links.
+fn enqueue_and_accept(state: &AppState, id: Uuid, user_id: Option<i64>) -> HttpResponse {
     match &state.dispatcher {
-        Some(dispatcher) => dispatcher.enqueue(id, Some(payload.user_id)),
+        Some(dispatcher) => dispatcher.enqueue(id, user_id),
         None => {
             tracing::warn!(report_id = %id, "no dispatcher in this process; the sweeper of an api process will send it")
         }
     }
-    state.metrics.jobs_accepted.inc();
-    tracing::info!(report_id = %id, user_id = payload.user_id, "report accepted");
-    Ok(HttpResponse::Accepted()
+    HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/reports/{id}")))
         .json(accepted_body(
             &state.settings.server.public_url,
             id,
             JobStatus::InQueue.as_str(),
-        )))
+        ))
 }
 
 fn accepted_body(public_url: &str, id: Uuid, status: &str) -> Value {
@@ -332,16 +337,20 @@ pub fn record_json(record: &ReportRecord) -> Value {
     })
 }
 
+/// One report, or a 404 naming the id.
+async fn find_report(state: &AppState, id: Uuid) -> Result<ReportRecord, ApiError> {
+    let mut conn = db::connection(&state.pool).await?;
+    reports::find(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))
+}
+
 /// `GET /reports/{id}`.
 pub async fn get(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_id(&path)?;
-    let mut conn = db::connection(&state.pool).await?;
-    let record = reports::find(&mut conn, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))?;
+    let record = find_report(&state, parse_id(&path)?).await?;
     Ok(HttpResponse::Ok().json(record_json(&record)))
 }
 
@@ -351,11 +360,7 @@ pub async fn file(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let mut conn = db::connection(&state.pool).await?;
-    let record = reports::find(&mut conn, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))?;
-    drop(conn);
+    let record = find_report(&state, id).await?;
     if record.status != JobStatus::Completed.as_str() {
         return Err(ApiError::not_found(format!(
             "report {id} is {}, not completed",
@@ -420,18 +425,7 @@ pub fn parse_list_query(query: &str) -> Result<reports::ListFilter, ApiError> {
                     || ApiError::invalid("userId", format!("`{value}` is not a positive integer")),
                 )?)
             }
-            "limit" => {
-                filter.limit = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|v| (1..=MAX_LIMIT).contains(v))
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "limit",
-                            format!("`{value}` is not an integer in 1..={MAX_LIMIT}"),
-                        )
-                    })?
-            }
+            "limit" => filter.limit = super::parse_limit(&value, MAX_LIMIT)?,
             "cursor" => filter.after = Some(decode_cursor(&value)?),
             other => {
                 return Err(ApiError::invalid(
@@ -480,37 +474,18 @@ pub async fn retry(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
     let reset = write(&state.status, WriteOp::ResetFailed(id)).await?;
+    let record = find_report(&state, id).await?;
     if reset != WriteOutcome::Applied(true) {
-        let mut conn = db::connection(&state.pool).await?;
-        return match reports::find(&mut conn, id).await? {
-            None => Err(ApiError::not_found(format!("no report with id {id}")).with_field("id")),
-            Some(record) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_failed",
-                format!(
-                    "report {id} is {}; only failed reports can be retried",
-                    record.status
-                ),
-            )
-            .with_field("id")),
-        };
-    }
-    let mut conn = db::connection(&state.pool).await?;
-    let record = reports::find(&mut conn, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))?;
-    match &state.dispatcher {
-        Some(dispatcher) => dispatcher.enqueue(id, record.user_id),
-        None => {
-            tracing::warn!(report_id = %id, "no dispatcher in this process; the sweeper of an api process will send it")
-        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_failed",
+            format!(
+                "report {id} is {}; only failed reports can be retried",
+                record.status
+            ),
+        )
+        .with_field("id"));
     }
     tracing::info!(report_id = %id, attempts = record.attempts, "failed report retried by an operator");
-    Ok(HttpResponse::Accepted()
-        .insert_header((header::LOCATION, format!("/reports/{id}")))
-        .json(accepted_body(
-            &state.settings.server.public_url,
-            id,
-            JobStatus::InQueue.as_str(),
-        )))
+    Ok(enqueue_and_accept(&state, id, record.user_id))
 }

@@ -5,8 +5,6 @@
 //! through the StatusActor), so that `reportd dlq ...` works without a running daemon;
 //! each is a compare-and-set on `status = 'failed'`, so it cannot race a worker.
 
-use std::collections::HashMap;
-
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -150,39 +148,14 @@ async fn release(queue: &SqsQueue, held: &[Held]) {
             .iter()
             .map(|h| (h.receipt_handle.clone(), 0))
             .collect();
-        for result in queue_visibility(queue, &entries).await {
+        for result in queue
+            .change_visibility_batch_in(&queue.dlq_url, &entries)
+            .await
+        {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "could not release a DLQ message after looking at it");
             }
         }
-    }
-}
-
-async fn queue_visibility(queue: &SqsQueue, entries: &[(String, i32)]) -> Vec<Result<(), String>> {
-    let mut request = queue
-        .client()
-        .change_message_visibility_batch()
-        .queue_url(&queue.dlq_url);
-    for (index, (handle, seconds)) in entries.iter().enumerate() {
-        match aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
-            .id(format!("v{index}"))
-            .receipt_handle(handle)
-            .visibility_timeout(*seconds)
-            .build()
-        {
-            Ok(entry) => request = request.entries(entry),
-            Err(e) => return vec![Err(e.to_string())],
-        }
-    }
-    match request.send().await {
-        Ok(output) => output
-            .failed()
-            .iter()
-            .map(|f| Err(format!("{}: {}", f.code(), f.message().unwrap_or_default())))
-            .collect(),
-        Err(e) => vec![Err(
-            QueueError::call("ChangeMessageVisibilityBatch", e).to_string()
-        )],
     }
 }
 
@@ -369,44 +342,7 @@ async fn delete_from_dlq(
     queue: &SqsQueue,
     handles: &[String],
 ) -> Result<Vec<(String, String)>, QueueError> {
-    let mut request = queue
-        .client()
-        .delete_message_batch()
-        .queue_url(&queue.dlq_url);
-    for (index, handle) in handles.iter().enumerate() {
-        let entry = aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
-            .id(format!("d{index}"))
-            .receipt_handle(handle)
-            .build()
-            .map_err(|e| QueueError::Call {
-                operation: "DeleteMessageBatch",
-                message: e.to_string(),
-            })?;
-        request = request.entries(entry);
-    }
-    let output = request
-        .send()
-        .await
-        .map_err(|e| QueueError::call("DeleteMessageBatch", e))?;
-    let by_id: HashMap<String, String> = output
-        .failed()
-        .iter()
-        .map(|f| {
-            (
-                f.id().to_string(),
-                f.message().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    Ok(handles
-        .iter()
-        .enumerate()
-        .filter_map(|(i, h)| {
-            by_id
-                .get(&format!("d{i}"))
-                .map(|reason| (h.clone(), reason.clone()))
-        })
-        .collect())
+    queue.delete_batch_in(&queue.dlq_url, handles).await
 }
 
 /// Deletes one DLQ message by its message id; false when it is not there.

@@ -254,10 +254,16 @@ impl SqsQueue {
         &self,
         receipt_handles: &[String],
     ) -> Result<Vec<(String, String)>, QueueError> {
-        let mut request = self
-            .client
-            .delete_message_batch()
-            .queue_url(&self.queue_url);
+        self.delete_batch_in(&self.queue_url, receipt_handles).await
+    }
+
+    /// [`SqsQueue::delete_batch`] on either of the two queues (the DLQ tools use it).
+    pub async fn delete_batch_in(
+        &self,
+        queue_url: &str,
+        receipt_handles: &[String],
+    ) -> Result<Vec<(String, String)>, QueueError> {
+        let mut request = self.client.delete_message_batch().queue_url(queue_url);
         for (index, handle) in receipt_handles.iter().enumerate() {
             let entry = DeleteMessageBatchRequestEntry::builder()
                 .id(format!("d{index}"))
@@ -310,10 +316,20 @@ impl SqsQueue {
         &self,
         entries: &[(String, i32)],
     ) -> Vec<Result<(), String>> {
+        self.change_visibility_batch_in(&self.queue_url, entries)
+            .await
+    }
+
+    /// [`SqsQueue::change_visibility_batch`] on either of the two queues.
+    pub async fn change_visibility_batch_in(
+        &self,
+        queue_url: &str,
+        entries: &[(String, i32)],
+    ) -> Vec<Result<(), String>> {
         let mut request = self
             .client
             .change_message_visibility_batch()
-            .queue_url(&self.queue_url);
+            .queue_url(queue_url);
         for (index, (handle, seconds)) in entries.iter().enumerate() {
             match aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
                 .id(format!("v{index}"))
@@ -399,24 +415,40 @@ impl SqsQueue {
 
     /// Queue depth attributes of a queue (`ApproximateNumberOfMessages`, ...).
     pub async fn depth(&self, queue_url: &str) -> Result<HashMap<String, String>, QueueError> {
-        let output = self
-            .client
-            .get_queue_attributes()
-            .queue_url(queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(
-                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-            )
-            .send()
-            .await
-            .map_err(|e| QueueError::call("GetQueueAttributes", e))?;
-        Ok(output
-            .attributes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k.as_str().to_string(), v))
-            .collect())
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let result = queue_attributes(
+            &self.client,
+            queue_url,
+            &[
+                QueueAttributeName::ApproximateNumberOfMessages,
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            ],
+        )
+        .await;
+        self.count("GetQueueAttributes", &result);
+        result
     }
+}
+
+/// Some attributes of a queue, by name.
+pub async fn queue_attributes(
+    client: &Client,
+    queue_url: &str,
+    names: &[aws_sdk_sqs::types::QueueAttributeName],
+) -> Result<HashMap<String, String>, QueueError> {
+    let output = client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .set_attribute_names(Some(names.to_vec()))
+        .send()
+        .await
+        .map_err(|e| QueueError::call("GetQueueAttributes", e))?;
+    Ok(output
+        .attributes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.as_str().to_string(), v))
+        .collect())
 }
 
 /// A queue's URL, or [`QueueError::Missing`].

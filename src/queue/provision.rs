@@ -174,19 +174,7 @@ fn attribute_matches(key: &QueueAttributeName, current: Option<&String>, wanted:
 }
 
 async fn attributes_of(client: &Client, url: &str) -> Result<HashMap<String, String>, QueueError> {
-    let output = client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::All)
-        .send()
-        .await
-        .map_err(|e| QueueError::call("GetQueueAttributes", e))?;
-    Ok(output
-        .attributes
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k.as_str().to_string(), v))
-        .collect())
+    super::queue_attributes(client, url, &[QueueAttributeName::All]).await
 }
 
 /// A queue's ARN (the RedrivePolicy names the DLQ by ARN).
