@@ -22,7 +22,7 @@ use crate::actors::status::StatusActor;
 use crate::actors::worker::{ReportWorker, WorkerDeps};
 use crate::api::{self, AppState, QueueDepths};
 use crate::config::{Role, Settings};
-use crate::db::{self, DbError, DbPool};
+use crate::db::{self, DbError, DbGate, DbPool};
 use crate::metrics::Metrics;
 use crate::queue::dispatcher::Dispatcher;
 use crate::queue::provision::{ensure_queues, EnsureReport};
@@ -127,6 +127,7 @@ impl Application {
         };
 
         let (abort, abort_rx) = watch::channel(false);
+        let db_gate = DbGate::new(pool.clone());
         let poller = if settings.has_role(Role::Worker) {
             let base: Arc<dyn ReportGenerator> = match generator {
                 Some(custom) => custom,
@@ -141,15 +142,18 @@ impl Application {
             } else {
                 base
             };
-            let deps = Arc::new(WorkerDeps::from_settings(
-                &settings,
-                status.clone(),
-                sqs.clone(),
-                batchers.clone(),
+            let deps = Arc::new(WorkerDeps {
+                status: status.clone(),
+                queue: sqs.clone(),
+                batchers: batchers.clone(),
                 generator,
-                abort_rx,
-                metrics.clone(),
-            ));
+                visibility_timeout_s: settings.sqs.visibility_timeout_s,
+                max_receive_count: settings.sqs.max_receive_count,
+                retry: settings.retry.clone(),
+                abort: abort_rx,
+                metrics: metrics.clone(),
+                db_gate: db_gate.clone(),
+            });
             let count = settings.workers.count;
             let sqs_settings = settings.sqs.clone();
             let poller_queue = sqs.clone();
@@ -163,11 +167,10 @@ impl Application {
                 let mut poller = PollerActor::new(
                     poller_queue,
                     poller_batchers,
-                    sqs_settings.receive_batch,
-                    sqs_settings.wait_time_s,
-                    sqs_settings.fifo,
+                    &sqs_settings,
                     poller_metrics,
                     poller_slot,
+                    db_gate,
                 );
                 let me = ctx.address();
                 let workers: Vec<Addr<ReportWorker>> = (0..count)

@@ -536,3 +536,47 @@ async fn kill_9_mid_job_is_completed_by_another_process_after_the_visibility_tim
     assert!(second.terminate(Duration::from_secs(30)).success());
     api.stop().await;
 }
+
+#[actix_web::test]
+async fn a_postgres_outage_pauses_receives_so_queued_jobs_are_not_dead_lettered() {
+    let direct = common::fresh_database().await;
+    let proxy = common::proxy::SqsProxy::start("127.0.0.1:5432".into()).await;
+    let name = direct.rsplit('/').next().unwrap_or_default().to_string();
+    let app = spawn_app(AppOptions {
+        database_url: Some(format!(
+            "postgres://postgres@127.0.0.1:{}/{name}",
+            proxy.port()
+        )),
+        workers: 1,
+        visibility_timeout_s: 2,
+        simulate: simulate(Some([1500, 1500])),
+        ..AppOptions::default()
+    })
+    .await;
+    let ids = vec![
+        app.submit_ok(1).await,
+        app.submit_ok(2).await,
+        app.submit_ok(3).await,
+    ];
+    app.wait_for_status(ids[0], "in-progress", Duration::from_secs(20))
+        .await;
+    proxy.cut();
+    // Long enough for three 5 s claim retries, i.e. for the DLQ, were receives not paused.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    assert!(
+        dlq_messages(&app).await.is_empty(),
+        "no job went to the DLQ during the outage"
+    );
+    proxy.restore();
+    for id in &ids {
+        let record = app
+            .wait_for_status(*id, "completed", Duration::from_secs(60))
+            .await;
+        assert!(
+            record["attempts"].as_i64().is_some_and(|a| a <= 2),
+            "{record}"
+        );
+    }
+    assert!(dlq_messages(&app).await.is_empty());
+    app.stop().await;
+}

@@ -105,6 +105,8 @@ pub struct PollerStats {
     /// Seconds since the poll loop last ran.
     pub last_tick_age_s: Option<f64>,
     pub received: u64,
+    /// Receives are paused because the database is away.
+    pub waiting_for_database: bool,
 }
 
 /// Asks the poller for its figures.

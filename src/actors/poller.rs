@@ -12,6 +12,8 @@ use actix::prelude::*;
 use super::messages::{GetPollerStats, PollerStats, RunJobs, StopPolling, WorkerIdle};
 use super::registry::ActorSlot;
 use super::worker::ReportWorker;
+use crate::config::SqsSettings;
+use crate::db::DbGate;
 use crate::metrics::Metrics;
 use crate::queue::{ReceivedMessage, SqsBatchers, SqsQueue};
 
@@ -46,26 +48,29 @@ pub struct PollerActor {
     metrics: Arc<Metrics>,
     /// This actor's entry in the health registry.
     slot: ActorSlot,
+    /// Receives pause while the database is away.
+    db_gate: DbGate,
+    /// A database probe is running.
+    probing: bool,
 }
 
 impl PollerActor {
     pub fn new(
         queue: SqsQueue,
         batchers: SqsBatchers,
-        receive_batch: u32,
-        wait_time_s: u32,
-        fifo: bool,
+        settings: &SqsSettings,
         metrics: Arc<Metrics>,
         slot: ActorSlot,
+        db_gate: DbGate,
     ) -> Self {
         Self {
             queue,
             batchers,
             workers: Vec::new(),
             idle: Vec::new(),
-            receive_batch: receive_batch.clamp(1, 10) as usize,
-            wait_time_s: wait_time_s as i32,
-            fifo,
+            receive_batch: settings.receive_batch.clamp(1, 10) as usize,
+            wait_time_s: settings.wait_time_s as i32,
+            fifo: settings.fifo,
             polling: false,
             stopping: false,
             paused_until: None,
@@ -76,6 +81,8 @@ impl PollerActor {
             received: 0,
             metrics,
             slot,
+            db_gate,
+            probing: false,
         }
     }
 
@@ -90,6 +97,21 @@ impl PollerActor {
         self.slot.heartbeat();
         self.metrics.idle_workers.set(self.idle.len() as i64);
         if self.stopping || self.polling || self.idle.is_empty() {
+            return;
+        }
+        if self.db_gate.is_down() {
+            if !self.probing {
+                self.probing = true;
+                let gate = self.db_gate.clone();
+                ctx.spawn(async move { gate.probe().await }.into_actor(self).map(
+                    |back, poller, ctx| {
+                        poller.probing = false;
+                        if back {
+                            poller.poll(ctx);
+                        }
+                    },
+                ));
+            }
             return;
         }
         if let Some(until) = self.paused_until {
@@ -244,6 +266,7 @@ impl Handler<GetPollerStats> for PollerActor {
             last_receive_age_s: self.last_receive.map(|t| t.elapsed().as_secs_f64()),
             last_tick_age_s: Some(self.last_tick.elapsed().as_secs_f64()),
             received: self.received,
+            waiting_for_database: self.db_gate.is_down(),
         })
     }
 }

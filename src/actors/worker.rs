@@ -15,8 +15,9 @@ use uuid::Uuid;
 use super::messages::{Ping, RunJobs, WorkerIdle, WriteOp, WriteOutcome};
 use super::registry::ActorSlot;
 use super::status::{write, StatusActor};
-use crate::config::{RetrySettings, Settings};
+use crate::config::RetrySettings;
 use crate::db::reports::{AttemptEnd, ClaimOutcome};
+use crate::db::DbGate;
 use crate::metrics::Metrics;
 use crate::queue::{ReceivedMessage, SqsBatchers, SqsQueue};
 use crate::report::{JobContext, ReportGenerator};
@@ -38,30 +39,8 @@ pub struct WorkerDeps {
     /// Becomes true when the shutdown grace period is over: running jobs are released.
     pub abort: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
-}
-
-impl WorkerDeps {
-    pub fn from_settings(
-        settings: &Settings,
-        status: Addr<StatusActor>,
-        queue: SqsQueue,
-        batchers: SqsBatchers,
-        generator: Arc<dyn ReportGenerator>,
-        abort: watch::Receiver<bool>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            status,
-            queue,
-            batchers,
-            generator,
-            visibility_timeout_s: settings.sqs.visibility_timeout_s,
-            max_receive_count: settings.sqs.max_receive_count,
-            retry: settings.retry.clone(),
-            abort,
-            metrics,
-        }
-    }
+    /// Tripped when a write fails because the database is away.
+    pub db_gate: DbGate,
 }
 
 /// One slot of the worker pool.
@@ -228,6 +207,9 @@ pub async fn process_message(
                 return retry_later(deps, message, 5).await;
             }
             Err(e) => {
+                if e.is_retryable() {
+                    deps.db_gate.trip();
+                }
                 tracing::warn!(error = %e, "cannot claim the job; the message will come back");
                 return retry_later(deps, message, 5).await;
             }
@@ -416,6 +398,9 @@ async fn end(deps: &WorkerDeps, id: Uuid, attempt: i32, end: AttemptEnd) -> bool
             false
         }
         Err(e) => {
+            if e.is_retryable() {
+                deps.db_gate.trip();
+            }
             tracing::error!(error = %e, "cannot record the attempt's end; the message will come back");
             false
         }

@@ -158,3 +158,46 @@ pub async fn ping(pool: &DbPool) -> Result<(), DbError> {
     diesel::sql_query("SELECT 1").execute(&mut conn).await?;
     Ok(())
 }
+
+/// A shared "the database is away" flag for the consumer. Workers trip it when a write
+/// fails for a retryable reason; the poller then stops receiving (every receive while
+/// the database is away would burn one of a message's few SQS receives on a claim that
+/// cannot succeed) and probes the database until it answers again.
+#[derive(Clone)]
+pub struct DbGate {
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pool: DbPool,
+}
+
+impl DbGate {
+    pub fn new(pool: DbPool) -> Self {
+        Self {
+            down: Default::default(),
+            pool,
+        }
+    }
+
+    /// Marks the database as away.
+    pub fn trip(&self) {
+        if !self.down.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!("database unavailable: pausing receives until it answers");
+        }
+    }
+
+    /// Whether the database is marked away.
+    pub fn is_down(&self) -> bool {
+        std::sync::atomic::AtomicBool::load(&self.down, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Pings the database; clears the mark and returns true when it answers.
+    pub async fn probe(&self) -> bool {
+        let ok = matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(3), ping(&self.pool)).await,
+            Ok(Ok(()))
+        );
+        if ok && self.down.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!("database answers again: resuming receives");
+        }
+        ok
+    }
+}

@@ -1,5 +1,5 @@
-//! A TCP proxy in front of LocalStack that a test can cut and restore, to stand for
-//! "the SQS endpoint went away" without stopping the LocalStack other tests share.
+//! A TCP proxy in front of LocalStack (or PostgreSQL) that a test can cut and restore, to
+//! stand for "the service went away" without stopping the one other tests share.
 
 use std::sync::Arc;
 
@@ -45,6 +45,11 @@ impl SqsProxy {
             }
         });
         Self { port, cut }
+    }
+
+    /// The local port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The endpoint URL to configure as `sqs.endpoint_url`.
