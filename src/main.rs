@@ -39,7 +39,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         // A second signal means "now": skip the grace period.
         actix::spawn(async {
             shutdown_signal().await;
-            eprintln!("reportd: second signal, exiting at once");
+            tracing::warn!("second signal: exiting at once, without waiting for running jobs");
             std::process::exit(130);
         });
     };

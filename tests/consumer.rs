@@ -580,3 +580,48 @@ async fn a_postgres_outage_pauses_receives_so_queued_jobs_are_not_dead_lettered(
     assert!(dlq_messages(&app).await.is_empty());
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_second_signal_exits_at_once_and_json_logs_carry_the_job_span() {
+    let (api, mut worker, tmp) =
+        api_with_worker_settings(simulate(Some([20_000, 20_000])), 60, 30).await;
+    worker.log.format = reportd::config::LogFormat::Json;
+    let mut process = spawn_process(&on_port(&worker), tmp.path(), "worker-json").await;
+    let id = api.submit_ok(31).await;
+    api.wait_for_status(id, "in-progress", Duration::from_secs(20))
+        .await;
+    process.signal("TERM");
+    wait_until(
+        "the first signal to start the shutdown",
+        Duration::from_secs(10),
+        || {
+            let log = process.log_text();
+            async move { log.contains("shutting down") }
+        },
+    )
+    .await;
+    process.signal("TERM");
+    // Far sooner than the 30 s grace period the first signal granted.
+    let status = process.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{}", process.log_text());
+    let log = process.log_text();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.len() == log.lines().count(),
+        "every line is JSON:\n{log}"
+    );
+    let job_line = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "job claimed" || l["message"] == "job claimed");
+    let job_line = job_line.unwrap_or_else(|| panic!("no 'job claimed' line:\n{log}"));
+    assert_eq!(
+        job_line["span"]["report_id"],
+        id.to_string().as_str(),
+        "{job_line}"
+    );
+    assert!(job_line["span"]["message_id"].is_string(), "{job_line}");
+    api.stop().await;
+}

@@ -239,6 +239,7 @@ pub async fn process_message(
                 created_at,
             } => {
                 tracing::Span::current().record("attempt", attempt);
+                tracing::debug!("job claimed");
                 if attempt == 1 {
                     let waited = (chrono::Utc::now() - created_at)
                         .num_microseconds()

@@ -260,6 +260,30 @@ impl ChildProcess {
         }
     }
 
+    /// Sends a signal by name (`TERM`, `INT`, ...) without waiting.
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the exit status; panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "reportd did not exit within {timeout:?}; log: {}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `kill -9`: no chance to clean up.
     pub fn kill_hard(mut self) {
         let _ = self.child.kill();
