@@ -68,6 +68,8 @@ impl ActorRegistry {
 
     /// Adds an actor and returns its slot.
     pub fn register(&self, name: impl Into<String>, kind: &'static str) -> ActorSlot {
+        // Creates the restart counter's series at 0, so dashboards see it before the first restart.
+        self.metrics.actor_restarts.with_label_values(&[kind]);
         let mut entries = self.lock();
         entries.push(Entry {
             name: name.into(),

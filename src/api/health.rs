@@ -186,6 +186,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             "lastError": poller.as_ref().and_then(|s| s.last_error.clone()),
             "idleWorkers": poller.as_ref().map(|s| s.idle_workers),
             "busyWorkers": poller.as_ref().map(|s| s.busy_workers),
+            "waitingForDatabase": poller.as_ref().map(|s| s.waiting_for_database),
         }));
     }
 

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use actix::Addr;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
+use actix_web::HttpRequest;
 use actix_web::{web, HttpResponse};
+use futures_util::StreamExt;
 
 use crate::actors::poller::PollerActor;
 use crate::actors::registry::ActorRegistry;
@@ -166,6 +168,54 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
         .service(web::resource("/dlq").route(web::get().to(dlq::list)))
         .service(web::resource("/dlq/redrive").route(web::post().to(dlq::redrive)))
         .service(web::resource("/dlq/{messageId}").route(web::delete().to(dlq::discard)));
+}
+
+pub(crate) fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type must be application/json, got `{content_type}`"),
+        )
+        .with_field("Content-Type"))
+    }
+}
+
+/// Reads the body, refusing it as soon as it passes `limit` bytes.
+pub(crate) async fn read_limited(
+    mut body: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::invalid("body", format!("could not read the body: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {limit} bytes"),
+            )
+            .with_field("body"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// A `limit` query parameter: an integer in `1..=max`.

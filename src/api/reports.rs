@@ -3,7 +3,6 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
-use futures_util::StreamExt;
 use rand::Rng;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -29,8 +28,8 @@ pub async fn submit(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_json(&req)?;
-    let bytes = read_limited(body, state.settings.api.max_body_bytes).await?;
+    super::require_json(&req)?;
+    let bytes = super::read_limited(body, state.settings.api.max_body_bytes).await?;
     let payload = parse_submission(&bytes, state.settings.api.max_range_days)?;
     let key = idempotency_key(&req)?;
     accept(&state, payload, key).await
@@ -132,51 +131,6 @@ fn accepted_body(public_url: &str, id: Uuid, status: &str) -> Value {
             "file": format!("{base}/reports/{id}/file"),
         }
     })
-}
-
-fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-    {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("Content-Type must be application/json, got `{content_type}`"),
-        )
-        .with_field("Content-Type"))
-    }
-}
-
-/// Reads the body, refusing it as soon as it passes `limit` bytes.
-async fn read_limited(mut body: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
-    let mut bytes = web::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::invalid("body", format!("could not read the body: {e}")))?;
-        if bytes.len() + chunk.len() > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the body is larger than {limit} bytes"),
-            )
-            .with_field("body"));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes)
 }
 
 /// Validates a submission, naming the field at fault.

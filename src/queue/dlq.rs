@@ -40,7 +40,8 @@ pub struct DlqEntry {
     pub last_error: Option<String>,
     /// Why reportd put it there (poison messages and permanent errors).
     pub poison_reason: Option<String>,
-    /// When the message was first sent (SQS keeps it across the move to the DLQ).
+    /// When the message was sent: its first send for a message SQS moved here, the copy's
+    /// send for one reportd copied here (poison messages, permanent errors).
     pub sent_at: Option<DateTime<Utc>>,
     /// The raw body (cut to 256 characters).
     pub body: String,
@@ -274,7 +275,15 @@ pub async fn redrive(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "StartMessageMoveTask unavailable; sending the messages back one batch at a time");
+                // Rescan, and choose again: a poison message may have arrived meanwhile.
                 chosen = scan(queue, pool, 10_000).await?;
+                let (keep, poison): (Vec<Held>, Vec<Held>) =
+                    chosen.into_iter().partition(|h| !h.entry.is_poison());
+                report
+                    .skipped_poison
+                    .extend(poison.iter().map(|h| h.entry.message_id.clone()));
+                release(queue, &poison).await;
+                chosen = keep;
             }
         }
     }
