@@ -18,6 +18,8 @@ use uuid::Uuid;
 
 use super::messages::{StatusStats, Write, WriteOp, WriteOutcome};
 use super::registry::ActorSlot;
+use crate::db::models::NewReport;
+use crate::db::reports::AttemptEnd;
 use crate::db::{self, reports, DbError, DbPool};
 use crate::metrics::Metrics;
 
@@ -197,47 +199,134 @@ async fn execute_batch(pool: &DbPool, batch: Vec<(WriteOp, Reply)>) {
     }
 }
 
-/// Applies the writes in order; all inserts go in one statement first, which is safe
-/// because nothing else in a batch can refer to a row inserted in the same batch
-/// (a sender only learns the id after its insert is answered).
+/// Applies a batch with as few statements as the kinds of write in it: all inserts in
+/// one, all claims in one (per stale-after value), all completions, heartbeats and
+/// enqueue marks in one each; the rarer writes one by one. Grouping by kind is safe
+/// because the writes of one batch arrived concurrently (a sender waits for each answer
+/// before its next write), so any order of them is a valid one.
 async fn apply_all(
     conn: &mut diesel_async::AsyncPgConnection,
     ops: &[WriteOp],
 ) -> Result<Vec<WriteOutcome>, diesel::result::Error> {
-    let inserts: Vec<_> = ops
+    let mut outcomes: Vec<Option<WriteOutcome>> = ops.iter().map(|_| None).collect();
+
+    let inserts: Vec<(usize, NewReport)> = ops
         .iter()
-        .filter_map(|op| match op {
-            WriteOp::Insert(row) => Some(row.clone()),
+        .enumerate()
+        .filter_map(|(i, op)| match op {
+            WriteOp::Insert(row) => Some((i, row.clone())),
             _ => None,
         })
         .collect();
-    let inserted: HashSet<Uuid> = reports::insert_many(conn, &inserts)
-        .await?
-        .into_iter()
+    if !inserts.is_empty() {
+        let rows: Vec<NewReport> = inserts.iter().map(|(_, row)| row.clone()).collect();
+        let inserted: HashSet<Uuid> = reports::insert_many(conn, &rows)
+            .await?
+            .into_iter()
+            .collect();
+        for (i, row) in &inserts {
+            outcomes[*i] = Some(WriteOutcome::Inserted(inserted.contains(&row.id)));
+        }
+    }
+
+    let marks: Vec<(usize, &Vec<Uuid>)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| match op {
+            WriteOp::MarkEnqueued(ids) => Some((i, ids)),
+            _ => None,
+        })
         .collect();
-    let mut outcomes = Vec::with_capacity(ops.len());
-    for op in ops {
+    if !marks.is_empty() {
+        let all: Vec<Uuid> = marks
+            .iter()
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect();
+        let changed: HashSet<Uuid> = reports::mark_enqueued(conn, &all)
+            .await?
+            .into_iter()
+            .collect();
+        for (i, ids) in &marks {
+            outcomes[*i] = Some(WriteOutcome::Count(
+                ids.iter().filter(|id| changed.contains(id)).count(),
+            ));
+        }
+    }
+
+    let mut claims: Vec<(usize, Uuid, i64)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| match op {
+            WriteOp::Claim { id, stale_after_s } => Some((i, *id, *stale_after_s)),
+            _ => None,
+        })
+        .collect();
+    claims.sort_by_key(|(i, _, stale)| (*stale, *i));
+    for group in claims.chunk_by(|a, b| a.2 == b.2) {
+        let ids: Vec<Uuid> = group.iter().map(|(_, id, _)| *id).collect();
+        let results = reports::claim_many(conn, &ids, group[0].2).await?;
+        for ((i, _, _), result) in group.iter().zip(results) {
+            outcomes[*i] = Some(WriteOutcome::Claim(result));
+        }
+    }
+
+    let touches: Vec<(usize, (Uuid, i32))> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| match op {
+            WriteOp::Touch { id, attempt } => Some((i, (*id, *attempt))),
+            _ => None,
+        })
+        .collect();
+    if !touches.is_empty() {
+        let items: Vec<(Uuid, i32)> = touches.iter().map(|(_, item)| *item).collect();
+        let results = reports::touch_many(conn, &items).await?;
+        for ((i, _), applied) in touches.iter().zip(results) {
+            outcomes[*i] = Some(WriteOutcome::Applied(applied));
+        }
+    }
+
+    let completions: Vec<(usize, reports::Completion)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| match op {
+            WriteOp::EndAttempt {
+                id,
+                attempt,
+                end: AttemptEnd::Completed { report_url },
+            } => Some((i, (*id, *attempt, report_url.clone()))),
+            _ => None,
+        })
+        .collect();
+    if !completions.is_empty() {
+        let items: Vec<(Uuid, i32, Option<String>)> =
+            completions.iter().map(|(_, item)| item.clone()).collect();
+        let results = reports::complete_many(conn, &items).await?;
+        for ((i, _), applied) in completions.iter().zip(results) {
+            outcomes[*i] = Some(WriteOutcome::Applied(applied));
+        }
+    }
+
+    for (i, op) in ops.iter().enumerate() {
+        if outcomes[i].is_some() {
+            continue;
+        }
         let outcome = match op {
-            WriteOp::Insert(row) => WriteOutcome::Inserted(inserted.contains(&row.id)),
-            WriteOp::Claim { id, stale_after_s } => {
-                WriteOutcome::Claim(reports::claim(conn, *id, *stale_after_s).await?)
-            }
-            WriteOp::Touch { id, attempt } => {
-                WriteOutcome::Applied(reports::touch(conn, *id, *attempt).await?)
-            }
             WriteOp::EndAttempt { id, attempt, end } => {
                 WriteOutcome::Applied(reports::end_attempt(conn, *id, *attempt, end).await?)
-            }
-            WriteOp::MarkEnqueued(ids) => {
-                WriteOutcome::Count(reports::mark_enqueued(conn, ids).await?)
             }
             WriteOp::ResetFailed(id) => {
                 WriteOutcome::Applied(reports::reset_failed(conn, *id, true).await?)
             }
+            // Every other kind was applied above.
+            _ => continue,
         };
-        outcomes.push(outcome);
+        outcomes[i] = Some(outcome);
     }
-    Ok(outcomes)
+    outcomes
+        .into_iter()
+        .map(|o| o.ok_or(diesel::result::Error::NotFound))
+        .collect()
 }
 
 /// Sends one write and waits for its commit; the mailbox bound applies (back-pressure).

@@ -10,6 +10,12 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use std::collections::{HashMap, HashSet};
+
+use diesel::sql_types::{
+    Array, BigInt, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
+
 use super::models::{JobStatus, NewReport, ReportRecord};
 use super::schema::report_queue::dsl as rq;
 
@@ -85,70 +91,163 @@ pub async fn find_by_idempotency_key(
         .optional()
 }
 
-/// Claims a job for a new attempt: `in-progress`, `attempts + 1`, `started_at`.
+/// Claims jobs for a new attempt (`in-progress`, `attempts + 1`, `started_at`) in one
+/// statement, with one outcome per id in `ids`, in order.
 ///
 /// An `in-progress` row can be claimed again only when its holder has stopped
 /// heart-beating for `stale_after_s` (it crashed and SQS redelivered the message);
-/// otherwise the delivery is a duplicate of a job that is running right now.
-pub async fn claim(
+/// otherwise the delivery is a duplicate of a job that is running right now. The same id
+/// twice in one call (two copies received at once) is claimed once: the later copy is
+/// told the job is held elsewhere.
+pub async fn claim_many(
     conn: &mut AsyncPgConnection,
-    id: Uuid,
+    ids: &[Uuid],
     stale_after_s: i64,
-) -> QueryResult<ClaimOutcome> {
-    let stale_before = Utc::now() - chrono::Duration::seconds(stale_after_s);
-    let claimed: Option<(i32, serde_json::Value, DateTime<Utc>)> =
-        diesel::update(rq::report_queue.find(id))
-            .filter(
-                rq::status.eq(JobStatus::InQueue.as_str()).or(rq::status
-                    .eq(JobStatus::InProgress.as_str())
-                    .and(rq::updated_at.lt(stale_before))),
-            )
-            .set((
-                rq::status.eq(JobStatus::InProgress.as_str()),
-                rq::attempts.eq(rq::attempts + 1),
-                rq::started_at.eq(now),
-                rq::updated_at.eq(now),
-                rq::finished_at.eq(None::<DateTime<Utc>>),
-                // The worker holds the message, so it did reach SQS whatever the dispatcher
-                // managed to record; this keeps the dispatcher from sending it again.
-                rq::enqueued_at.eq(diesel::dsl::sql::<
-                    diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
-                >("COALESCE(enqueued_at, now())")),
-            ))
-            .returning((rq::attempts, rq::payload, rq::created_at))
-            .get_result(conn)
-            .await
-            .optional()?;
-    if let Some((attempt, payload, created_at)) = claimed {
-        return Ok(ClaimOutcome::Claimed {
-            attempt,
-            payload,
-            created_at,
-        });
+) -> QueryResult<Vec<ClaimOutcome>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
-    let status: Option<String> = rq::report_queue
-        .find(id)
-        .select(rq::status)
-        .first(conn)
-        .await
-        .optional()?;
-    Ok(match status.as_deref().and_then(JobStatus::parse) {
-        None => ClaimOutcome::NotFound,
-        Some(status) if status.is_terminal() => ClaimOutcome::AlreadyFinished(status),
-        Some(_) => ClaimOutcome::HeldElsewhere,
-    })
+    // `enqueued_at`: the worker holds the message, so it did reach SQS whatever the
+    // dispatcher managed to record; this keeps the dispatcher from sending it again.
+    let claimed: Vec<ClaimedRow> = diesel::sql_query(
+        "UPDATE report_queue SET status = 'in-progress', attempts = attempts + 1, \
+           started_at = now(), updated_at = now(), finished_at = NULL, \
+           enqueued_at = COALESCE(enqueued_at, now()) \
+         WHERE id = ANY($1) AND (status = 'in-queue' OR \
+           (status = 'in-progress' AND updated_at < now() - $2::float8 * interval '1 second')) \
+         RETURNING id, attempts, payload, created_at",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<BigInt, _>(stale_after_s)
+    .load(conn)
+    .await?;
+    let mut claimed: HashMap<Uuid, ClaimedRow> =
+        claimed.into_iter().map(|row| (row.id, row)).collect();
+    let unclaimed: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !claimed.contains_key(id))
+        .copied()
+        .collect();
+    let statuses: HashMap<Uuid, String> = if unclaimed.is_empty() {
+        HashMap::new()
+    } else {
+        rq::report_queue
+            .filter(rq::id.eq_any(&unclaimed))
+            .select((rq::id, rq::status))
+            .load::<(Uuid, String)>(conn)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let mut seen = HashSet::new();
+    Ok(ids
+        .iter()
+        .map(|id| {
+            let first = seen.insert(*id);
+            if let Some(row) = claimed.remove(id) {
+                return ClaimOutcome::Claimed {
+                    attempt: row.attempts,
+                    payload: row.payload,
+                    created_at: row.created_at,
+                };
+            }
+            match statuses.get(id).and_then(|s| JobStatus::parse(s)) {
+                Some(status) if status.is_terminal() => ClaimOutcome::AlreadyFinished(status),
+                Some(_) => ClaimOutcome::HeldElsewhere,
+                // A later copy of an id this call just claimed.
+                None if !first => ClaimOutcome::HeldElsewhere,
+                None => ClaimOutcome::NotFound,
+            }
+        })
+        .collect())
 }
 
-/// Records that attempt `attempt` is still alive (a visibility heartbeat), so that a
-/// duplicate delivery is not mistaken for a crashed holder.
-pub async fn touch(conn: &mut AsyncPgConnection, id: Uuid, attempt: i32) -> QueryResult<bool> {
-    let n = diesel::update(rq::report_queue.find(id))
-        .filter(rq::status.eq(JobStatus::InProgress.as_str()))
-        .filter(rq::attempts.eq(attempt))
-        .set(rq::updated_at.eq(now))
-        .execute(conn)
-        .await?;
-    Ok(n == 1)
+#[derive(QueryableByName)]
+struct ClaimedRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Jsonb)]
+    payload: serde_json::Value,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+/// Records that these attempts are still alive (visibility heartbeats), so that a
+/// duplicate delivery is not mistaken for a crashed holder. One result per item.
+pub async fn touch_many(
+    conn: &mut AsyncPgConnection,
+    items: &[(Uuid, i32)],
+) -> QueryResult<Vec<bool>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, attempts): (Vec<Uuid>, Vec<i32>) = items.iter().copied().unzip();
+    let touched: HashSet<Uuid> = diesel::sql_query(
+        "UPDATE report_queue r SET updated_at = now() \
+         FROM unnest($1, $2) AS v(id, attempt) \
+         WHERE r.id = v.id AND r.status = 'in-progress' AND r.attempts = v.attempt \
+         RETURNING r.id",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Integer>, _>(&attempts)
+    .load::<IdRow>(conn)
+    .await?
+    .into_iter()
+    .map(|row| row.id)
+    .collect();
+    Ok(ids.iter().map(|id| touched.contains(id)).collect())
+}
+
+/// A completion: report id, the attempt that completed it, the file's URL.
+pub type Completion = (Uuid, i32, Option<String>);
+
+/// Completes several attempts in one statement (compare-and-set on each claimed
+/// attempt); one result per item: false when the row is no longer that attempt's.
+pub async fn complete_many(
+    conn: &mut AsyncPgConnection,
+    items: &[Completion],
+) -> QueryResult<Vec<bool>> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = items.iter().map(|(id, _, _)| *id).collect();
+    let attempts: Vec<i32> = items.iter().map(|(_, attempt, _)| *attempt).collect();
+    let urls: Vec<Option<String>> = items.iter().map(|(_, _, url)| url.clone()).collect();
+    let completed: HashSet<(Uuid, i32)> = diesel::sql_query(
+        "UPDATE report_queue r SET status = 'completed', report_url = v.url, \
+           finished_at = now(), updated_at = now() \
+         FROM unnest($1, $2, $3) AS v(id, attempt, url) \
+         WHERE r.id = v.id AND r.status = 'in-progress' AND r.attempts = v.attempt \
+         RETURNING r.id, r.attempts",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Integer>, _>(&attempts)
+    .bind::<Array<Nullable<Text>>, _>(&urls)
+    .load::<CompletedRow>(conn)
+    .await?
+    .into_iter()
+    .map(|row| (row.id, row.attempts))
+    .collect();
+    Ok(items
+        .iter()
+        .map(|(id, attempt, _)| completed.contains(&(*id, *attempt)))
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct CompletedRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
 }
 
 /// Ends attempt `attempt`; returns false when the row is no longer that attempt's
@@ -208,15 +307,16 @@ pub async fn end_attempt(
     Ok(n == 1)
 }
 
-/// Records that SQS accepted the messages of these reports.
-pub async fn mark_enqueued(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<usize> {
+/// Records that SQS accepted the messages of these reports; returns the ids changed.
+pub async fn mark_enqueued(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
     if ids.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     diesel::update(rq::report_queue.filter(rq::id.eq_any(ids)))
         .filter(rq::enqueued_at.is_null())
         .set(rq::enqueued_at.eq(now))
-        .execute(conn)
+        .returning(rq::id)
+        .get_results(conn)
         .await
 }
 

@@ -484,9 +484,15 @@ pub struct SqsBatchers {
 
 impl SqsBatchers {
     /// Starts the three batchers on the current runtime.
+    ///
+    /// SQS's cost is per call, not per message (LocalStack's single Python process is the
+    /// ceiling here), so few calls in flight is what makes batches fill up under load:
+    /// while one call is out, the next batch gathers. Deletes and visibility changes are
+    /// off the latency path of any client, so they get two calls in flight; sends get
+    /// four, since a report waits for its send before a worker can start it.
     pub fn spawn(queue: &SqsQueue) -> Self {
         let q = queue.clone();
-        let delete = Batcher::spawn(10, 8, 4096, move |handles: Vec<String>| {
+        let delete = Batcher::spawn(10, 2, 4096, move |handles: Vec<String>| {
             let q = q.clone();
             async move {
                 match q.delete_batch(&handles).await {
@@ -502,13 +508,13 @@ impl SqsBatchers {
             }
         });
         let q = queue.clone();
-        let visibility = Batcher::spawn(10, 8, 4096, move |entries: Vec<(String, i32)>| {
+        let visibility = Batcher::spawn(10, 2, 4096, move |entries: Vec<(String, i32)>| {
             let q = q.clone();
             async move { q.change_visibility_batch(&entries).await }
         });
         let q = queue.clone();
         // A FIFO queue keeps a group's order only if its sends do not overtake each other.
-        let send_in_flight = if queue.fifo { 1 } else { 8 };
+        let send_in_flight = if queue.fifo { 1 } else { 4 };
         let send = Batcher::spawn(
             10,
             send_in_flight,
