@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::actors::messages::{GetPollerStats, StopPolling};
 use crate::actors::poller::PollerActor;
 use crate::actors::registry::{ActorRegistry, StormLimit};
-use crate::actors::status::StatusActor;
+use crate::actors::status::{StatusActor, StatusProbe};
 use crate::actors::worker::{ReportWorker, WorkerDeps};
 use crate::api::{self, AppState, QueueDepths};
 use crate::config::{Role, Settings};
@@ -115,8 +115,11 @@ impl Application {
         let status_pool = pool.clone();
         let status_metrics = metrics.clone();
         let status_slot = registry.register("status", "StatusActor");
-        let status =
-            Supervisor::start(move |_| StatusActor::new(status_pool, status_metrics, status_slot));
+        let status_probe = StatusProbe::default();
+        let probe = status_probe.clone();
+        let status = Supervisor::start(move |_| {
+            StatusActor::new(status_pool, status_metrics, status_slot, probe)
+        });
 
         let dispatcher = if settings.has_role(Role::Api) {
             let dispatcher = Dispatcher::new(batchers.clone(), status.clone());
@@ -218,6 +221,7 @@ impl Application {
             metrics: metrics.clone(),
             registry,
             depths,
+            status_probe,
         });
         let serve_api = settings.has_role(Role::Api);
         let server = HttpServer::new(move || {

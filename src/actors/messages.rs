@@ -56,6 +56,8 @@ pub struct StatusStats {
     pub last_flush_ms: f64,
     /// Seconds the running flush has taken so far (None when idle).
     pub flush_running_s: Option<f64>,
+    /// Seconds since the last flush finished.
+    pub last_flush_age_s: Option<f64>,
 }
 
 /// Asks the StatusActor for its figures (also proves its mailbox moves).

@@ -1,7 +1,8 @@
 //! `PollerActor`: long-polls SQS for as many messages as there are idle workers (at
 //! most 10) and hands each to a worker at once, so no message waits invisible in a local
-//! buffer. With no idle worker it does not poll. SQS errors back off exponentially
-//! (capped) and polling resumes by itself when SQS answers again.
+//! buffer. Up to three receives run at once when enough workers are idle (one call
+//! returns at most 10 messages). With no idle worker it does not poll. SQS errors back
+//! off exponentially (capped) and polling resumes by itself when SQS answers again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +17,9 @@ use crate::config::SqsSettings;
 use crate::db::DbGate;
 use crate::metrics::Metrics;
 use crate::queue::{ReceivedMessage, SqsBatchers, SqsQueue};
+
+/// Most receives out at once (each for up to 10 messages).
+const MAX_RECEIVES_IN_FLIGHT: usize = 3;
 
 /// Longest pause between two receives after repeated SQS errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -34,8 +38,10 @@ pub struct PollerActor {
     wait_time_s: i32,
     /// FIFO: a receive's messages of one group go to one worker, in order.
     fifo: bool,
-    /// A receive is in flight.
-    polling: bool,
+    /// Receives in flight.
+    receives_in_flight: usize,
+    /// Messages those receives asked for: workers they may still claim.
+    asked: usize,
     /// Shutdown began: no new receives; whatever an in-flight receive brings is released.
     stopping: bool,
     /// When the next receive may start (error backoff).
@@ -71,7 +77,8 @@ impl PollerActor {
             receive_batch: settings.receive_batch.clamp(1, 10) as usize,
             wait_time_s: settings.wait_time_s as i32,
             fifo: settings.fifo,
-            polling: false,
+            receives_in_flight: 0,
+            asked: 0,
             stopping: false,
             paused_until: None,
             consecutive_errors: 0,
@@ -96,7 +103,7 @@ impl PollerActor {
         self.last_tick = Instant::now();
         self.slot.heartbeat();
         self.metrics.idle_workers.set(self.idle.len() as i64);
-        if self.stopping || self.polling || self.idle.is_empty() {
+        if self.stopping || self.idle.len() <= self.asked {
             return;
         }
         if self.db_gate.is_down() {
@@ -120,15 +127,26 @@ impl PollerActor {
             }
             self.paused_until = None;
         }
-        let max = self.idle.len().min(self.receive_batch) as i32;
-        self.polling = true;
+        // Several receives may be out at once, each for workers no other receive has
+        // asked for; an extra one only when it can ask for a full batch, so an idle
+        // queue is not polled by many small receives.
+        let available = self.idle.len() - self.asked;
+        if self.receives_in_flight >= MAX_RECEIVES_IN_FLIGHT
+            || (self.receives_in_flight > 0 && available < self.receive_batch)
+        {
+            return;
+        }
+        let asked = available.min(self.receive_batch);
+        self.asked += asked;
+        self.receives_in_flight += 1;
         let queue = self.queue.clone();
         let wait = self.wait_time_s;
         ctx.spawn(
-            async move { queue.receive(max, wait, None).await }
+            async move { queue.receive(asked as i32, wait, None).await }
                 .into_actor(self)
-                .map(|result, poller, ctx| {
-                    poller.polling = false;
+                .map(move |result, poller, ctx| {
+                    poller.asked -= asked;
+                    poller.receives_in_flight -= 1;
                     poller.last_tick = Instant::now();
                     match result {
                         Ok(messages) => {
@@ -228,7 +246,8 @@ impl Actor for PollerActor {
 impl Supervised for PollerActor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.slot.restarted("the poller stopped");
-        self.polling = false;
+        self.receives_in_flight = 0;
+        self.asked = 0;
     }
 }
 
@@ -259,7 +278,7 @@ impl Handler<GetPollerStats> for PollerActor {
         MessageResult(PollerStats {
             idle_workers: self.idle.len(),
             busy_workers: self.workers.len() - self.idle.len(),
-            polling: self.polling,
+            polling: self.receives_in_flight > 0,
             stopped: self.stopping,
             consecutive_errors: self.consecutive_errors,
             last_error: self.last_error.clone(),

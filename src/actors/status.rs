@@ -1,19 +1,23 @@
 //! `StatusActor`: the single writer to `report_queue`.
 //!
 //! Writes that arrive while a flush is running are collected and committed together in
-//! the next flush, in one transaction (inserts in one statement). A lone write is
-//! flushed at once, so batching adds no latency at low load. Each sender is answered
-//! after the commit. When `max_batch` writes are waiting, the actor stops reading its
-//! (bounded) mailbox until the running flush ends, so a slow database slows the senders
-//! instead of growing memory.
+//! the next flush, in one transaction. A lone write is flushed at once, so batching adds
+//! no latency at low load. Each sender is answered after the commit. When `max_batch`
+//! writes are waiting, the actor stops reading its (bounded) mailbox until the running
+//! flush ends, so a slow database slows the senders instead of growing memory.
+//!
+//! A flush runs as a task of its own, not as a future of the actor's context: while the
+//! actor pauses its mailbox (`ctx.wait`), actix polls none of the context's futures, so
+//! a flush owned by the context could never finish and end the pause.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use actix::fut::wrap_future;
 use actix::prelude::*;
 use diesel_async::AsyncConnection;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::messages::{StatusStats, Write, WriteOp, WriteOutcome};
@@ -25,6 +29,42 @@ use crate::metrics::Metrics;
 
 type Reply = oneshot::Sender<Result<WriteOutcome, DbError>>;
 
+#[derive(Debug, Default)]
+struct FlushFigures {
+    flushes: u64,
+    last_batch_size: usize,
+    last_flush_ms: f64,
+    last_flush_at: Option<Instant>,
+    flush_started: Option<Instant>,
+}
+
+/// The StatusActor's flush figures, readable without asking the actor: under heavy
+/// load its mailbox is full for a while, and the health endpoint must still tell a busy
+/// writer (flushes keep finishing) from a stuck one.
+#[derive(Clone, Default)]
+pub struct StatusProbe {
+    figures: Arc<Mutex<FlushFigures>>,
+}
+
+impl StatusProbe {
+    /// The latest figures (`pending` is not known from outside and stays 0).
+    pub fn stats(&self) -> StatusStats {
+        let figures = self.figures.lock().unwrap_or_else(|p| p.into_inner());
+        StatusStats {
+            pending: 0,
+            flushes: figures.flushes,
+            last_batch_size: figures.last_batch_size,
+            last_flush_ms: figures.last_flush_ms,
+            flush_running_s: figures.flush_started.map(|t| t.elapsed().as_secs_f64()),
+            last_flush_age_s: figures.last_flush_at.map(|t| t.elapsed().as_secs_f64()),
+        }
+    }
+
+    fn with(&self, f: impl FnOnce(&mut FlushFigures)) {
+        f(&mut self.figures.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
 /// Serialises and batches every database write of this process.
 pub struct StatusActor {
     /// Connections for the flushes.
@@ -33,14 +73,14 @@ pub struct StatusActor {
     pending: Vec<(WriteOp, Reply)>,
     /// Whether a flush is running (at most one at a time keeps writes ordered).
     flushing: bool,
-    /// Woken when a flush ends; lets the actor pause its mailbox while the batch is full.
-    flush_done: Arc<Notify>,
+    /// Flushes started so far; the number of the running one.
+    flush_seq: u64,
+    /// The number of the last finished flush, for pauses waiting on it.
+    completed: Arc<watch::Sender<u64>>,
     /// Most writes per flush, and the point where the mailbox pauses.
     max_batch: usize,
-    /// Figures for the health endpoint.
-    stats: StatusStats,
-    /// When the running flush started (a flush that takes long means a busy database).
-    flush_started: Option<Instant>,
+    /// Figures for the health endpoint, shared with it.
+    probe: StatusProbe,
     metrics: Arc<Metrics>,
     /// This actor's entry in the health registry.
     slot: ActorSlot,
@@ -50,15 +90,15 @@ impl StatusActor {
     /// Mailbox bound: senders wait (back-pressure) when this many writes are queued.
     pub const MAILBOX_CAPACITY: usize = 1024;
 
-    pub fn new(pool: DbPool, metrics: Arc<Metrics>, slot: ActorSlot) -> Self {
+    pub fn new(pool: DbPool, metrics: Arc<Metrics>, slot: ActorSlot, probe: StatusProbe) -> Self {
         Self {
             pool,
             pending: Vec::new(),
             flushing: false,
-            flush_done: Arc::new(Notify::new()),
+            flush_seq: 0,
+            completed: Arc::new(watch::channel(0).0),
             max_batch: 256,
-            stats: StatusStats::default(),
-            flush_started: None,
+            probe,
             metrics,
             slot,
         }
@@ -69,30 +109,35 @@ impl StatusActor {
             return;
         }
         self.flushing = true;
-        self.flush_started = Some(Instant::now());
+        self.flush_seq += 1;
+        let seq = self.flush_seq;
         let take = self.pending.len().min(self.max_batch);
         let batch: Vec<(WriteOp, Reply)> = self.pending.drain(..take).collect();
         let pool = self.pool.clone();
-        let size = batch.len();
-        let started = Instant::now();
-        ctx.spawn(
-            async move { execute_batch(&pool, batch).await }
-                .into_actor(self)
-                .map(move |(), actor, ctx| {
-                    actor.flushing = false;
-                    actor.flush_started = None;
-                    actor.stats.flushes += 1;
-                    actor.stats.last_batch_size = size;
-                    actor.stats.last_flush_ms = started.elapsed().as_secs_f64() * 1e3;
-                    actor.metrics.status_batch_size.observe(size as f64);
-                    actor
-                        .metrics
-                        .status_flush_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    actor.flush_done.notify_waiters();
-                    actor.start_flush(ctx);
-                }),
-        );
+        let probe = self.probe.clone();
+        let metrics = self.metrics.clone();
+        let completed = self.completed.clone();
+        let task = actix::spawn(async move {
+            let started = Instant::now();
+            probe.with(|f| f.flush_started = Some(started));
+            let size = batch.len();
+            execute_batch(&pool, batch).await;
+            let seconds = started.elapsed().as_secs_f64();
+            probe.with(|f| {
+                f.flushes += 1;
+                f.last_batch_size = size;
+                f.last_flush_ms = seconds * 1e3;
+                f.last_flush_at = Some(Instant::now());
+                f.flush_started = None;
+            });
+            metrics.status_batch_size.observe(size as f64);
+            metrics.status_flush_seconds.observe(seconds);
+            completed.send_replace(seq);
+        });
+        ctx.spawn(wrap_future::<_, Self>(task).map(|_, actor, ctx| {
+            actor.flushing = false;
+            actor.start_flush(ctx);
+        }));
     }
 }
 
@@ -117,8 +162,8 @@ impl Actor for StatusActor {
 impl Supervised for StatusActor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.slot.restarted("the StatusActor stopped");
+        // A flush task still running answers its own senders; the next one may start.
         self.flushing = false;
-        self.flush_started = None;
     }
 }
 
@@ -131,8 +176,11 @@ impl Handler<Write> for StatusActor {
         self.start_flush(ctx);
         if self.pending.len() >= self.max_batch {
             // A full batch is waiting: stop taking mail until the running flush ends.
-            let done = self.flush_done.clone().notified_owned();
-            ctx.wait(done.into_actor(self));
+            let running = self.flush_seq;
+            let mut finished = self.completed.subscribe();
+            ctx.wait(wrap_future(async move {
+                let _ = finished.wait_for(|done| *done >= running).await;
+            }));
         }
         Box::pin(async move { answer.await.map_err(|_| DbError::WriterGone)? })
     }
@@ -146,9 +194,8 @@ impl Handler<super::messages::GetStatusStats> for StatusActor {
         _: super::messages::GetStatusStats,
         _: &mut Self::Context,
     ) -> Self::Result {
-        let mut stats = self.stats.clone();
+        let mut stats = self.probe.stats();
         stats.pending = self.pending.len();
-        stats.flush_running_s = self.flush_started.map(|t| t.elapsed().as_secs_f64());
         MessageResult(stats)
     }
 }

@@ -408,16 +408,24 @@ async fn end(deps: &WorkerDeps, id: Uuid, attempt: i32, end: AttemptEnd) -> bool
     }
 }
 
+/// Deletes the message in the background: the job's outcome is already committed, so
+/// the worker need not wait for SQS before taking its next job. A delete that never
+/// happens (crash, SQS error) only means a duplicate delivery, which the claim drops.
 async fn delete(deps: &WorkerDeps, message: &ReceivedMessage) {
-    match deps.batchers.delete(&message.receipt_handle).await {
-        Ok(()) => {}
-        Err(e) if e.is_stale_receipt() => {
-            tracing::info!(error = %e, "message already gone when deleting (benign)");
+    let batchers = deps.batchers.clone();
+    let handle = message.receipt_handle.clone();
+    let message_id = message.message_id.clone();
+    actix::spawn(async move {
+        match batchers.delete(&handle).await {
+            Ok(()) => {}
+            Err(e) if e.is_stale_receipt() => {
+                tracing::info!(%message_id, error = %e, "message already gone when deleting (benign)");
+            }
+            Err(e) => {
+                tracing::warn!(%message_id, error = %e, "delete failed; the duplicate delivery will be dropped")
+            }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "delete failed; the duplicate delivery will be dropped")
-        }
-    }
+    });
 }
 
 /// Makes the message visible again after `seconds`; the attempt is not done.

@@ -33,8 +33,43 @@ where
     }
 }
 
-async fn status_stats(state: &AppState) -> Option<StatusStats> {
-    ask(&state.status, GetStatusStats).await
+/// The StatusActor's figures, and whether it is stuck. An actor that does not answer
+/// within the timeout but whose flushes keep finishing has a full mailbox (heavy load):
+/// busy, not stuck.
+async fn status_stats(state: &AppState) -> (StatusStats, WriterState) {
+    if let Some(stats) = ask(&state.status, GetStatusStats).await {
+        let slow = stats.flush_running_s.is_some_and(|s| s > SLOW_FLUSH_S);
+        return (
+            stats,
+            if slow {
+                WriterState::Busy
+            } else {
+                WriterState::Running
+            },
+        );
+    }
+    let stats = state.status_probe.stats();
+    let progressing = stats.last_flush_age_s.is_some_and(|age| age < SLOW_FLUSH_S)
+        || stats
+            .flush_running_s
+            .is_some_and(|running| running < SLOW_FLUSH_S);
+    (
+        stats,
+        if progressing {
+            WriterState::Busy
+        } else {
+            WriterState::Stuck
+        },
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterState {
+    Running,
+    /// Slow flushes or a full mailbox; writes still commit.
+    Busy,
+    /// No answer and no flush finishing.
+    Stuck,
 }
 
 async fn poller_stats(state: &AppState) -> Option<Option<PollerStats>> {
@@ -64,7 +99,7 @@ fn actor_state(answered: bool, view: Option<&ActorView>) -> &'static str {
 /// `GET /health/live`: 503 when the poll loop stopped ticking or an actor is stuck.
 /// Does not depend on SQS or the database being reachable.
 pub async fn live(state: web::Data<AppState>) -> HttpResponse {
-    let status_ok = status_stats(&state).await.is_some();
+    let status_ok = status_stats(&state).await.1 != WriterState::Stuck;
     let (poller_ok, poller) = match poller_stats(&state).await {
         None => (true, json!(null)),
         Some(Some(stats)) if poller_ticking(&state, &stats) => (true, json!("running")),
@@ -140,17 +175,14 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let mut actors = Vec::new();
     let mut healthy = true;
 
-    let status = status_stats(&state).await;
+    let (stats, writer) = status_stats(&state).await;
     let view = view_of(&views, "status");
-    let busy = status
-        .as_ref()
-        .and_then(|s| s.flush_running_s)
-        .is_some_and(|s| s > SLOW_FLUSH_S);
-    let status_state = if busy {
-        "busy"
-    } else {
-        actor_state(status.is_some(), view)
+    let status_state = match writer {
+        WriterState::Busy => "busy",
+        WriterState::Stuck => "stuck",
+        WriterState::Running => actor_state(true, view),
     };
+    let status = Some(stats);
     healthy &= status_state == "running";
     actors.push(json!({
         "name": "status", "kind": "StatusActor", "state": status_state,

@@ -44,6 +44,8 @@ pub struct AppState {
     pub registry: ActorRegistry,
     /// Queue depths, refreshed in the background.
     pub depths: QueueDepths,
+    /// The StatusActor's flush figures, readable while its mailbox is full.
+    pub status_probe: crate::actors::status::StatusProbe,
 }
 
 /// The last queue depths read from SQS, refreshed every few seconds in the background

@@ -489,7 +489,7 @@ impl SqsBatchers {
     /// ceiling here), so few calls in flight is what makes batches fill up under load:
     /// while one call is out, the next batch gathers. Deletes and visibility changes are
     /// off the latency path of any client, so they get two calls in flight; sends get
-    /// four, since a report waits for its send before a worker can start it.
+    /// eight, since a report waits for its send before a worker can start it.
     pub fn spawn(queue: &SqsQueue) -> Self {
         let q = queue.clone();
         let delete = Batcher::spawn(10, 2, 4096, move |handles: Vec<String>| {
@@ -514,11 +514,12 @@ impl SqsBatchers {
         });
         let q = queue.clone();
         // A FIFO queue keeps a group's order only if its sends do not overtake each other.
-        let send_in_flight = if queue.fifo { 1 } else { 4 };
+        let send_in_flight = if queue.fifo { 1 } else { 8 };
         let send = Batcher::spawn(
             10,
             send_in_flight,
-            4096,
+            // Room for a burst of accepted reports; beyond it the sweeper sends them.
+            65_536,
             move |messages: Vec<OutgoingMessage>| {
                 let q = q.clone();
                 async move {
