@@ -4,8 +4,11 @@
 //! concurrent ones) and records `enqueued_at`. If SQS is down, throttled, or the process
 //! dies in between, the row keeps `enqueued_at = NULL`; the sweeper finds such rows and
 //! sends them with backoff until SQS accepts them, also after a restart. The sweeper only
-//! looks at rows older than [`SWEEP_AFTER`], so on the happy path nothing is sent twice.
+//! looks at rows older than [`SWEEP_AFTER`] that the fast path is not still sending, so
+//! on the happy path nothing is sent twice, even behind a burst.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::Addr;
@@ -25,11 +28,24 @@ pub const SWEEP_AFTER: Duration = Duration::from_secs(10);
 pub struct Dispatcher {
     batchers: SqsBatchers,
     status: Addr<StatusActor>,
+    /// Reports the fast path is still sending (queued behind a burst, say): the sweeper
+    /// leaves them alone however old they are, so they are not sent twice.
+    in_flight: Arc<Mutex<HashSet<Uuid>>>,
 }
 
 impl Dispatcher {
     pub fn new(batchers: SqsBatchers, status: Addr<StatusActor>) -> Self {
-        Self { batchers, status }
+        Self {
+            batchers,
+            status,
+            in_flight: Arc::default(),
+        }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Sends one committed report in the background (the HTTP answer does not wait).
@@ -44,7 +60,9 @@ impl Dispatcher {
             tracing::warn!(report_id = %id, "send queue full; the sweeper will send it");
             return;
         };
+        self.in_flight().insert(id);
         let status = self.status.clone();
+        let this = self.clone();
         actix::spawn(async move {
             let result = match sent.await {
                 Ok(Ok(())) => write(&status, WriteOp::MarkEnqueued(vec![id]))
@@ -54,6 +72,7 @@ impl Dispatcher {
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err("the send batcher is gone".to_string()),
             };
+            this.in_flight().remove(&id);
             if let Err(e) = result {
                 tracing::warn!(report_id = %id, error = %e, "send to SQS failed; the sweeper will retry");
             }
@@ -99,12 +118,16 @@ impl Dispatcher {
     /// One pass: sends up to 500 rows that never reached SQS; returns how many were sent.
     pub async fn sweep_once(&self, pool: &DbPool) -> Result<usize, String> {
         let cutoff = Utc::now() - chrono::Duration::from_std(SWEEP_AFTER).unwrap_or_default();
-        let rows = {
+        // Taken before the query: a send that finishes after this point has committed
+        // its `enqueued_at` before leaving the set, so the query no longer returns it.
+        let in_flight = self.in_flight().clone();
+        let mut rows = {
             let mut conn = db::connection(pool).await.map_err(|e| e.to_string())?;
             reports::unenqueued(&mut conn, cutoff, 500)
                 .await
                 .map_err(|e| e.to_string())?
         };
+        rows.retain(|row| !in_flight.contains(&row.id));
         let mut sent = 0;
         let mut first_error = None;
         let results = futures_util::future::join_all(
