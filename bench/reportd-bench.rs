@@ -420,10 +420,7 @@ async fn send_all(
                 }
                 let mut pending: Vec<OutgoingMessage> = ids[start..(start + 10).min(ids.len())]
                     .iter()
-                    .map(|id| OutgoingMessage {
-                        report_id: *id,
-                        group_id: None,
-                    })
+                    .map(|id| OutgoingMessage::for_report(*id, None, 0))
                     .collect();
                 for attempt in 0..6 {
                     if Instant::now() > deadline {

@@ -43,6 +43,9 @@ pub struct Settings {
     /// Retry policy for failed attempts.
     #[serde(default)]
     pub retry: RetrySettings,
+    /// How many failures end a job.
+    #[serde(default)]
+    pub jobs: JobSettings,
     /// Where generated reports are written.
     #[serde(default)]
     pub report: ReportSettings,
@@ -115,6 +118,12 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
     /// Create the database named in `url` when it does not exist yet (dev convenience).
     pub create_if_missing: bool,
+    /// The StatusActor's statements are cancelled after this many milliseconds, so a
+    /// stuck statement fails (retryably) instead of wedging every later write.
+    pub statement_timeout_ms: u64,
+    /// The StatusActor gives up waiting for a row lock after this many milliseconds
+    /// (a row held by someone else stalls only the writes that touch it).
+    pub lock_timeout_ms: u64,
 }
 
 impl Default for DatabaseSettings {
@@ -124,6 +133,8 @@ impl Default for DatabaseSettings {
             pool_size: 16,
             migrate_on_start: true,
             create_if_missing: true,
+            statement_timeout_ms: 10_000,
+            lock_timeout_ms: 2_000,
         }
     }
 }
@@ -135,6 +146,8 @@ impl fmt::Debug for DatabaseSettings {
             .field("pool_size", &self.pool_size)
             .field("migrate_on_start", &self.migrate_on_start)
             .field("create_if_missing", &self.create_if_missing)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .field("lock_timeout_ms", &self.lock_timeout_ms)
             .finish()
     }
 }
@@ -157,7 +170,10 @@ pub struct SqsSettings {
     pub visibility_timeout_s: u32,
     /// Long-poll wait in seconds (SQS allows 0..=20).
     pub wait_time_s: u32,
-    /// Receives before SQS's redrive moves a message to the dead-letter queue.
+    /// Receives before SQS's own redrive moves a message to the dead-letter queue: a
+    /// safety net for messages reportd cannot handle at all. Must be at least
+    /// `jobs.max_attempts + 5`; reportd replaces a message with a fresh copy before it
+    /// gets near this count, so interruptions never dead-letter a job.
     pub max_receive_count: u32,
     /// Most messages asked for per receive (SQS allows 1..=10).
     pub receive_batch: u32,
@@ -175,7 +191,7 @@ impl Default for SqsSettings {
             create_queues: true,
             visibility_timeout_s: 30,
             wait_time_s: 20,
-            max_receive_count: 3,
+            max_receive_count: 10,
             receive_batch: 10,
             message_retention_s: 1_209_600,
         }
@@ -296,6 +312,31 @@ impl Default for RetrySettings {
         }
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    /// Failed attempts (errors, panics, lost workers) after which a job ends `failed` and
+    /// reportd copies its message to the dead-letter queue. Interruptions (a shutdown
+    /// release, a duplicate delivery, the database or the host being unavailable) are
+    /// not failures and never count.
+    pub max_attempts: u32,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self { max_attempts: 3 }
+    }
+}
+
+/// Shortest `sqs.visibility_timeout_s`: heartbeats go every third of it, and a row is
+/// stale after several missed beats, so below this one slow call loses a live job.
+pub const MIN_VISIBILITY_TIMEOUT_S: u32 = 6;
+
+/// Receives that `sqs.max_receive_count` must leave above `jobs.max_attempts`: SQS's own
+/// redrive is only a safety net for messages reportd cannot handle, never the rule that
+/// ends a job.
+pub const RECEIVE_HEADROOM: u32 = 5;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -490,11 +531,11 @@ impl Settings {
                 format!("`{name}` ends in `.fifo` but sqs.fifo is false"),
             );
         }
-        if self.sqs.visibility_timeout_s > 43_200 {
+        if !(MIN_VISIBILITY_TIMEOUT_S..=43_200).contains(&self.sqs.visibility_timeout_s) {
             return invalid(
                 "sqs.visibility_timeout_s",
                 format!(
-                    "{} is outside 0..=43200 seconds",
+                    "{} is outside {MIN_VISIBILITY_TIMEOUT_S}..=43200 seconds (heartbeats need a margin)",
                     self.sqs.visibility_timeout_s
                 ),
             );
@@ -505,8 +546,36 @@ impl Settings {
                 format!("{} is outside 0..=20 seconds", self.sqs.wait_time_s),
             );
         }
-        if self.sqs.max_receive_count < 1 {
-            return invalid("sqs.max_receive_count", "must be at least 1".into());
+        if !(1..=100).contains(&self.jobs.max_attempts) {
+            return invalid(
+                "jobs.max_attempts",
+                format!("{} is outside 1..=100", self.jobs.max_attempts),
+            );
+        }
+        let least = self.jobs.max_attempts + RECEIVE_HEADROOM;
+        if !(least..=1000).contains(&self.sqs.max_receive_count) {
+            return invalid(
+                "sqs.max_receive_count",
+                format!(
+                    "{} is outside {least}..=1000: it must stay at least jobs.max_attempts + {RECEIVE_HEADROOM} ({}) so that SQS's redrive stays a safety net",
+                    self.sqs.max_receive_count, self.jobs.max_attempts
+                ),
+            );
+        }
+        if self.database.lock_timeout_ms == 0 || self.database.statement_timeout_ms == 0 {
+            return invalid(
+                "database.statement_timeout_ms",
+                "statement_timeout_ms and lock_timeout_ms must be at least 1 ms (0 would mean no limit)".into(),
+            );
+        }
+        if self.database.lock_timeout_ms > self.database.statement_timeout_ms {
+            return invalid(
+                "database.lock_timeout_ms",
+                format!(
+                    "{} is above database.statement_timeout_ms ({})",
+                    self.database.lock_timeout_ms, self.database.statement_timeout_ms
+                ),
+            );
         }
         if !(1..=10).contains(&self.sqs.receive_batch) {
             return invalid(

@@ -102,10 +102,7 @@ async fn the_same_id_sent_twice_is_processed_once_and_the_duplicate_deleted() {
     .await;
     let id = app.submit_ok(3).await;
     app.queue
-        .send_batch(&[reportd::queue::OutgoingMessage {
-            report_id: id,
-            group_id: None,
-        }])
+        .send_batch(&[reportd::queue::OutgoingMessage::for_report(id, None, 0)])
         .await
         .expect("duplicate sent");
     let record = app

@@ -71,6 +71,10 @@ pub struct ReportRecord {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub enqueued_at: Option<DateTime<Utc>>,
+    /// Attempts that failed (lost workers included); `jobs.max_attempts` of them fail the job.
+    pub failures: i32,
+    /// Re-sends so far; FIFO deduplication ids carry it.
+    pub send_generation: i32,
 }
 
 /// A row to insert when a report is accepted.

@@ -16,6 +16,8 @@ diesel::table! {
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
         enqueued_at -> Nullable<Timestamptz>,
+        failures -> Int4,
+        send_generation -> Int4,
     }
 }
 

@@ -52,10 +52,7 @@ impl Dispatcher {
     /// The message is queued for sending before this returns, so reports of one user
     /// reach a FIFO queue in the order they were accepted.
     pub fn enqueue(&self, id: Uuid, user_id: Option<i64>) {
-        let message = OutgoingMessage {
-            report_id: id,
-            group_id: user_id.map(|u| u.to_string()),
-        };
+        let message = OutgoingMessage::for_report(id, user_id, 0);
         let Some(sent) = self.batchers.send.try_submit(message) else {
             tracing::warn!(report_id = %id, "send queue full; the sweeper will send it");
             return;
@@ -80,10 +77,7 @@ impl Dispatcher {
     }
 
     async fn send_and_mark(&self, id: Uuid, user_id: Option<i64>) -> Result<(), String> {
-        let message = OutgoingMessage {
-            report_id: id,
-            group_id: user_id.map(|u| u.to_string()),
-        };
+        let message = OutgoingMessage::for_report(id, user_id, 0);
         self.batchers
             .send(message)
             .await

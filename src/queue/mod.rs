@@ -98,6 +98,9 @@ pub async fn build_client(settings: &SqsSettings) -> Client {
     Client::new(&loader.load().await)
 }
 
+/// Longest `DelaySeconds` SQS accepts on a message.
+pub const MAX_DELAY_S: i32 = 900;
+
 /// A received message, with what the consumer needs to act on it.
 #[derive(Debug, Clone)]
 pub struct ReceivedMessage {
@@ -110,11 +113,40 @@ pub struct ReceivedMessage {
     pub group_id: Option<String>,
 }
 
-/// A message to send: the report id, and its FIFO group (the user id).
+/// A message to send: the report id, its FIFO group (the user id), and its FIFO
+/// deduplication id.
 #[derive(Debug, Clone)]
 pub struct OutgoingMessage {
     pub report_id: Uuid,
     pub group_id: Option<String>,
+    /// FIFO `MessageDeduplicationId`: `<id>-<send_generation>`, so that repeating one
+    /// send is deduplicated while a re-send (retry, redrive, reconciler) never is.
+    pub dedup_id: String,
+    /// Seconds SQS keeps the message hidden after the send (standard queues only).
+    pub delay_s: i32,
+}
+
+impl OutgoingMessage {
+    /// The message for send number `generation` of a report.
+    pub fn for_report(report_id: Uuid, user_id: Option<i64>, generation: i32) -> Self {
+        Self {
+            report_id,
+            group_id: user_id.map(|u| u.to_string()),
+            dedup_id: format!("{report_id}-{generation}"),
+            delay_s: 0,
+        }
+    }
+
+    /// A fresh copy replacing a received message whose SQS receive count is running out
+    /// (see the worker's fate rules): a deduplication id of its own, never dropped.
+    pub fn renewal(report_id: Uuid, group_id: Option<String>, delay_s: i32) -> Self {
+        Self {
+            report_id,
+            group_id,
+            dedup_id: format!("{report_id}-renew-{}", Uuid::new_v4().simple()),
+            delay_s,
+        }
+    }
 }
 
 /// The queue pair reportd works with.
@@ -186,7 +218,9 @@ impl SqsQueue {
             if self.fifo {
                 entry = entry
                     .message_group_id(message.group_id.clone().unwrap_or_else(|| "default".into()))
-                    .message_deduplication_id(message.report_id.to_string());
+                    .message_deduplication_id(message.dedup_id.clone());
+            } else if message.delay_s > 0 {
+                entry = entry.delay_seconds(message.delay_s.min(MAX_DELAY_S));
             }
             let entry = entry.build().map_err(|e| QueueError::Call {
                 operation: "SendMessageBatch",

@@ -24,6 +24,8 @@ pub struct AppOptions {
     pub fifo: bool,
     pub visibility_timeout_s: u32,
     pub max_receive_count: u32,
+    /// `jobs.max_attempts`.
+    pub max_attempts: u32,
     pub simulate: SimulateSettings,
     pub tokens: Vec<String>,
     pub grace_s: u64,
@@ -47,7 +49,8 @@ impl Default for AppOptions {
             workers: 4,
             fifo: false,
             visibility_timeout_s: 30,
-            max_receive_count: 3,
+            max_receive_count: 10,
+            max_attempts: 3,
             simulate: SimulateSettings::default(),
             tokens: Vec::new(),
             grace_s: 5,
@@ -99,6 +102,7 @@ pub async fn test_settings(options: &AppOptions) -> (Settings, Arc<tempfile::Tem
     }
     settings.sqs.visibility_timeout_s = options.visibility_timeout_s;
     settings.sqs.max_receive_count = options.max_receive_count;
+    settings.jobs.max_attempts = options.max_attempts;
     settings.workers.count = options.workers;
     settings.shutdown.grace_s = options.grace_s;
     settings.simulate = options.simulate.clone();
