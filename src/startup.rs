@@ -15,6 +15,7 @@ use actix::prelude::*;
 use actix_web::{middleware, web, App, HttpServer};
 use tokio::sync::watch;
 
+use crate::actors::fate;
 use crate::actors::messages::{GetPollerStats, StopPolling};
 use crate::actors::poller::PollerActor;
 use crate::actors::registry::{ActorRegistry, StormLimit};
@@ -24,7 +25,7 @@ use crate::api::{self, AppState, QueueDepths};
 use crate::config::{Role, Settings};
 use crate::db::{self, DbError, DbGate, DbPool};
 use crate::metrics::Metrics;
-use crate::queue::dispatcher::Dispatcher;
+use crate::queue::dispatcher::{Dispatcher, Timings};
 use crate::queue::provision::{ensure_queues, EnsureReport};
 use crate::queue::{self, QueueError, SqsBatchers, SqsQueue};
 use crate::report::{CsvReportGenerator, ReportGenerator, SimulatedGenerator};
@@ -112,7 +113,11 @@ impl Application {
         let depths = QueueDepths::default();
         actix::spawn(depths.clone().refresh_forever(sqs.clone(), metrics.clone()));
 
-        let status_pool = pool.clone();
+        let status_pool = db::build_writer_pool(
+            &settings.database.url,
+            settings.database.statement_timeout_ms,
+            settings.database.lock_timeout_ms,
+        )?;
         let status_metrics = metrics.clone();
         let status_slot = registry.register("status", "StatusActor");
         let status_probe = StatusProbe::default();
@@ -122,7 +127,12 @@ impl Application {
         });
 
         let dispatcher = if settings.has_role(Role::Api) {
-            let dispatcher = Dispatcher::new(batchers.clone(), status.clone());
+            let dispatcher = Dispatcher::new(
+                batchers.clone(),
+                status.clone(),
+                sqs.clone(),
+                Timings::from_settings(&settings),
+            );
             actix::spawn(dispatcher.clone().sweep_forever(pool.clone()));
             Some(dispatcher)
         } else {
@@ -150,9 +160,13 @@ impl Application {
                 queue: sqs.clone(),
                 batchers: batchers.clone(),
                 generator,
-                visibility_timeout_s: settings.sqs.visibility_timeout_s,
-                max_receive_count: settings.sqs.max_receive_count,
-                retry: settings.retry.clone(),
+                limits: fate::Limits {
+                    max_attempts: settings.jobs.max_attempts,
+                    max_receive_count: settings.sqs.max_receive_count,
+                    visibility_timeout_s: settings.sqs.visibility_timeout_s,
+                    fifo: settings.sqs.fifo,
+                    retry: settings.retry.clone(),
+                },
                 abort: abort_rx,
                 metrics: metrics.clone(),
                 db_gate: db_gate.clone(),

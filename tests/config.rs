@@ -29,7 +29,8 @@ fn checked_in_config_toml_loads_with_the_documented_local_defaults() {
         Some("http://127.0.0.1:4566")
     );
     assert_eq!(settings.sqs.region, "us-east-1");
-    assert_eq!(settings.sqs.max_receive_count, 3);
+    assert_eq!(settings.sqs.max_receive_count, 10);
+    assert_eq!(settings.jobs.max_attempts, 3);
     assert_eq!(settings.sqs.wait_time_s, 20);
     assert_eq!(settings.workers.count, 8);
     assert_eq!(
@@ -123,6 +124,27 @@ fn bad_configs_are_rejected_naming_the_offending_key() {
             "max receive count 0",
             "[sqs]\nmax_receive_count = 0\n",
             "sqs.max_receive_count",
+        ),
+        (
+            "max receive count without headroom above max_attempts",
+            "[jobs]\nmax_attempts = 3\n[sqs]\nmax_receive_count = 7\n",
+            "sqs.max_receive_count",
+        ),
+        ("zero max attempts", "[jobs]\nmax_attempts = 0\n", "jobs.max_attempts"),
+        (
+            "visibility timeout below the heartbeat floor",
+            "[sqs]\nvisibility_timeout_s = 5\n",
+            "sqs.visibility_timeout_s",
+        ),
+        (
+            "lock timeout above the statement timeout",
+            "[database]\nstatement_timeout_ms = 1000\nlock_timeout_ms = 2000\n",
+            "database.lock_timeout_ms",
+        ),
+        (
+            "no statement timeout",
+            "[database]\nstatement_timeout_ms = 0\n",
+            "database.statement_timeout_ms",
         ),
         (
             "visibility timeout above 12 h",
@@ -379,7 +401,9 @@ fn redacted_toml_shows_every_numeric_value() {
     let missing: Vec<&str> = [
         "count = 5",
         "wait_time_s = 20",
-        "max_receive_count = 3",
+        "max_receive_count = 10",
+        "max_attempts = 3",
+        "lock_timeout_ms = 2000",
         "pool_size = 16",
         "grace_s = 30",
         "max_range_days = 366",

@@ -96,7 +96,7 @@ async fn a_job_runs_once_and_its_message_is_deleted() {
 async fn the_same_id_sent_twice_is_processed_once_and_the_duplicate_deleted() {
     let app = spawn_app(AppOptions {
         simulate: simulate(Some([1500, 1500])),
-        visibility_timeout_s: 4,
+        visibility_timeout_s: 6,
         ..AppOptions::default()
     })
     .await;
@@ -131,7 +131,7 @@ async fn the_same_id_sent_twice_is_processed_once_and_the_duplicate_deleted() {
 async fn a_job_longer_than_the_visibility_timeout_is_never_started_twice() {
     let app = spawn_app(AppOptions {
         simulate: simulate(Some([12_000, 12_000])),
-        visibility_timeout_s: 4,
+        visibility_timeout_s: 6,
         workers: 2,
         ..AppOptions::default()
     })
@@ -201,7 +201,7 @@ async fn a_job_that_always_fails_ends_failed_with_its_message_in_the_dlq() {
             .is_some_and(|e| e.contains("simulated failure")),
         "{record}"
     );
-    // SQS moves the message on the receive after the last allowed one: wait for it.
+    // reportd copies the message to the DLQ with the reason at the final failure.
     let mut moved = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while moved.is_empty() && Instant::now() < deadline {
@@ -517,7 +517,7 @@ async fn sigterm_mid_job_releases_it_and_another_process_completes_it() {
 
 #[actix_web::test]
 async fn kill_9_mid_job_is_completed_by_another_process_after_the_visibility_timeout() {
-    let (api, worker, tmp) = api_with_worker_settings(simulate(Some([6000, 6000])), 4, 1).await;
+    let (api, worker, tmp) = api_with_worker_settings(simulate(Some([6000, 6000])), 6, 1).await;
     let first = spawn_process(&on_port(&worker), tmp.path(), "worker-a").await;
     let id = api.submit_ok(12).await;
     api.wait_for_status(id, "in-progress", Duration::from_secs(20))
@@ -545,7 +545,7 @@ async fn a_postgres_outage_pauses_receives_so_queued_jobs_are_not_dead_lettered(
             proxy.port()
         )),
         workers: 1,
-        visibility_timeout_s: 2,
+        visibility_timeout_s: 6,
         simulate: simulate(Some([1500, 1500])),
         ..AppOptions::default()
     })

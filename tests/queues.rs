@@ -95,11 +95,11 @@ async fn ensure_is_idempotent_and_repairs_the_redrive_policy(
         first.main.url
     );
 
-    // The main queue redrives to the DLQ after max_receive_count (3 by default).
+    // The main queue redrives to the DLQ after max_receive_count (10 by default).
     let redrive = redrive_of(&client, &first.main.url)
         .await
         .expect("redrive_of");
-    assert_eq!(redrive, Some((first.dlq_arn.clone(), 3)));
+    assert_eq!(redrive, Some((first.dlq_arn.clone(), 10)));
     assert_eq!(
         redrive_of(&client, &first.dlq.url)
             .await
@@ -161,7 +161,7 @@ async fn ensure_is_idempotent_and_repairs_the_redrive_policy(
 
     // A changed max_receive_count is drift: the RedrivePolicy is rewritten.
     let mut changed = settings.clone();
-    changed.max_receive_count = 5;
+    changed.max_receive_count = 12;
     let third = ensure_queues(&client, &changed)
         .await
         .expect("third ensure");
@@ -183,7 +183,7 @@ async fn ensure_is_idempotent_and_repairs_the_redrive_policy(
         redrive_of(&client, &third.main.url)
             .await
             .expect("redrive_of"),
-        Some((first.dlq_arn.clone(), 5))
+        Some((first.dlq_arn.clone(), 12))
     );
 
     // And once repaired, a further run is a no-op again.

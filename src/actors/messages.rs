@@ -42,10 +42,14 @@ pub enum WriteOutcome {
     Count(usize),
 }
 
-/// Asks the StatusActor to commit one write; answered after the commit.
+/// Asks the StatusActor to commit one write; answered after the commit, or `Expired`
+/// (never applied) when it is still queued at `deadline`.
 #[derive(Message)]
 #[rtype(result = "Result<WriteOutcome, DbError>")]
-pub struct Write(pub WriteOp);
+pub struct Write {
+    pub op: WriteOp,
+    pub deadline: std::time::Instant,
+}
 
 /// Figures the StatusActor reports to the health endpoint.
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -4,6 +4,7 @@
 //! - [`poller::PollerActor`]: long-polls SQS for as many messages as there are idle workers.
 //! - [`worker::ReportWorker`]: runs one job (or one FIFO group) at a time.
 
+pub mod fate;
 pub mod messages;
 pub mod poller;
 pub mod registry;

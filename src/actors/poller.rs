@@ -121,6 +121,10 @@ impl PollerActor {
             }
             return;
         }
+        if self.db_gate.host_paused_until().is_some() {
+            // Host trouble (too many open files, disk full): the 1 s tick resumes.
+            return;
+        }
         if let Some(until) = self.paused_until {
             if Instant::now() < until {
                 return;

@@ -8,7 +8,15 @@
 //!
 //! A flush runs as a task of its own, not as a future of the actor's context: while the
 //! actor pauses its mailbox (`ctx.wait`), actix polls none of the context's futures, so
-//! a flush owned by the context could never finish and end the pause.
+//! a flush owned by the context could never finish and end the pause. The pause ends on
+//! the flush's "finished" signal, which is sent even when the flush panics.
+//!
+//! The writer cannot be wedged: its connections (a pool of its own) run with
+//! `statement_timeout` and `lock_timeout`; each flush first locks the rows it writes with
+//! `FOR UPDATE SKIP LOCKED`, so a row locked elsewhere fails only the writes touching it
+//! (`DbError::RowBusy`, retryable) and the rest of the batch commits; and a write that
+//! waited past its deadline is answered `Expired` without being applied, so a caller
+//! that gave up never has its write commit behind its back.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -23,11 +31,38 @@ use uuid::Uuid;
 use super::messages::{StatusStats, Write, WriteOp, WriteOutcome};
 use super::registry::ActorSlot;
 use crate::db::models::NewReport;
-use crate::db::reports::AttemptEnd;
+use crate::db::reports::{AttemptEnd, ClaimOutcome};
 use crate::db::{self, reports, DbError, DbPool};
 use crate::metrics::Metrics;
 
 type Reply = oneshot::Sender<Result<WriteOutcome, DbError>>;
+
+/// How long a write may wait for its flush before it is answered `Expired` unapplied.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a caller waits for an answer: past the deadline plus one flush, bounded by
+/// the writer's statement timeout, so a write is either answered or never applied.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A write waiting for a flush.
+struct Pending {
+    op: WriteOp,
+    reply: Reply,
+    deadline: Instant,
+}
+
+/// Sends the "flush finished" signal when dropped, so a panicking flush still ends the
+/// mailbox pause that waits for it.
+struct FinishedSignal {
+    completed: Arc<watch::Sender<u64>>,
+    seq: u64,
+}
+
+impl Drop for FinishedSignal {
+    fn drop(&mut self) {
+        self.completed.send_replace(self.seq);
+    }
+}
 
 #[derive(Debug, Default)]
 struct FlushFigures {
@@ -70,7 +105,7 @@ pub struct StatusActor {
     /// Connections for the flushes.
     pool: DbPool,
     /// Writes waiting for the next flush, with the channel to answer each sender.
-    pending: Vec<(WriteOp, Reply)>,
+    pending: Vec<Pending>,
     /// Whether a flush is running (at most one at a time keeps writes ordered).
     flushing: bool,
     /// Flushes started so far; the number of the running one.
@@ -112,12 +147,26 @@ impl StatusActor {
         self.flush_seq += 1;
         let seq = self.flush_seq;
         let take = self.pending.len().min(self.max_batch);
-        let batch: Vec<(WriteOp, Reply)> = self.pending.drain(..take).collect();
+        let now = Instant::now();
+        let (batch, expired): (Vec<Pending>, Vec<Pending>) = self
+            .pending
+            .drain(..take)
+            .partition(|write| write.deadline > now);
+        for write in expired {
+            let _ = write
+                .reply
+                .send(Err(DbError::Expired(WRITE_DEADLINE.as_secs())));
+        }
+        let batch: Vec<(WriteOp, Reply)> = batch.into_iter().map(|w| (w.op, w.reply)).collect();
         let pool = self.pool.clone();
         let probe = self.probe.clone();
         let metrics = self.metrics.clone();
-        let completed = self.completed.clone();
+        let finished = FinishedSignal {
+            completed: self.completed.clone(),
+            seq,
+        };
         let task = actix::spawn(async move {
+            let _finished = finished;
             let started = Instant::now();
             probe.with(|f| f.flush_started = Some(started));
             let size = batch.len();
@@ -132,9 +181,14 @@ impl StatusActor {
             });
             metrics.status_batch_size.observe(size as f64);
             metrics.status_flush_seconds.observe(seconds);
-            completed.send_replace(seq);
         });
-        ctx.spawn(wrap_future::<_, Self>(task).map(|_, actor, ctx| {
+        let probe = self.probe.clone();
+        ctx.spawn(wrap_future::<_, Self>(task).map(move |joined, actor, ctx| {
+            if joined.is_err() {
+                // Its senders were answered `WriterGone` when their replies dropped.
+                tracing::error!("a StatusActor flush panicked; its writes were not applied");
+                probe.with(|f| f.flush_started = None);
+            }
             actor.flushing = false;
             actor.start_flush(ctx);
         }));
@@ -172,7 +226,11 @@ impl Handler<Write> for StatusActor {
 
     fn handle(&mut self, msg: Write, ctx: &mut Self::Context) -> Self::Result {
         let (reply, answer) = oneshot::channel();
-        self.pending.push((msg.0, reply));
+        self.pending.push(Pending {
+            op: msg.op,
+            reply,
+            deadline: msg.deadline,
+        });
         self.start_flush(ctx);
         if self.pending.len() >= self.max_batch {
             // A full batch is waiting: stop taking mail until the running flush ends.
@@ -221,7 +279,7 @@ async fn execute_batch(pool: &DbPool, batch: Vec<(WriteOp, Reply)>) {
     match together {
         Ok(outcomes) => {
             for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(outcome));
+                let _ = reply.send(outcome);
             }
         }
         Err(error) if batch.len() == 1 => {
@@ -239,48 +297,94 @@ async fn execute_batch(pool: &DbPool, batch: Vec<(WriteOp, Reply)>) {
                     })
                     .await
                     .map_err(DbError::Query)
-                    .and_then(|mut outcomes| outcomes.pop().ok_or(DbError::WriterGone));
+                    .and_then(|mut outcomes| outcomes.pop().unwrap_or(Err(DbError::WriterGone)));
                 let _ = reply.send(result);
             }
         }
     }
 }
 
-/// Applies a batch with as few statements as the kinds of write in it: all inserts in
+/// The rows a write changes (inserts change none that exist yet).
+fn rows_of(op: &WriteOp) -> Vec<Uuid> {
+    match op {
+        WriteOp::Insert(_) => Vec::new(),
+        WriteOp::Claim { id, .. } | WriteOp::Touch { id, .. } | WriteOp::EndAttempt { id, .. } => {
+            vec![*id]
+        }
+        WriteOp::ResetFailed(id) => vec![*id],
+        WriteOp::MarkEnqueued(ids) => ids.clone(),
+    }
+}
+
+/// Locks the batch's rows (skipping rows locked elsewhere), answers the writes whose row
+/// is busy with `RowBusy`, and applies the rest.
+async fn apply_all(
+    conn: &mut diesel_async::AsyncPgConnection,
+    ops: &[WriteOp],
+) -> Result<Vec<Result<WriteOutcome, DbError>>, diesel::result::Error> {
+    let ids: Vec<Uuid> = ops.iter().flat_map(rows_of).collect();
+    let (_locked, busy) = reports::lock_rows(conn, &ids).await?;
+    let mut outcomes: Vec<Option<Result<WriteOutcome, DbError>>> =
+        ops.iter().map(|_| None).collect();
+    let mut runnable: Vec<(usize, WriteOp)> = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            WriteOp::MarkEnqueued(ids) => {
+                let free: Vec<Uuid> = ids
+                    .iter()
+                    .filter(|id| !busy.contains(id))
+                    .copied()
+                    .collect();
+                runnable.push((i, WriteOp::MarkEnqueued(free)));
+            }
+            _ if rows_of(op).iter().any(|id| busy.contains(id)) => {
+                outcomes[i] = Some(Err(DbError::RowBusy));
+            }
+            _ => runnable.push((i, op.clone())),
+        }
+    }
+    for (i, outcome) in apply_unlocked(conn, &runnable).await? {
+        outcomes[i] = Some(Ok(outcome));
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Err(DbError::WriterGone)))
+        .collect())
+}
+
+/// Applies writes with as few statements as the kinds of write in it: all inserts in
 /// one, all claims in one (per stale-after value), all completions, heartbeats and
 /// enqueue marks in one each; the rarer writes one by one. Grouping by kind is safe
 /// because the writes of one batch arrived concurrently (a sender waits for each answer
 /// before its next write), so any order of them is a valid one.
-async fn apply_all(
+async fn apply_unlocked(
     conn: &mut diesel_async::AsyncPgConnection,
-    ops: &[WriteOp],
-) -> Result<Vec<WriteOutcome>, diesel::result::Error> {
-    let mut outcomes: Vec<Option<WriteOutcome>> = ops.iter().map(|_| None).collect();
+    ops: &[(usize, WriteOp)],
+) -> Result<Vec<(usize, WriteOutcome)>, diesel::result::Error> {
+    let mut outcomes: Vec<(usize, WriteOutcome)> = Vec::with_capacity(ops.len());
 
-    let inserts: Vec<(usize, NewReport)> = ops
+    let inserts: Vec<(usize, &NewReport)> = ops
         .iter()
-        .enumerate()
         .filter_map(|(i, op)| match op {
-            WriteOp::Insert(row) => Some((i, row.clone())),
+            WriteOp::Insert(row) => Some((*i, row)),
             _ => None,
         })
         .collect();
     if !inserts.is_empty() {
-        let rows: Vec<NewReport> = inserts.iter().map(|(_, row)| row.clone()).collect();
+        let rows: Vec<NewReport> = inserts.iter().map(|(_, row)| (*row).clone()).collect();
         let inserted: HashSet<Uuid> = reports::insert_many(conn, &rows)
             .await?
             .into_iter()
             .collect();
         for (i, row) in &inserts {
-            outcomes[*i] = Some(WriteOutcome::Inserted(inserted.contains(&row.id)));
+            outcomes.push((*i, WriteOutcome::Inserted(inserted.contains(&row.id))));
         }
     }
 
     let marks: Vec<(usize, &Vec<Uuid>)> = ops
         .iter()
-        .enumerate()
         .filter_map(|(i, op)| match op {
-            WriteOp::MarkEnqueued(ids) => Some((i, ids)),
+            WriteOp::MarkEnqueued(ids) => Some((*i, ids)),
             _ => None,
         })
         .collect();
@@ -294,17 +398,15 @@ async fn apply_all(
             .into_iter()
             .collect();
         for (i, ids) in &marks {
-            outcomes[*i] = Some(WriteOutcome::Count(
-                ids.iter().filter(|id| changed.contains(id)).count(),
-            ));
+            let count = ids.iter().filter(|id| changed.contains(id)).count();
+            outcomes.push((*i, WriteOutcome::Count(count)));
         }
     }
 
     let mut claims: Vec<(usize, Uuid, i64)> = ops
         .iter()
-        .enumerate()
         .filter_map(|(i, op)| match op {
-            WriteOp::Claim { id, stale_after_s } => Some((i, *id, *stale_after_s)),
+            WriteOp::Claim { id, stale_after_s } => Some((*i, *id, *stale_after_s)),
             _ => None,
         })
         .collect();
@@ -313,15 +415,14 @@ async fn apply_all(
         let ids: Vec<Uuid> = group.iter().map(|(_, id, _)| *id).collect();
         let results = reports::claim_many(conn, &ids, group[0].2).await?;
         for ((i, _, _), result) in group.iter().zip(results) {
-            outcomes[*i] = Some(WriteOutcome::Claim(result));
+            outcomes.push((*i, WriteOutcome::Claim(result)));
         }
     }
 
     let touches: Vec<(usize, (Uuid, i32))> = ops
         .iter()
-        .enumerate()
         .filter_map(|(i, op)| match op {
-            WriteOp::Touch { id, attempt } => Some((i, (*id, *attempt))),
+            WriteOp::Touch { id, attempt } => Some((*i, (*id, *attempt))),
             _ => None,
         })
         .collect();
@@ -329,60 +430,123 @@ async fn apply_all(
         let items: Vec<(Uuid, i32)> = touches.iter().map(|(_, item)| *item).collect();
         let results = reports::touch_many(conn, &items).await?;
         for ((i, _), applied) in touches.iter().zip(results) {
-            outcomes[*i] = Some(WriteOutcome::Applied(applied));
+            outcomes.push((*i, WriteOutcome::Applied(applied)));
         }
     }
 
     let completions: Vec<(usize, reports::Completion)> = ops
         .iter()
-        .enumerate()
         .filter_map(|(i, op)| match op {
             WriteOp::EndAttempt {
                 id,
                 attempt,
                 end: AttemptEnd::Completed { report_url },
-            } => Some((i, (*id, *attempt, report_url.clone()))),
+            } => Some((*i, (*id, *attempt, report_url.clone()))),
             _ => None,
         })
         .collect();
     if !completions.is_empty() {
-        let items: Vec<(Uuid, i32, Option<String>)> =
+        let items: Vec<reports::Completion> =
             completions.iter().map(|(_, item)| item.clone()).collect();
         let results = reports::complete_many(conn, &items).await?;
         for ((i, _), applied) in completions.iter().zip(results) {
-            outcomes[*i] = Some(WriteOutcome::Applied(applied));
+            outcomes.push((*i, WriteOutcome::Applied(applied)));
         }
     }
 
-    for (i, op) in ops.iter().enumerate() {
-        if outcomes[i].is_some() {
-            continue;
-        }
+    for (i, op) in ops {
         let outcome = match op {
+            WriteOp::EndAttempt {
+                end: AttemptEnd::Completed { .. },
+                ..
+            }
+            | WriteOp::Insert(_)
+            | WriteOp::MarkEnqueued(_)
+            | WriteOp::Claim { .. }
+            | WriteOp::Touch { .. } => continue,
             WriteOp::EndAttempt { id, attempt, end } => {
                 WriteOutcome::Applied(reports::end_attempt(conn, *id, *attempt, end).await?)
             }
             WriteOp::ResetFailed(id) => {
                 WriteOutcome::Applied(reports::reset_failed(conn, *id, true).await?)
             }
-            // Every other kind was applied above.
-            _ => continue,
         };
-        outcomes[i] = Some(outcome);
+        outcomes.push((*i, outcome));
     }
-    outcomes
-        .into_iter()
-        .map(|o| o.ok_or(diesel::result::Error::NotFound))
-        .collect()
+    Ok(outcomes)
 }
 
 /// Sends one write and waits for its commit; the mailbox bound applies (back-pressure).
+/// A write still queued [`WRITE_DEADLINE`] after this call is answered `Expired` and
+/// never applied.
 pub async fn write(addr: &Addr<StatusActor>, op: WriteOp) -> Result<WriteOutcome, DbError> {
-    match tokio::time::timeout(Duration::from_secs(60), addr.send(Write(op))).await {
+    let deadline = Instant::now() + WRITE_DEADLINE;
+    match tokio::time::timeout(ANSWER_TIMEOUT, addr.send(Write { op, deadline })).await {
         Ok(Ok(result)) => result,
         Ok(Err(_mailbox)) => Err(DbError::WriterGone),
-        Err(_elapsed) => Err(DbError::Pool(
-            "the StatusActor did not answer within 60 s".into(),
-        )),
+        Err(_elapsed) => Err(DbError::Pool(format!(
+            "the StatusActor did not answer within {} s",
+            ANSWER_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// An answer of the wrong kind: cannot happen (the handler answers each write with its
+/// own kind); reported as a writer fault rather than a panic.
+fn mismatch(outcome: WriteOutcome) -> DbError {
+    tracing::error!(
+        ?outcome,
+        "the StatusActor answered a write with the wrong kind"
+    );
+    DbError::WriterGone
+}
+
+/// Inserts an accepted report; false when its idempotency key already existed.
+pub async fn insert(addr: &Addr<StatusActor>, row: NewReport) -> Result<bool, DbError> {
+    match write(addr, WriteOp::Insert(row)).await? {
+        WriteOutcome::Inserted(inserted) => Ok(inserted),
+        other => Err(mismatch(other)),
+    }
+}
+
+/// Claims a job for a new attempt.
+pub async fn claim(
+    addr: &Addr<StatusActor>,
+    id: Uuid,
+    stale_after_s: i64,
+) -> Result<ClaimOutcome, DbError> {
+    match write(addr, WriteOp::Claim { id, stale_after_s }).await? {
+        WriteOutcome::Claim(outcome) => Ok(outcome),
+        other => Err(mismatch(other)),
+    }
+}
+
+/// A running attempt's heartbeat; false when the row is no longer that attempt's.
+pub async fn touch(addr: &Addr<StatusActor>, id: Uuid, attempt: i32) -> Result<bool, DbError> {
+    applied(write(addr, WriteOp::Touch { id, attempt }).await?)
+}
+
+/// Ends an attempt (compare-and-set); false when the row is no longer that attempt's.
+pub async fn end_attempt(
+    addr: &Addr<StatusActor>,
+    id: Uuid,
+    attempt: i32,
+    end: AttemptEnd,
+) -> Result<bool, DbError> {
+    applied(write(addr, WriteOp::EndAttempt { id, attempt, end }).await?)
+}
+
+/// Records that SQS accepted these reports' messages; returns how many rows changed.
+pub async fn mark_enqueued(addr: &Addr<StatusActor>, ids: Vec<Uuid>) -> Result<usize, DbError> {
+    match write(addr, WriteOp::MarkEnqueued(ids)).await? {
+        WriteOutcome::Count(count) => Ok(count),
+        other => Err(mismatch(other)),
+    }
+}
+
+fn applied(outcome: WriteOutcome) -> Result<bool, DbError> {
+    match outcome {
+        WriteOutcome::Applied(applied) => Ok(applied),
+        other => Err(mismatch(other)),
     }
 }

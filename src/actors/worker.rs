@@ -1,10 +1,12 @@
 //! `ReportWorker`: runs one job (or one FIFO group's jobs, in order) at a time.
 //!
-//! Per message: parse → claim (StatusActor) → generate while heart-beating the message's
-//! visibility → record the end (compare-and-set on the claimed attempt) → and only then
-//! delete, retry later, or hand over to the DLQ.
+//! Per message: parse → claim (StatusActor) → generate → record the end (compare-and-set
+//! on the claimed attempt) → and only then delete, hand back, renew, or dead-letter the
+//! message, as [`super::fate`] decides. From receipt until every message is settled, a
+//! keepalive keeps all the messages the worker holds invisible and the running attempt's
+//! row fresh, each on its own task, so a slow SQS never delays the row's heartbeat.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -12,15 +14,15 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::messages::{Ping, RunJobs, WorkerIdle, WriteOp, WriteOutcome};
+use super::fate::{self, AttemptResult, ClaimDecision, ClaimSeen, Decision, Group, MessageAction};
+use super::messages::{Ping, RunJobs, WorkerIdle};
 use super::registry::ActorSlot;
-use super::status::{write, StatusActor};
-use crate::config::RetrySettings;
+use super::status::{self, StatusActor};
 use crate::db::reports::{AttemptEnd, ClaimOutcome};
-use crate::db::DbGate;
+use crate::db::{DbError, DbGate};
 use crate::metrics::Metrics;
-use crate::queue::{ReceivedMessage, SqsBatchers, SqsQueue};
-use crate::report::{JobContext, ReportGenerator};
+use crate::queue::{OutgoingMessage, ReceivedMessage, SqsBatchers, SqsQueue};
+use crate::report::{GeneratorError, JobContext, ReportGenerator};
 
 /// SQS refuses to keep a message invisible for more than 12 h after its receipt.
 const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
@@ -31,11 +33,8 @@ pub struct WorkerDeps {
     pub queue: SqsQueue,
     pub batchers: SqsBatchers,
     pub generator: Arc<dyn ReportGenerator>,
-    /// The queue's visibility timeout, in seconds; heartbeats extend by this much.
-    pub visibility_timeout_s: u32,
-    /// Receives SQS allows before its redrive moves a message to the DLQ.
-    pub max_receive_count: u32,
-    pub retry: RetrySettings,
+    /// The fate rules' limits (attempts, receives, visibility timeout, FIFO, backoff).
+    pub limits: fate::Limits,
     /// Becomes true when the shutdown grace period is over: running jobs are released.
     pub abort: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
@@ -131,40 +130,65 @@ impl Handler<RunJobs> for ReportWorker {
     }
 }
 
-/// How one message ended, as far as the rest of its FIFO group is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Processed {
-    /// Done with it (completed, duplicate, poison handled).
-    Done,
-    /// It will run again later; later messages of its group must wait.
-    NotDone,
-    /// Like `NotDone`, and the generator panicked: the worker restarts.
-    Crashed,
-}
-
-/// Runs messages one after another; when one is not done, the rest are released at once
-/// so that they are not run out of order. Returns the cause when the generator panicked.
+/// Runs a receive's messages one after another (several only for one FIFO group). When
+/// one stops the group, the rest are handed back behind it, so none runs out of order.
+/// Returns the cause when the generator panicked (the worker then restarts).
 pub async fn run_in_order(
     deps: &WorkerDeps,
     slot: &ActorSlot,
     messages: Vec<ReceivedMessage>,
 ) -> Option<String> {
+    let keepalive = Arc::new(Keepalive::start(deps, &messages));
     let mut crash = None;
-    let mut iter = messages.into_iter();
-    while let Some(message) = iter.next() {
-        let processed = process_message(deps, slot, &message).await;
-        if processed == Processed::Crashed {
+    for (index, message) in messages.iter().enumerate() {
+        let outcome = process_message(deps, slot, &keepalive, message).await;
+        if outcome.panicked {
             crash = Some("the report generator panicked".to_string());
         }
-        if processed != Processed::Done {
-            for rest in iter.by_ref() {
-                if let Err(e) = deps.batchers.set_visibility(&rest.receipt_handle, 0).await {
-                    tracing::warn!(message_id = %rest.message_id, error = %e, "could not release a message of a failed group");
-                }
+        if outcome.group == Group::Stop {
+            let delay_s = outcome.rest_delay_s;
+            for rest in &messages[index + 1..] {
+                let action = fate::hand_back(delay_s, rest.receive_count, &deps.limits);
+                carry_out(deps, &keepalive, rest, None, action).await;
             }
+            break;
         }
     }
     crash
+}
+
+/// What became of one message, for the rest of its group.
+struct Outcome {
+    group: Group,
+    /// When the group stops: the delay the rest wait, behind this message.
+    rest_delay_s: u32,
+    panicked: bool,
+}
+
+impl Outcome {
+    fn of(decision: &Decision) -> Self {
+        let rest_delay_s = match decision.message {
+            MessageAction::Hide { delay_s }
+            | MessageAction::Renew { delay_s }
+            | MessageAction::RunAgainAfter { delay_s } => delay_s,
+            MessageAction::Delete | MessageAction::DeadLetter { .. } => 0,
+        };
+        Self {
+            group: decision.group,
+            rest_delay_s,
+            panicked: false,
+        }
+    }
+
+    /// The message was left to come back by itself (end not recorded): the group waits
+    /// for it.
+    fn left_alone(limits: &fate::Limits) -> Self {
+        Self {
+            group: Group::Stop,
+            rest_delay_s: limits.visibility_timeout_s,
+            panicked: false,
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -174,11 +198,12 @@ struct Body {
 
 /// Processes one message from start to end. Never panics; every failure is logged and
 /// left where a person can see it (the row's `last_error`, the DLQ).
-pub async fn process_message(
+async fn process_message(
     deps: &WorkerDeps,
     slot: &ActorSlot,
+    keepalive: &Arc<Keepalive>,
     message: &ReceivedMessage,
-) -> Processed {
+) -> Outcome {
     let span = tracing::info_span!(
         "job",
         report_id = tracing::field::Empty,
@@ -190,73 +215,40 @@ pub async fn process_message(
         let id = match serde_json::from_str::<Body>(&message.body) {
             Ok(body) => body.id,
             Err(e) => {
-                return poison(
-                    deps,
-                    message,
-                    &format!("body is not {{\"id\": \"<uuid>\"}}: {e}"),
-                )
-                .await;
+                let reason = format!("body is not {{\"id\": \"<uuid>\"}}: {e}");
+                let action = MessageAction::DeadLetter { reason };
+                carry_out(deps, keepalive, message, None, action).await;
+                return Outcome {
+                    group: Group::Continue,
+                    rest_delay_s: 0,
+                    panicked: false,
+                };
             }
         };
         tracing::Span::current().record("report_id", tracing::field::display(id));
-        let stale_after_s = i64::from(deps.visibility_timeout_s / 2).max(1);
-        let claim = match write(&deps.status, WriteOp::Claim { id, stale_after_s }).await {
-            Ok(WriteOutcome::Claim(claim)) => claim,
-            Ok(other) => {
-                tracing::error!(?other, "unexpected answer to a claim");
-                return retry_later(deps, message, 5).await;
-            }
-            Err(e) => {
-                if e.is_retryable() {
-                    deps.db_gate.trip();
+        let mut panicked = false;
+        loop {
+            match claim_and_run(deps, slot, keepalive, message, id).await {
+                Step::Again {
+                    delay_s,
+                    panicked: this_time,
+                } => {
+                    panicked |= this_time;
+                    if !wait_or_abort(deps, delay_s).await {
+                        // Shutdown while waiting to run again: the row is `in-queue`.
+                        let action = fate::hand_back(0, message.receive_count, &deps.limits);
+                        carry_out(deps, keepalive, message, Some(id), action).await;
+                        return Outcome {
+                            group: Group::Stop,
+                            rest_delay_s: 0,
+                            panicked,
+                        };
+                    }
                 }
-                tracing::warn!(error = %e, "cannot claim the job; the message will come back");
-                return retry_later(deps, message, 5).await;
-            }
-        };
-        match claim {
-            ClaimOutcome::NotFound => {
-                poison(deps, message, &format!("no report with id {id}")).await
-            }
-            ClaimOutcome::AlreadyFinished(status) => {
-                tracing::info!(
-                    status = status.as_str(),
-                    "duplicate delivery of a finished job; deleting it"
-                );
-                delete(deps, message).await;
-                Processed::Done
-            }
-            ClaimOutcome::HeldElsewhere => {
-                // Another worker runs it right now. Hide this copy for a while rather
-                // than delete it: if that worker dies, this copy still carries the job.
-                tracing::info!("job is running elsewhere; hiding this duplicate delivery");
-                retry_later(deps, message, deps.visibility_timeout_s.max(1) as i32).await;
-                Processed::Done
-            }
-            ClaimOutcome::Claimed {
-                attempt,
-                payload,
-                created_at,
-            } => {
-                tracing::Span::current().record("attempt", attempt);
-                tracing::debug!("job claimed");
-                if attempt == 1 {
-                    let waited = (chrono::Utc::now() - created_at)
-                        .num_microseconds()
-                        .unwrap_or(0);
-                    deps.metrics.queue_wait.observe(waited.max(0) as f64 / 1e6);
+                Step::Done(mut outcome) => {
+                    outcome.panicked |= panicked;
+                    return outcome;
                 }
-                slot.set_job(Some(id));
-                deps.metrics.jobs_in_flight.inc();
-                let job = JobContext {
-                    report_id: id,
-                    attempt,
-                    payload,
-                };
-                let processed = run_attempt(deps, message, job).await;
-                deps.metrics.jobs_in_flight.dec();
-                slot.set_job(None);
-                processed
             }
         }
     }
@@ -264,157 +256,347 @@ pub async fn process_message(
     .await
 }
 
-async fn run_attempt(deps: &WorkerDeps, message: &ReceivedMessage, job: JobContext) -> Processed {
-    let id = job.report_id;
-    let attempt = job.attempt;
-    let started = Instant::now();
-    // A task of its own: a panic in user code becomes a JoinError, not a dead worker.
-    let mut generation = tokio::spawn(deps.generator.generate(job));
-    let vt = deps.visibility_timeout_s;
-    let beat_every = Duration::from_secs(u64::from(vt / 3).max(1));
-    let mut heartbeat =
-        tokio::time::interval_at(tokio::time::Instant::now() + beat_every, beat_every);
-    let mut abort = deps.abort.clone();
-    let result = loop {
-        tokio::select! {
-            result = &mut generation => break result,
-            _ = heartbeat.tick(), if vt > 0 => {
-                if started.elapsed() + Duration::from_secs(u64::from(vt)) < MAX_INVISIBLE {
-                    if let Err(e) = deps.batchers.set_visibility(&message.receipt_handle, vt as i32).await {
-                        tracing::warn!(error = %e, "visibility heartbeat failed");
-                    }
-                }
-                let _ = write(&deps.status, WriteOp::Touch { id, attempt }).await;
-            }
-            changed = abort.changed() => {
-                if changed.is_err() || *abort.borrow() {
-                    generation.abort();
-                    tracing::warn!("shutdown grace period over; releasing the running job");
-                    end(deps, id, attempt, AttemptEnd::Released).await;
-                    if let Err(e) = deps.batchers.set_visibility(&message.receipt_handle, 0).await {
-                        tracing::warn!(error = %e, "could not release the message; it returns after its visibility timeout");
-                    }
-                    return Processed::NotDone;
-                }
-            }
+/// After one claim (and run): done with the message, or (FIFO) run it again later.
+enum Step {
+    Done(Outcome),
+    /// FIFO: the failure was recorded; run the job again here after `delay_s`.
+    Again {
+        delay_s: u32,
+        panicked: bool,
+    },
+}
+
+async fn claim_and_run(
+    deps: &WorkerDeps,
+    slot: &ActorSlot,
+    keepalive: &Arc<Keepalive>,
+    message: &ReceivedMessage,
+    id: Uuid,
+) -> Step {
+    let stale_after_s = fate::stale_after_s(deps.limits.visibility_timeout_s);
+    let claim = match status::claim(&deps.status, id, stale_after_s).await {
+        Ok(claim) => Some(claim),
+        Err(e) => {
+            note_db_error(deps, &e);
+            tracing::warn!(error = %e, "cannot claim the job; handing the message back (not counted)");
+            None
         }
     };
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    let mut crashed = false;
-    let error = match result {
-        Ok(Ok(report)) => {
-            if end(
-                deps,
-                id,
-                attempt,
-                AttemptEnd::Completed {
-                    report_url: report.report_url,
-                },
-            )
-            .await
-            {
-                tracing::info!(elapsed_ms, "job completed");
-                deps.metrics.jobs_completed.inc();
-                deps.metrics.job_duration.observe(elapsed_ms as f64 / 1e3);
-                delete(deps, message).await;
-                return Processed::Done;
-            }
-            // Not ours any more (another attempt claimed it) or the database is away:
-            // leave the message alone; its redelivery settles it.
-            return Processed::NotDone;
+    let seen = claim.as_ref().map_or(ClaimSeen::Unavailable, seen_of);
+    if let ClaimDecision::Settle(decision) =
+        fate::on_claim(&seen, message.receive_count, &deps.limits)
+    {
+        tracing::info!(claim = ?seen, action = ?decision.message, "settling the message without running the job");
+        let attempt = match seen {
+            ClaimSeen::Claimed { attempt, .. } => Some(attempt),
+            _ => None,
+        };
+        let (outcome, _) = settle(deps, keepalive, message, id, attempt, decision).await;
+        return Step::Done(outcome);
+    }
+    let Some(ClaimOutcome::Claimed {
+        attempt,
+        failures,
+        payload,
+        created_at,
+    }) = claim
+    else {
+        // `on_claim` runs claimed jobs only; anything else waits for its redelivery.
+        keepalive.forget(&message.receipt_handle);
+        return Step::Done(Outcome::left_alone(&deps.limits));
+    };
+    tracing::Span::current().record("attempt", attempt);
+    tracing::debug!("job claimed");
+    if attempt == 1 {
+        let waited = (chrono::Utc::now() - created_at)
+            .num_microseconds()
+            .unwrap_or(0);
+        deps.metrics.queue_wait.observe(waited.max(0) as f64 / 1e6);
+    }
+    slot.set_job(Some(id));
+    keepalive.set_job(Some((id, attempt)));
+    deps.metrics.jobs_in_flight.inc();
+    let started = Instant::now();
+    let job = JobContext {
+        report_id: id,
+        attempt,
+        payload,
+    };
+    let (result, panicked) = run_attempt(deps, job).await;
+    deps.metrics.jobs_in_flight.dec();
+    log_result(&result, started.elapsed().as_millis() as u64, deps);
+    let decision = fate::after_attempt(&result, failures, message.receive_count, &deps.limits);
+    // The row's heartbeat goes on until the end is recorded.
+    let again = match decision.message {
+        MessageAction::RunAgainAfter { delay_s } => Some(delay_s),
+        _ => None,
+    };
+    let (mut outcome, recorded) =
+        settle(deps, keepalive, message, id, Some(attempt), decision).await;
+    keepalive.set_job(None);
+    slot.set_job(None);
+    match again {
+        Some(delay_s) if recorded => Step::Again { delay_s, panicked },
+        _ => {
+            outcome.panicked = panicked;
+            Step::Done(outcome)
         }
-        Ok(Err(e)) => e,
+    }
+}
+
+fn seen_of(claim: &ClaimOutcome) -> ClaimSeen {
+    match claim {
+        ClaimOutcome::Claimed {
+            attempt, failures, ..
+        } => ClaimSeen::Claimed {
+            attempt: *attempt,
+            failures: *failures,
+        },
+        ClaimOutcome::AlreadyFinished(_) => ClaimSeen::AlreadyFinished,
+        ClaimOutcome::HeldElsewhere => ClaimSeen::HeldElsewhere,
+        ClaimOutcome::NotFound => ClaimSeen::NotFound,
+    }
+}
+
+fn log_result(result: &AttemptResult, elapsed_ms: u64, deps: &WorkerDeps) {
+    match result {
+        AttemptResult::Completed { .. } => {
+            tracing::info!(elapsed_ms, "job completed");
+            deps.metrics.job_duration.observe(elapsed_ms as f64 / 1e3);
+            deps.db_gate.host_ok();
+        }
+        AttemptResult::Failed { error, permanent } => {
+            tracing::warn!(error = %error, permanent, elapsed_ms, "attempt failed")
+        }
+        AttemptResult::HostTrouble { error, pause_s } => {
+            tracing::warn!(error = %error, pause_s, "host trouble; the job goes back uncounted")
+        }
+        AttemptResult::Interrupted => {
+            tracing::warn!("shutdown grace period over; releasing the running job")
+        }
+    }
+}
+
+/// Runs the generator on a task of its own (a panic in user code becomes a JoinError,
+/// not a dead worker) until it ends or shutdown's grace period does. Returns the result
+/// and whether the generator panicked.
+async fn run_attempt(deps: &WorkerDeps, job: JobContext) -> (AttemptResult, bool) {
+    let mut generation = tokio::spawn(deps.generator.generate(job));
+    let mut abort = deps.abort.clone();
+    let joined = tokio::select! {
+        joined = &mut generation => joined,
+        () = aborted(&mut abort) => {
+            generation.abort();
+            return (AttemptResult::Interrupted, false);
+        }
+    };
+    match joined {
+        Ok(Ok(report)) => (
+            AttemptResult::Completed {
+                report_url: report.report_url,
+            },
+            false,
+        ),
+        Ok(Err(GeneratorError::Environment(error))) => {
+            let pause = deps.db_gate.pause_for_host_trouble(&error);
+            let pause_s = u32::try_from(pause.as_secs()).unwrap_or(u32::MAX).max(1);
+            (AttemptResult::HostTrouble { error, pause_s }, false)
+        }
+        Ok(Err(error)) => {
+            let permanent = !error.is_retryable();
+            let error = error.to_string();
+            (AttemptResult::Failed { error, permanent }, false)
+        }
         Err(join) => {
-            crashed = join.is_panic();
-            let what = if join.is_panic() {
+            let panicked = join.is_panic();
+            let error = if panicked {
                 "the generator panicked"
             } else {
                 "the generator was cancelled"
             };
-            crate::report::GeneratorError::Retryable(what.to_string())
+            let result = AttemptResult::Failed {
+                error: error.into(),
+                permanent: false,
+            };
+            (result, panicked)
         }
-    };
-    let text = error.to_string();
-    if !error.is_retryable() {
-        tracing::warn!(error = %text, elapsed_ms, "job failed permanently; moving it to the dead-letter queue");
-        if end(
-            deps,
-            id,
-            attempt,
-            AttemptEnd::Failed {
-                error: text.clone(),
-            },
-        )
+    }
+}
+
+/// Resolves when shutdown's grace period is over.
+async fn aborted(abort: &mut watch::Receiver<bool>) {
+    if abort.wait_for(|aborted| *aborted).await.is_err() {
+        // The sender is gone: the process is going away; never resolve from here.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Waits `delay_s` unless shutdown's grace period ends first; false when it did.
+async fn wait_or_abort(deps: &WorkerDeps, delay_s: u32) -> bool {
+    let mut abort = deps.abort.clone();
+    if *abort.borrow() {
+        return false;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_secs(u64::from(delay_s))) => true,
+        () = aborted(&mut abort) => false,
+    }
+}
+
+/// Records the decision's end (if any), then carries out its message action. When the
+/// end cannot be recorded, the message is left alone: it comes back after its
+/// visibility timeout and its redelivery settles it.
+async fn settle(
+    deps: &WorkerDeps,
+    keepalive: &Arc<Keepalive>,
+    message: &ReceivedMessage,
+    id: Uuid,
+    attempt: Option<i32>,
+    decision: Decision,
+) -> (Outcome, bool) {
+    if let (Some(end), Some(attempt)) = (decision.end.clone(), attempt) {
+        if !record_end(deps, id, attempt, end.clone()).await {
+            keepalive.forget(&message.receipt_handle);
+            return (Outcome::left_alone(&deps.limits), false);
+        }
+        count_end(deps, &end);
+    }
+    let outcome = Outcome::of(&decision);
+    carry_out(deps, keepalive, message, Some(id), decision.message).await;
+    (outcome, true)
+}
+
+fn count_end(deps: &WorkerDeps, end: &AttemptEnd) {
+    match end {
+        AttemptEnd::Completed { .. } => deps.metrics.jobs_completed.inc(),
+        AttemptEnd::Requeued { .. } => deps.metrics.jobs_retried.inc(),
+        AttemptEnd::Failed { .. } | AttemptEnd::GaveUp { .. } => deps.metrics.jobs_failed.inc(),
+        AttemptEnd::Released { .. } => {}
+    }
+}
+
+/// Longest time a worker keeps trying to record an attempt's end while the database is
+/// away or the row is locked elsewhere (its keepalive holds the message meanwhile).
+const RECORD_END_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// Records an attempt's end, retrying transient failures (database away, row locked)
+/// with backoff; true when recorded. After shutdown's grace period, one try only.
+async fn record_end(deps: &WorkerDeps, id: Uuid, attempt: i32, end: AttemptEnd) -> bool {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match status::end_attempt(&deps.status, id, attempt, end.clone()).await {
+            Ok(true) => return true,
+            Ok(false) => {
+                tracing::warn!("the job is no longer this attempt's (claimed again or finished); result dropped");
+                return false;
+            }
+            Err(e) => {
+                note_db_error(deps, &e);
+                let give_up =
+                    !e.is_retryable() || *deps.abort.borrow() || started.elapsed() > RECORD_END_FOR;
+                if give_up {
+                    tracing::error!(error = %e, "cannot record the attempt's end; the message will come back");
+                    return false;
+                }
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot record the attempt's end yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A database error that says the database is away pauses this process's receives.
+fn note_db_error(deps: &WorkerDeps, error: &DbError) {
+    if error.is_database_away() {
+        deps.db_gate.trip();
+    }
+}
+
+/// Does what the fate rules decided with a message. The keepalive stops renewing it
+/// first (a delete keeps it renewed until SQS confirms).
+async fn carry_out(
+    deps: &WorkerDeps,
+    keepalive: &Arc<Keepalive>,
+    message: &ReceivedMessage,
+    id: Option<Uuid>,
+    action: MessageAction,
+) {
+    match action {
+        MessageAction::Delete => delete_in_background(deps, keepalive, message),
+        // Held on (the keepalive keeps renewing it) until the job runs again here.
+        MessageAction::RunAgainAfter { .. } => {}
+        MessageAction::Hide { delay_s } => {
+            keepalive.forget(&message.receipt_handle);
+            hide(deps, message, delay_s).await;
+        }
+        MessageAction::Renew { delay_s } => {
+            keepalive.forget(&message.receipt_handle);
+            renew(deps, message, id, delay_s).await;
+        }
+        MessageAction::DeadLetter { reason } => {
+            tracing::warn!(reason = %reason, body = %truncate(&message.body, 200), "moving the message to the dead-letter queue");
+            deps.metrics.jobs_dead_lettered.inc();
+            match deps.queue.send_poison_to_dlq(message, &reason).await {
+                Ok(()) => delete_in_background(deps, keepalive, message),
+                Err(e) => {
+                    // Not deleted: it comes back; the row (if any) says `failed` already,
+                    // so its redelivery is dropped; SQS's redrive takes a poison one.
+                    keepalive.forget(&message.receipt_handle);
+                    tracing::error!(error = %e, "could not copy the message to the dead-letter queue");
+                }
+            }
+        }
+    }
+}
+
+/// Makes the message visible again after `seconds`.
+async fn hide(deps: &WorkerDeps, message: &ReceivedMessage, seconds: u32) {
+    let seconds = i32::try_from(seconds).unwrap_or(i32::MAX);
+    if let Err(e) = deps
+        .batchers
+        .set_visibility(&message.receipt_handle, seconds)
         .await
-        {
-            deps.metrics.jobs_failed.inc();
-            deps.metrics.jobs_dead_lettered.inc();
-            // If the copy fails the row still says `failed` with its error, where a
-            // person sees it (and can retry it); the message is dropped on redelivery.
-            to_dlq(deps, message, &format!("permanent error: {text}")).await;
-        }
-        return Processed::NotDone;
+    {
+        tracing::warn!(error = %e, "could not change visibility; the message returns after its visibility timeout");
     }
-    let not_done = if crashed {
-        Processed::Crashed
-    } else {
-        Processed::NotDone
+}
+
+/// Replaces the message with a fresh copy (its receive count starts over), then deletes
+/// it. A crash in between leaves two copies, which the claim tells apart.
+async fn renew(deps: &WorkerDeps, message: &ReceivedMessage, id: Option<Uuid>, delay_s: u32) {
+    let Some(id) = id else {
+        return hide(deps, message, delay_s).await;
     };
-    if message.receive_count >= deps.max_receive_count {
-        tracing::warn!(error = %text, elapsed_ms, "job failed on its last allowed receive; SQS moves it to the dead-letter queue");
-        if end(deps, id, attempt, AttemptEnd::Failed { error: text }).await {
-            deps.metrics.jobs_failed.inc();
-            deps.metrics.jobs_dead_lettered.inc();
-        }
-        retry_later(deps, message, 0).await;
-        return not_done;
-    }
-    let delay = backoff_s(&deps.retry, attempt);
-    tracing::warn!(error = %text, elapsed_ms, retry_in_s = delay, "job failed; it will be retried");
-    if end(deps, id, attempt, AttemptEnd::Requeued { error: text }).await {
-        deps.metrics.jobs_retried.inc();
-    }
-    retry_later(deps, message, delay as i32).await;
-    not_done
-}
-
-/// `base × 2^(attempt−1)`, capped.
-pub fn backoff_s(retry: &RetrySettings, attempt: i32) -> u32 {
-    let exponent = u32::try_from(attempt.saturating_sub(1))
-        .unwrap_or(0)
-        .min(20);
-    retry
-        .backoff_base_s
-        .saturating_mul(1u32 << exponent)
-        .min(retry.backoff_max_s)
-}
-
-async fn end(deps: &WorkerDeps, id: Uuid, attempt: i32, end: AttemptEnd) -> bool {
-    match write(&deps.status, WriteOp::EndAttempt { id, attempt, end }).await {
-        Ok(WriteOutcome::Applied(true)) => true,
-        Ok(_) => {
-            tracing::warn!(
-                "the job is no longer this attempt's (claimed again or finished); result dropped"
+    let delay = i32::try_from(delay_s).unwrap_or(i32::MAX);
+    let copy = OutgoingMessage::renewal(id, message.group_id.clone(), delay);
+    match deps.batchers.send(copy).await {
+        Ok(()) => {
+            tracing::info!(
+                receives = message.receive_count,
+                "message renewed before SQS's redrive count"
             );
-            false
+            if let Err(e) = deps.batchers.delete(&message.receipt_handle).await {
+                tracing::warn!(error = %e, "renewed message not deleted; its duplicate is dropped by the claim");
+            }
         }
         Err(e) => {
-            if e.is_retryable() {
-                deps.db_gate.trip();
-            }
-            tracing::error!(error = %e, "cannot record the attempt's end; the message will come back");
-            false
+            tracing::warn!(error = %e, "could not renew the message; hiding it instead");
+            hide(deps, message, delay_s).await;
         }
     }
 }
 
 /// Deletes the message in the background: the job's outcome is already committed, so
-/// the worker need not wait for SQS before taking its next job. A delete that never
-/// happens (crash, SQS error) only means a duplicate delivery, which the claim drops.
-async fn delete(deps: &WorkerDeps, message: &ReceivedMessage) {
+/// the worker need not wait for SQS before taking its next job. The keepalive goes on
+/// renewing the message until the delete is done. A delete that never happens (crash,
+/// SQS error) only means a duplicate delivery, which the claim drops.
+fn delete_in_background(deps: &WorkerDeps, keepalive: &Arc<Keepalive>, message: &ReceivedMessage) {
     let batchers = deps.batchers.clone();
     let handle = message.receipt_handle.clone();
     let message_id = message.message_id.clone();
+    let keepalive = keepalive.clone();
     actix::spawn(async move {
         match batchers.delete(&handle).await {
             Ok(()) => {}
@@ -425,42 +607,115 @@ async fn delete(deps: &WorkerDeps, message: &ReceivedMessage) {
                 tracing::warn!(%message_id, error = %e, "delete failed; the duplicate delivery will be dropped")
             }
         }
+        keepalive.forget(&handle);
     });
-}
-
-/// Makes the message visible again after `seconds`; the attempt is not done.
-async fn retry_later(deps: &WorkerDeps, message: &ReceivedMessage, seconds: i32) -> Processed {
-    if let Err(e) = deps
-        .batchers
-        .set_visibility(&message.receipt_handle, seconds)
-        .await
-    {
-        tracing::warn!(error = %e, "could not change visibility; the message returns after its visibility timeout");
-    }
-    Processed::NotDone
-}
-
-/// A message no attempt can fix: copy it to the DLQ with the reason, then delete it.
-async fn poison(deps: &WorkerDeps, message: &ReceivedMessage, reason: &str) -> Processed {
-    tracing::warn!(reason, body = %truncate(&message.body, 200), "poison message; moving it to the dead-letter queue");
-    deps.metrics.jobs_dead_lettered.inc();
-    to_dlq(deps, message, reason).await;
-    Processed::Done
-}
-
-async fn to_dlq(deps: &WorkerDeps, message: &ReceivedMessage, reason: &str) {
-    match deps.queue.send_poison_to_dlq(message, reason).await {
-        Ok(()) => delete(deps, message).await,
-        Err(e) => {
-            // Not deleted: SQS's redrive takes it to the DLQ after its last receive.
-            tracing::error!(error = %e, "could not copy the message to the dead-letter queue");
-        }
-    }
 }
 
 fn truncate(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
         Some((index, _)) => &text[..index],
         None => text,
+    }
+}
+
+/// Keeps what a worker holds alive: every held message's visibility, and the running
+/// attempt's row (`updated_at`), renewed every third of the visibility timeout on two
+/// independent tasks. Dropped with the last reference (the worker's, or a background
+/// delete's), which stops both tasks.
+pub struct Keepalive {
+    /// Receipt handles of the messages still held.
+    held: Arc<Mutex<Vec<String>>>,
+    /// The attempt whose row is touched, while one runs.
+    job: Arc<Mutex<Option<(Uuid, i32)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Keepalive {
+    fn start(deps: &WorkerDeps, messages: &[ReceivedMessage]) -> Self {
+        let held = Arc::new(Mutex::new(
+            messages
+                .iter()
+                .map(|m| m.receipt_handle.clone())
+                .collect::<Vec<_>>(),
+        ));
+        let job = Arc::new(Mutex::new(None));
+        let vt = deps.limits.visibility_timeout_s;
+        let beat = Duration::from_secs(u64::from(fate::beat_interval_s(vt)));
+        let visibility = tokio::spawn(keep_messages_invisible(
+            deps.batchers.clone(),
+            held.clone(),
+            beat,
+            vt,
+        ));
+        let rows = tokio::spawn(keep_row_fresh(deps.status.clone(), job.clone(), beat));
+        Self {
+            held,
+            job,
+            tasks: vec![visibility, rows],
+        }
+    }
+
+    fn set_job(&self, job: Option<(Uuid, i32)>) {
+        *lock(&self.job) = job;
+    }
+
+    /// Stops renewing one message (it was settled or handed back).
+    fn forget(&self, receipt_handle: &str) {
+        lock(&self.held).retain(|h| h != receipt_handle);
+    }
+}
+
+impl Drop for Keepalive {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn keep_messages_invisible(
+    batchers: SqsBatchers,
+    held: Arc<Mutex<Vec<String>>>,
+    beat: Duration,
+    visibility_timeout_s: u32,
+) {
+    let received = Instant::now();
+    let vt = Duration::from_secs(u64::from(visibility_timeout_s));
+    let seconds = i32::try_from(visibility_timeout_s).unwrap_or(i32::MAX);
+    loop {
+        tokio::time::sleep(beat).await;
+        if received.elapsed() + vt >= MAX_INVISIBLE {
+            // SQS refuses; the message comes back and its claim sees the live row.
+            continue;
+        }
+        let handles = lock(&held).clone();
+        let calls = handles.iter().map(|h| batchers.set_visibility(h, seconds));
+        for result in futures_util::future::join_all(calls).await {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "visibility heartbeat failed");
+            }
+        }
+    }
+}
+
+async fn keep_row_fresh(
+    status: Addr<StatusActor>,
+    job: Arc<Mutex<Option<(Uuid, i32)>>>,
+    beat: Duration,
+) {
+    loop {
+        tokio::time::sleep(beat).await;
+        let current = *lock(&job);
+        if let Some((id, attempt)) = current {
+            if let Err(e) = status::touch(&status, id, attempt).await {
+                tracing::warn!(error = %e, "row heartbeat failed");
+            }
+        }
     }
 }

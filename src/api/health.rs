@@ -37,22 +37,23 @@ where
 /// within the timeout but whose flushes keep finishing has a full mailbox (heavy load):
 /// busy, not stuck.
 async fn status_stats(state: &AppState) -> (StatusStats, WriterState) {
+    let stuck_after = stuck_flush_s(state.settings.database.statement_timeout_ms);
     if let Some(stats) = ask(&state.status, GetStatusStats).await {
-        let slow = stats.flush_running_s.is_some_and(|s| s > SLOW_FLUSH_S);
-        return (
-            stats,
-            if slow {
-                WriterState::Busy
-            } else {
-                WriterState::Running
-            },
-        );
+        let running = stats.flush_running_s.unwrap_or(0.0);
+        let writer = if running > stuck_after {
+            WriterState::Stuck
+        } else if running > SLOW_FLUSH_S {
+            WriterState::Busy
+        } else {
+            WriterState::Running
+        };
+        return (stats, writer);
     }
     let stats = state.status_probe.stats();
     let progressing = stats.last_flush_age_s.is_some_and(|age| age < SLOW_FLUSH_S)
         || stats
             .flush_running_s
-            .is_some_and(|running| running < SLOW_FLUSH_S);
+            .is_some_and(|running| running < stuck_after);
     (
         stats,
         if progressing {
@@ -61,6 +62,13 @@ async fn status_stats(state: &AppState) -> (StatusStats, WriterState) {
             WriterState::Stuck
         },
     )
+}
+
+/// A flush running longer than this is stuck, not slow: every statement of it is bounded
+/// by `database.statement_timeout_ms`, and a flush runs a handful of them (plus one
+/// retry each when the batch fails).
+fn stuck_flush_s(statement_timeout_ms: u64) -> f64 {
+    (statement_timeout_ms as f64 / 1e3 * 3.0).max(30.0)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

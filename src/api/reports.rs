@@ -10,10 +10,11 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::actors::messages::{WriteOp, WriteOutcome};
-use crate::actors::status::write;
+use crate::actors::status;
 use crate::db::models::{JobStatus, NewReport, ReportRecord};
+use crate::db::reconcile::{self, retry_verdict, RetryVerdict};
 use crate::db::{self, reports};
+use crate::queue::dispatcher::Timings;
 use crate::report::{report_path, ReportPayload};
 
 /// Longest accepted `Idempotency-Key`.
@@ -66,16 +67,7 @@ async fn accept(
         request_hash: request_hash.clone(),
         user_id: Some(payload.user_id),
     };
-    let inserted = match write(&state.status, WriteOp::Insert(row)).await? {
-        WriteOutcome::Inserted(inserted) => inserted,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("unexpected write outcome {other:?}"),
-            ))
-        }
-    };
+    let inserted = status::insert(&state.status, row).await?;
     if !inserted {
         // The idempotency key exists: same body → the same report; else a conflict.
         let key = key.unwrap_or_default();
@@ -101,24 +93,33 @@ async fn accept(
     }
     state.metrics.jobs_accepted.inc();
     tracing::info!(report_id = %id, user_id = payload.user_id, "report accepted");
-    Ok(enqueue_and_accept(state, id, Some(payload.user_id)))
+    Ok(enqueue_and_accept(
+        state,
+        id,
+        Some(payload.user_id),
+        0,
+        JobStatus::InQueue.as_str(),
+    ))
 }
 
-/// Hands a committed report to the dispatcher and answers 202 with its links.
-fn enqueue_and_accept(state: &AppState, id: Uuid, user_id: Option<i64>) -> HttpResponse {
+/// Hands send number `generation` of a committed report to the dispatcher and answers
+/// 202 with its links and `status`.
+fn enqueue_and_accept(
+    state: &AppState,
+    id: Uuid,
+    user_id: Option<i64>,
+    generation: i32,
+    status: &str,
+) -> HttpResponse {
     match &state.dispatcher {
-        Some(dispatcher) => dispatcher.enqueue(id, user_id),
+        Some(dispatcher) => dispatcher.enqueue(id, user_id, generation),
         None => {
-            tracing::warn!(report_id = %id, "no dispatcher in this process; the sweeper of an api process will send it")
+            tracing::warn!(report_id = %id, "no dispatcher in this process; the reconciler of an api process will send it")
         }
     }
     HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/reports/{id}")))
-        .json(accepted_body(
-            &state.settings.server.public_url,
-            id,
-            JobStatus::InQueue.as_str(),
-        ))
+        .json(accepted_body(&state.settings.server.public_url, id, status))
 }
 
 fn accepted_body(public_url: &str, id: Uuid, status: &str) -> Value {
@@ -420,26 +421,61 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     Ok((created_at, id))
 }
 
-/// `POST /reports/{id}/retry`: puts a `failed` report back in the queue with a new
-/// message (whether or not its old one is still in the DLQ); 409 for any other status.
+/// `POST /reports/{id}/retry`: gives a report a new message. A `failed` report goes
+/// back to `in-queue` with its failures forgotten (attempts kept); a non-terminal one
+/// that nothing touched for the reconciler's `stranded_after` (its message is lost)
+/// keeps its status. Either way the send generation is bumped first, so a FIFO queue
+/// does not drop the new message as a duplicate of the old one. 409 for a live or
+/// completed report.
 pub async fn retry(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let reset = write(&state.status, WriteOp::ResetFailed(id)).await?;
-    let record = find_report(&state, id).await?;
-    if reset != WriteOutcome::Applied(true) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_failed",
-            format!(
-                "report {id} is {}; only failed reports can be retried",
-                record.status
-            ),
-        )
-        .with_field("id"));
-    }
-    tracing::info!(report_id = %id, attempts = record.attempts, "failed report retried by an operator");
-    Ok(enqueue_and_accept(&state, id, record.user_id))
+    let stranded_after = Timings::from_settings(&state.settings).stranded_after;
+    let mut conn = db::connection(&state.pool).await?;
+    let row = reconcile::fate(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))?;
+    let status = row
+        .job_status()
+        .ok_or_else(|| not_retryable(id, &row.status, stranded_after))?;
+    let resent = match retry_verdict(status, row.age(), stranded_after) {
+        RetryVerdict::ResetFailed => reconcile::reset_failed(&mut conn, id).await?,
+        RetryVerdict::ResendStranded => reconcile::resend_many(&mut conn, &[row.seen()], None)
+            .await?
+            .pop(),
+        RetryVerdict::Refuse => return Err(not_retryable(id, &row.status, stranded_after)),
+    };
+    drop(conn);
+    let Some(resent) = resent else {
+        // A worker touched the row between the read and the update.
+        let now = find_report(&state, id).await?;
+        return Err(not_retryable(id, &now.status, stranded_after));
+    };
+    let status = if status == JobStatus::Failed {
+        JobStatus::InQueue
+    } else {
+        status
+    };
+    tracing::info!(report_id = %id, generation = resent.send_generation, was = %row.status, "report retried by an operator");
+    Ok(enqueue_and_accept(
+        &state,
+        id,
+        resent.user_id,
+        resent.send_generation,
+        status.as_str(),
+    ))
+}
+
+fn not_retryable(id: Uuid, status: &str, stranded_after: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not_retryable",
+        format!(
+            "report {id} is {status}; only failed reports, and in-queue or in-progress ones untouched for {} s (stranded), can be retried",
+            stranded_after.as_secs()
+        ),
+    )
+    .with_field("id")
 }

@@ -6,6 +6,7 @@
 //! created it — important under actix, where every worker thread has its own runtime.
 
 pub mod models;
+pub mod reconcile;
 pub mod reports;
 pub mod schema;
 
@@ -46,6 +47,12 @@ pub enum DbError {
     Migration(String),
     #[error("the database writer (StatusActor) is not running")]
     WriterGone,
+    /// The row is locked by another session; only the writes touching it wait.
+    #[error("the row is locked by another session; try again")]
+    RowBusy,
+    /// The write waited in the writer's queue past its deadline and was never applied.
+    #[error("the write was not applied within {0} s (the database writer is overloaded)")]
+    Expired(u64),
 }
 
 impl DbError {
@@ -53,16 +60,95 @@ impl DbError {
     pub fn is_retryable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
         match self {
-            DbError::Connect { .. } | DbError::Pool(_) | DbError::WriterGone => true,
-            DbError::Query(Error::DatabaseError(kind, _)) => matches!(
-                kind,
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::SerializationFailure
-            ),
+            DbError::Connect { .. }
+            | DbError::Pool(_)
+            | DbError::WriterGone
+            | DbError::RowBusy
+            | DbError::Expired(_) => true,
+            DbError::Query(Error::DatabaseError(kind, info)) => {
+                matches!(
+                    kind,
+                    DatabaseErrorKind::ClosedConnection
+                        | DatabaseErrorKind::SerializationFailure
+                        | DatabaseErrorKind::UnableToSendCommand
+                ) || is_transient_message(info.message())
+            }
             DbError::Query(Error::BrokenTransactionManager) => true,
             DbError::Query(_) => false,
             DbError::Migration(_) => false,
         }
     }
+
+    /// Whether the failure says the database is away (as opposed to one busy row or
+    /// one slow statement): the consumer then pauses receiving until it answers.
+    pub fn is_database_away(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            DbError::Connect { .. } | DbError::Pool(_) => true,
+            DbError::Query(Error::DatabaseError(kind, info)) => {
+                matches!(
+                    kind,
+                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand
+                ) || info.message().starts_with("terminating connection")
+            }
+            DbError::Query(Error::BrokenTransactionManager) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Server errors that go away by themselves. diesel files them all under
+/// `DatabaseErrorKind::Unknown` and does not pass the SQLSTATE on, so the server's
+/// (stable, English-only in our connections) message text is what tells them apart:
+/// 55P03 lock_not_available, 57014 query_canceled (statement timeout), 57P01..57P03
+/// (administrator shutdown, crash shutdown, cannot connect now), 53300 too many
+/// connections.
+fn is_transient_message(message: &str) -> bool {
+    const TRANSIENT: [&str; 6] = [
+        "canceling statement due to lock timeout",
+        "canceling statement due to statement timeout",
+        "terminating connection",
+        "the database system is",
+        "sorry, too many clients",
+        "could not obtain lock",
+    ];
+    TRANSIENT.iter().any(|t| message.contains(t))
+}
+
+/// Builds the StatusActor's own small pool: its connections run with
+/// `statement_timeout` and `lock_timeout`, and neither the generators nor the API's
+/// reads can take them, so the single writer is never starved or wedged behind them.
+pub fn build_writer_pool(
+    url: &str,
+    statement_timeout_ms: u64,
+    lock_timeout_ms: u64,
+) -> Result<DbPool, DbError> {
+    let mut manager_config = ManagerConfig::default();
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    let setup = format!(
+        "SET statement_timeout = {statement_timeout_ms}; SET lock_timeout = {lock_timeout_ms}; \
+         SET idle_in_transaction_session_timeout = {statement_timeout_ms}"
+    );
+    manager_config.custom_setup = Box::new(move |url| {
+        let setup = setup.clone();
+        let url = url.to_string();
+        Box::pin(async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, &setup)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
+    Pool::builder(manager)
+        .max_size(2)
+        .wait_timeout(Some(std::time::Duration::from_secs(5)))
+        .create_timeout(Some(std::time::Duration::from_secs(5)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Pool(e.to_string()))
 }
 
 /// Builds the pool; connections are opened lazily, on first use.
@@ -163,18 +249,80 @@ pub async fn ping(pool: &DbPool) -> Result<(), DbError> {
 /// fails for a retryable reason; the poller then stops receiving (every receive while
 /// the database is away would burn one of a message's few SQS receives on a claim that
 /// cannot succeed) and probes the database until it answers again.
+///
+/// It also carries a timed pause for host-side trouble that says nothing about a job
+/// (too many open files, a full disk, the report store away): receiving more jobs into
+/// such a host would only turn them into failures, so receives wait it out.
 #[derive(Clone)]
 pub struct DbGate {
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pool: DbPool,
+    host_pause: std::sync::Arc<std::sync::Mutex<HostPause>>,
 }
+
+/// The host-trouble pause: until when, and how long the next one lasts (it doubles
+/// while the trouble lasts, and resets once a job gets through).
+#[derive(Debug, Default)]
+struct HostPause {
+    until: Option<std::time::Instant>,
+    next: std::time::Duration,
+}
+
+/// First and longest host-trouble pause.
+const HOST_PAUSE_MIN: std::time::Duration = std::time::Duration::from_secs(2);
+const HOST_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl DbGate {
     pub fn new(pool: DbPool) -> Self {
         Self {
             down: Default::default(),
             pool,
+            host_pause: Default::default(),
         }
+    }
+
+    fn pause_state(&self) -> std::sync::MutexGuard<'_, HostPause> {
+        self.host_pause
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Pauses receives for host-side trouble; returns how long (doubling while the
+    /// trouble lasts, from 2 s up to 60 s).
+    pub fn pause_for_host_trouble(&self, why: &str) -> std::time::Duration {
+        let mut state = self.pause_state();
+        let now = std::time::Instant::now();
+        if state.until.is_some_and(|until| until > now) {
+            // Other workers hit the same trouble during this pause: one pause, not many.
+            return state.until.map(|u| u - now).unwrap_or_default();
+        }
+        let pause = state.next.clamp(HOST_PAUSE_MIN, HOST_PAUSE_MAX);
+        state.until = Some(now + pause);
+        state.next = (pause * 2).min(HOST_PAUSE_MAX);
+        tracing::warn!(
+            why,
+            pause_s = pause.as_secs(),
+            "host trouble: pausing receives"
+        );
+        pause
+    }
+
+    /// A job got through: the host is fine again.
+    pub fn host_ok(&self) {
+        let mut state = self.pause_state();
+        if state.next > std::time::Duration::ZERO
+            && state.until.is_none_or(|u| u <= std::time::Instant::now())
+        {
+            state.next = std::time::Duration::ZERO;
+            state.until = None;
+        }
+    }
+
+    /// Until when receives wait for host trouble, if they do.
+    pub fn host_paused_until(&self) -> Option<std::time::Instant> {
+        self.pause_state()
+            .until
+            .filter(|until| *until > std::time::Instant::now())
     }
 
     /// Marks the database as away.

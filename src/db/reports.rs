@@ -25,6 +25,9 @@ pub enum ClaimOutcome {
     /// The job is ours: this is attempt number `attempt` (1-based).
     Claimed {
         attempt: i32,
+        /// Failed attempts so far, counting a previous attempt whose worker was lost
+        /// (this claim took over a row whose heartbeat had stopped).
+        failures: i32,
         payload: serde_json::Value,
         /// When the report was accepted (for the queue-wait metric).
         created_at: DateTime<Utc>,
@@ -42,12 +45,16 @@ pub enum ClaimOutcome {
 pub enum AttemptEnd {
     /// Success: the file is at `report_url`.
     Completed { report_url: Option<String> },
-    /// Retryable failure: back to `in-queue` for SQS to deliver again.
+    /// A failure with tries left: back to `in-queue`, one more failure counted.
     Requeued { error: String },
-    /// Final failure.
+    /// The final failure (permanent error, or the last try): `failed`, counted.
     Failed { error: String },
-    /// Not finished (shutdown): back to `in-queue`, no error recorded.
-    Released,
+    /// `failed` without counting another failure: the claim itself found the job out of
+    /// tries (its earlier workers were lost).
+    GaveUp { error: String },
+    /// Interrupted, not failed (shutdown, host trouble): back to `in-queue`, nothing
+    /// counted; `note` (if any) goes to `last_error` so a person sees why it waits.
+    Released { note: Option<String> },
 }
 
 /// Inserts accepted reports in one statement. Rows whose idempotency key already exists
@@ -109,13 +116,20 @@ pub async fn claim_many(
     }
     // `enqueued_at`: the worker holds the message, so it did reach SQS whatever the
     // dispatcher managed to record; this keeps the dispatcher from sending it again.
+    // Taking over a stale `in-progress` row means its worker was lost mid-attempt
+    // (killed, or cut off from the database): that attempt counts as a failure, so a
+    // job that kills its worker every time still ends after `max_attempts`.
     let claimed: Vec<ClaimedRow> = diesel::sql_query(
         "UPDATE report_queue SET status = 'in-progress', attempts = attempts + 1, \
+           failures = failures + (status = 'in-progress')::int, \
+           last_error = CASE WHEN status = 'in-progress' \
+             THEN 'attempt ' || attempts || ': its worker stopped heart-beating (lost)' \
+             ELSE last_error END, \
            started_at = now(), updated_at = now(), finished_at = NULL, \
            enqueued_at = COALESCE(enqueued_at, now()) \
          WHERE id = ANY($1) AND (status = 'in-queue' OR \
            (status = 'in-progress' AND updated_at < now() - $2::float8 * interval '1 second')) \
-         RETURNING id, attempts, payload, created_at",
+         RETURNING id, attempts, failures, payload, created_at",
     )
     .bind::<Array<SqlUuid>, _>(ids)
     .bind::<BigInt, _>(stale_after_s)
@@ -147,6 +161,7 @@ pub async fn claim_many(
             if let Some(row) = claimed.remove(id) {
                 return ClaimOutcome::Claimed {
                     attempt: row.attempts,
+                    failures: row.failures,
                     payload: row.payload,
                     created_at: row.created_at,
                 };
@@ -168,6 +183,8 @@ struct ClaimedRow {
     id: Uuid,
     #[diesel(sql_type = Integer)]
     attempts: i32,
+    #[diesel(sql_type = Integer)]
+    failures: i32,
     #[diesel(sql_type = Jsonb)]
     payload: serde_json::Value,
     #[diesel(sql_type = Timestamptz)]
@@ -178,6 +195,45 @@ struct ClaimedRow {
 struct IdRow {
     #[diesel(sql_type = SqlUuid)]
     id: Uuid,
+}
+
+/// Of `ids`, the rows this transaction could lock at once (`FOR UPDATE SKIP LOCKED`),
+/// and the rows that exist but are locked by another session. The StatusActor writes only
+/// the first kind, so a row held elsewhere (an operator's `SELECT … FOR UPDATE`, a long
+/// transaction) stalls the writes that touch it and no other.
+pub async fn lock_rows(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> QueryResult<(HashSet<Uuid>, HashSet<Uuid>)> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let locked: HashSet<Uuid> = diesel::sql_query(
+        "SELECT id FROM report_queue WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .load::<IdRow>(conn)
+    .await?
+    .into_iter()
+    .map(|row| row.id)
+    .collect();
+    let missing: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !locked.contains(id))
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        return Ok((locked, HashSet::new()));
+    }
+    // A plain read never waits for row locks: it tells a busy row from a missing one.
+    let busy: HashSet<Uuid> = rq::report_queue
+        .filter(rq::id.eq_any(&missing))
+        .select(rq::id)
+        .load::<Uuid>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    Ok((locked, busy))
 }
 
 /// Records that these attempts are still alive (visibility heartbeats), so that a
@@ -278,6 +334,7 @@ pub async fn end_attempt(
                 .set((
                     rq::status.eq(JobStatus::InQueue.as_str()),
                     rq::last_error.eq(error),
+                    rq::failures.eq(rq::failures + 1),
                     rq::updated_at.eq(now),
                 ))
                 .execute(conn)
@@ -288,16 +345,38 @@ pub async fn end_attempt(
                 .set((
                     rq::status.eq(JobStatus::Failed.as_str()),
                     rq::last_error.eq(error),
+                    rq::failures.eq(rq::failures + 1),
                     rq::finished_at.eq(now),
                     rq::updated_at.eq(now),
                 ))
                 .execute(conn)
                 .await?
         }
-        AttemptEnd::Released => {
+        AttemptEnd::GaveUp { error } => {
+            target
+                .set((
+                    rq::status.eq(JobStatus::Failed.as_str()),
+                    rq::last_error.eq(error),
+                    rq::finished_at.eq(now),
+                    rq::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?
+        }
+        AttemptEnd::Released { note: None } => {
             target
                 .set((
                     rq::status.eq(JobStatus::InQueue.as_str()),
+                    rq::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?
+        }
+        AttemptEnd::Released { note: Some(note) } => {
+            target
+                .set((
+                    rq::status.eq(JobStatus::InQueue.as_str()),
+                    rq::last_error.eq(note),
                     rq::updated_at.eq(now),
                 ))
                 .execute(conn)

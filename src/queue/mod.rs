@@ -456,6 +456,7 @@ impl SqsQueue {
             &[
                 QueueAttributeName::ApproximateNumberOfMessages,
                 QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                QueueAttributeName::ApproximateNumberOfMessagesDelayed,
             ],
         )
         .await;

@@ -51,12 +51,45 @@ pub enum GeneratorError {
     /// Will fail the same way every time (bad payload).
     #[error("{0}")]
     Permanent(String),
+    /// The host, not the job, is in trouble (too many open files, disk full, the
+    /// database or the report store unreachable): not counted as a failure; the worker
+    /// hands the job back and its process pauses receiving for a while.
+    #[error("{0}")]
+    Environment(String),
 }
 
 impl GeneratorError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, GeneratorError::Retryable(_))
+        !matches!(self, GeneratorError::Permanent(_))
     }
+
+    /// An I/O failure, classified: errors that describe the host's resources are
+    /// [`GeneratorError::Environment`], the rest are retryable job failures.
+    pub fn from_io(context: &str, error: &std::io::Error) -> Self {
+        let text = format!("{context}: {error}");
+        if is_host_trouble(error) {
+            GeneratorError::Environment(text)
+        } else {
+            GeneratorError::Retryable(text)
+        }
+    }
+}
+
+/// OS errors that say the host is short of something (files, space, memory), whatever
+/// the job: EMFILE, ENFILE, ENOSPC, EDQUOT, ENOMEM.
+pub fn is_host_trouble(error: &std::io::Error) -> bool {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    const ENOMEM: i32 = 12;
+    matches!(
+        error.raw_os_error(),
+        Some(EMFILE | ENFILE | ENOSPC | EDQUOT | ENOMEM)
+    ) || matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory
+    )
 }
 
 /// What users implement to make reportd produce their reports. The future runs on a
@@ -127,9 +160,10 @@ impl ReportGenerator for CsvReportGenerator {
                 serde_json::from_value(job.payload.clone()).map_err(|e| {
                     GeneratorError::Permanent(format!("payload is not a report request: {e}"))
                 })?;
+            // No connection at all is the host's trouble, not this job's.
             let mut conn = db::connection(&pool)
                 .await
-                .map_err(|e| GeneratorError::Retryable(e.to_string()))?;
+                .map_err(|e| GeneratorError::Environment(e.to_string()))?;
             let rows: Vec<DailyFigures> = diesel::sql_query(
                 "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, count(*)::bigint AS events, \
                  COALESCE(sum(amount_cents), 0)::bigint AS amount_cents \
@@ -141,7 +175,15 @@ impl ReportGenerator for CsvReportGenerator {
             .bind::<Timestamptz, _>(payload.end_date)
             .load(&mut conn)
             .await
-            .map_err(|e| GeneratorError::Retryable(format!("activity query failed: {e}")))?;
+            .map_err(|e| {
+                let error = crate::db::DbError::Query(e);
+                let text = format!("activity query failed: {error}");
+                if error.is_database_away() {
+                    GeneratorError::Environment(text)
+                } else {
+                    GeneratorError::Retryable(text)
+                }
+            })?;
             drop(conn);
             let id = job.report_id;
             // Rendering and the file write are blocking work: keep them off the actors' threads.
@@ -159,7 +201,7 @@ impl ReportGenerator for CsvReportGenerator {
 /// sees half a report and a crash leaves no partial file under the final name.
 fn write_atomically(dir: &std::path::Path, id: Uuid, contents: &str) -> Result<(), GeneratorError> {
     let io = |what: &str, e: std::io::Error| {
-        GeneratorError::Retryable(format!("{what} {}: {e}", dir.display()))
+        GeneratorError::from_io(&format!("{what} {}", dir.display()), &e)
     };
     std::fs::create_dir_all(dir).map_err(|e| io("cannot create", e))?;
     let tmp = dir.join(format!(".{id}.csv.{}.tmp", std::process::id()));
@@ -240,4 +282,31 @@ pub async fn seed_demo(url: &str, users: i64, days: i64) -> Result<usize, crate:
     .execute(&mut conn)
     .await?;
     Ok(inserted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_open_files_and_a_full_disk_are_host_trouble() {
+        for code in [24, 23, 28, 122, 12] {
+            let error = std::io::Error::from_raw_os_error(code);
+            assert!(
+                matches!(
+                    GeneratorError::from_io("write", &error),
+                    GeneratorError::Environment(_)
+                ),
+                "os error {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_io_errors_are_retryable_job_failures() {
+        let error = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let classified = GeneratorError::from_io("write", &error);
+        assert!(matches!(classified, GeneratorError::Retryable(_)));
+        assert!(classified.is_retryable());
+    }
 }

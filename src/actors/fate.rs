@@ -1,0 +1,456 @@
+//! A job's fate, decided in one place: from what the claim found or how the attempt
+//! ended, the counts in the job's row and SQS's receive count, to what the worker writes
+//! to the row and what it does with the message.
+//!
+//! The rules:
+//! - **Failures are counted in the database.** A job ends `failed` after
+//!   `jobs.max_attempts` failures (errors, panics, lost workers), or at once on a
+//!   permanent error; reportd then copies its message to the DLQ with the reason and
+//!   deletes it. SQS's receive count decides nothing.
+//! - **Interruptions are not failures**: a shutdown release, a duplicate delivery of a
+//!   running job, a claim that cannot reach the database, host trouble. The job goes
+//!   back to the queue with nothing counted.
+//! - **A message never runs out of receives.** Every receive counts in SQS, whatever
+//!   happened; a message handed back when it has few receives left is replaced by a fresh
+//!   copy (sent, then the old one deleted), so SQS's redrive stays a safety net for
+//!   messages reportd cannot handle at all.
+//! - **FIFO order holds.** In a FIFO group the worker keeps every message of the group
+//!   it holds; a failure with tries left runs again in place after its backoff, and
+//!   anything that stops a job hands the rest of the group back behind it.
+//!
+//! Pure functions only: the worker (`worker.rs`) carries the decisions out.
+
+use crate::config::RetrySettings;
+use crate::db::reports::AttemptEnd;
+
+/// Receives left (at most) when a handed-back message is replaced by a fresh copy.
+pub const RENEW_WHEN_RECEIVES_LEFT: u32 = 2;
+
+/// Seconds a message waits after a claim that could not reach the database (or found
+/// its row locked) before it is received again.
+pub const CLAIM_RETRY_DELAY_S: u32 = 5;
+
+/// The limits the rules apply.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `jobs.max_attempts`: failures that end a job.
+    pub max_attempts: u32,
+    /// `sqs.max_receive_count`: receives before SQS's own redrive.
+    pub max_receive_count: u32,
+    /// The queue's visibility timeout, in seconds.
+    pub visibility_timeout_s: u32,
+    /// FIFO queue: failures run again in place, to keep the group's order.
+    pub fifo: bool,
+    pub retry: RetrySettings,
+}
+
+/// What a claim found, as far as the rules care.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimSeen {
+    /// Ours to run: attempt number `attempt`, with `failures` counted so far (including
+    /// a previous attempt whose worker was lost).
+    Claimed { attempt: i32, failures: i32 },
+    /// The job is terminal already: a duplicate delivery.
+    AlreadyFinished,
+    /// Another worker runs it right now.
+    HeldElsewhere,
+    /// No such report: a poison message.
+    NotFound,
+    /// The claim did not commit (database away, row locked, writer overloaded).
+    Unavailable,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptResult {
+    Completed {
+        report_url: Option<String>,
+    },
+    /// The generator failed (or panicked); `permanent` when no retry can help.
+    Failed {
+        error: String,
+        permanent: bool,
+    },
+    /// The host is in trouble, not the job; receives pause for `pause_s`.
+    HostTrouble {
+        error: String,
+        pause_s: u32,
+    },
+    /// Shutdown's grace period ended while it ran.
+    Interrupted,
+}
+
+/// What to do with the message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MessageAction {
+    /// The job is settled: delete the message.
+    Delete,
+    /// Visible again after `delay_s`.
+    Hide { delay_s: u32 },
+    /// Replace it with a fresh copy delayed by `delay_s` (its receive count starts over).
+    Renew { delay_s: u32 },
+    /// Copy it to the DLQ with `reason`, then delete it.
+    DeadLetter { reason: String },
+    /// FIFO: keep holding it and run the job again here after `delay_s`.
+    RunAgainAfter { delay_s: u32 },
+}
+
+/// Whether the rest of a FIFO group may go on after this message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Continue,
+    /// Hand the rest back behind this message, with the same delay.
+    Stop,
+}
+
+/// What to write and what to do with the message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The attempt's end to record (compare-and-set on the attempt), if any.
+    pub end: Option<AttemptEnd>,
+    pub message: MessageAction,
+    pub group: Group,
+}
+
+/// Before running: run the job, or settle the message at once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimDecision {
+    Run,
+    Settle(Decision),
+}
+
+/// The decision after a claim.
+pub fn on_claim(claim: &ClaimSeen, receive_count: u32, limits: &Limits) -> ClaimDecision {
+    let settle = |end, message, group| {
+        ClaimDecision::Settle(Decision {
+            end,
+            message,
+            group,
+        })
+    };
+    match claim {
+        ClaimSeen::Claimed { attempt, failures } if out_of_tries(*failures, limits) => settle(
+            Some(AttemptEnd::GaveUp {
+                error: format!(
+                    "gave up at attempt {attempt}: {failures} earlier attempts failed or lost their worker"
+                ),
+            }),
+            MessageAction::DeadLetter {
+                reason: format!("{failures} failed attempts (workers lost mid-job)"),
+            },
+            Group::Continue,
+        ),
+        ClaimSeen::Claimed { .. } => ClaimDecision::Run,
+        ClaimSeen::AlreadyFinished => settle(None, MessageAction::Delete, Group::Continue),
+        // Keep the copy (if the holder dies, it still carries the job) but out of the
+        // way for one visibility timeout; in FIFO the group waits behind it.
+        ClaimSeen::HeldElsewhere => settle(
+            None,
+            hand_back(limits.visibility_timeout_s, receive_count, limits),
+            Group::Stop,
+        ),
+        ClaimSeen::NotFound => settle(
+            None,
+            MessageAction::DeadLetter {
+                reason: "no report with this id".into(),
+            },
+            Group::Continue,
+        ),
+        ClaimSeen::Unavailable => settle(
+            None,
+            hand_back(CLAIM_RETRY_DELAY_S, receive_count, limits),
+            Group::Stop,
+        ),
+    }
+}
+
+/// The decision after an attempt that had counted `failures` before it began.
+pub fn after_attempt(
+    result: &AttemptResult,
+    failures: i32,
+    receive_count: u32,
+    limits: &Limits,
+) -> Decision {
+    match result {
+        AttemptResult::Completed { report_url } => Decision {
+            end: Some(AttemptEnd::Completed {
+                report_url: report_url.clone(),
+            }),
+            message: MessageAction::Delete,
+            group: Group::Continue,
+        },
+        AttemptResult::Failed {
+            error,
+            permanent: true,
+        } => Decision {
+            end: Some(AttemptEnd::Failed {
+                error: error.clone(),
+            }),
+            message: MessageAction::DeadLetter {
+                reason: format!("permanent error: {error}"),
+            },
+            group: Group::Continue,
+        },
+        AttemptResult::Failed { error, .. } => {
+            let failures = failures.saturating_add(1);
+            if out_of_tries(failures, limits) {
+                return Decision {
+                    end: Some(AttemptEnd::Failed {
+                        error: error.clone(),
+                    }),
+                    message: MessageAction::DeadLetter {
+                        reason: format!("failed {failures} times; last error: {error}"),
+                    },
+                    group: Group::Continue,
+                };
+            }
+            let delay_s = backoff_s(&limits.retry, failures);
+            let message = if limits.fifo {
+                MessageAction::RunAgainAfter { delay_s }
+            } else {
+                hand_back(delay_s, receive_count, limits)
+            };
+            Decision {
+                end: Some(AttemptEnd::Requeued {
+                    error: error.clone(),
+                }),
+                message,
+                group: Group::Stop,
+            }
+        }
+        AttemptResult::HostTrouble { error, pause_s } => Decision {
+            end: Some(AttemptEnd::Released {
+                note: Some(format!("not counted: host trouble ({error})")),
+            }),
+            message: hand_back(*pause_s, receive_count, limits),
+            group: Group::Stop,
+        },
+        AttemptResult::Interrupted => Decision {
+            end: Some(AttemptEnd::Released { note: None }),
+            message: hand_back(0, receive_count, limits),
+            group: Group::Stop,
+        },
+    }
+}
+
+/// Hands a message back to SQS to be received again after `delay_s`: hidden, or — when
+/// it has few receives left before SQS's redrive — replaced by a fresh copy.
+pub fn hand_back(delay_s: u32, receive_count: u32, limits: &Limits) -> MessageAction {
+    let left = limits.max_receive_count.saturating_sub(receive_count);
+    if left <= RENEW_WHEN_RECEIVES_LEFT {
+        MessageAction::Renew { delay_s }
+    } else {
+        MessageAction::Hide { delay_s }
+    }
+}
+
+fn out_of_tries(failures: i32, limits: &Limits) -> bool {
+    i64::from(failures) >= i64::from(limits.max_attempts)
+}
+
+/// The delay before try `failures + 1`: `base × 2^(failures−1)`, capped.
+pub fn backoff_s(retry: &RetrySettings, failures: i32) -> u32 {
+    let exponent = u32::try_from(failures.saturating_sub(1))
+        .unwrap_or(0)
+        .min(20);
+    retry
+        .backoff_base_s
+        .saturating_mul(1u32 << exponent)
+        .min(retry.backoff_max_s)
+}
+
+/// How often a running job's message visibility and row are renewed.
+pub fn beat_interval_s(visibility_timeout_s: u32) -> u32 {
+    (visibility_timeout_s / 3).max(1)
+}
+
+/// How long a row's heartbeat may be silent before its job counts as lost: four beats,
+/// so one slow or missed beat never lets a second worker take a live job.
+pub fn stale_after_s(visibility_timeout_s: u32) -> i64 {
+    i64::from(beat_interval_s(visibility_timeout_s)) * 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(fifo: bool) -> Limits {
+        Limits {
+            max_attempts: 3,
+            max_receive_count: 10,
+            visibility_timeout_s: 30,
+            fifo,
+            retry: RetrySettings {
+                backoff_base_s: 2,
+                backoff_max_s: 300,
+            },
+        }
+    }
+
+    fn failed(permanent: bool) -> AttemptResult {
+        AttemptResult::Failed {
+            error: "boom".into(),
+            permanent,
+        }
+    }
+
+    #[test]
+    fn a_fresh_claim_runs() {
+        let claim = ClaimSeen::Claimed {
+            attempt: 1,
+            failures: 0,
+        };
+        assert_eq!(on_claim(&claim, 1, &limits(false)), ClaimDecision::Run);
+    }
+
+    #[test]
+    fn a_claim_after_max_lost_workers_gives_up_and_dead_letters() {
+        let claim = ClaimSeen::Claimed {
+            attempt: 4,
+            failures: 3,
+        };
+        let ClaimDecision::Settle(decision) = on_claim(&claim, 4, &limits(false)) else {
+            panic!("must not run");
+        };
+        assert!(matches!(decision.end, Some(AttemptEnd::GaveUp { .. })));
+        assert!(matches!(decision.message, MessageAction::DeadLetter { .. }));
+    }
+
+    #[test]
+    fn a_duplicate_of_a_finished_job_is_deleted() {
+        let decision = on_claim(&ClaimSeen::AlreadyFinished, 1, &limits(false));
+        assert_eq!(
+            decision,
+            ClaimDecision::Settle(Decision {
+                end: None,
+                message: MessageAction::Delete,
+                group: Group::Continue
+            })
+        );
+    }
+
+    #[test]
+    fn a_duplicate_of_a_running_job_is_hidden_for_a_visibility_timeout_and_stops_the_group() {
+        let ClaimDecision::Settle(decision) = on_claim(&ClaimSeen::HeldElsewhere, 1, &limits(true))
+        else {
+            panic!("must not run");
+        };
+        assert_eq!(decision.message, MessageAction::Hide { delay_s: 30 });
+        assert_eq!(decision.group, Group::Stop);
+        assert_eq!(decision.end, None);
+    }
+
+    #[test]
+    fn a_poison_message_is_dead_lettered_at_once() {
+        let ClaimDecision::Settle(decision) = on_claim(&ClaimSeen::NotFound, 1, &limits(false))
+        else {
+            panic!("must not run");
+        };
+        assert!(matches!(decision.message, MessageAction::DeadLetter { .. }));
+    }
+
+    #[test]
+    fn a_claim_that_cannot_commit_is_retried_without_counting() {
+        let ClaimDecision::Settle(decision) = on_claim(&ClaimSeen::Unavailable, 2, &limits(false))
+        else {
+            panic!("must not run");
+        };
+        assert_eq!(decision.end, None);
+        assert_eq!(
+            decision.message,
+            MessageAction::Hide {
+                delay_s: CLAIM_RETRY_DELAY_S
+            }
+        );
+    }
+
+    #[test]
+    fn completion_deletes_the_message_and_lets_the_group_go_on() {
+        let result = AttemptResult::Completed { report_url: None };
+        let decision = after_attempt(&result, 0, 1, &limits(true));
+        assert_eq!(decision.message, MessageAction::Delete);
+        assert_eq!(decision.group, Group::Continue);
+        assert!(matches!(decision.end, Some(AttemptEnd::Completed { .. })));
+    }
+
+    #[test]
+    fn a_failure_with_tries_left_is_requeued_with_backoff() {
+        let decision = after_attempt(&failed(false), 1, 2, &limits(false));
+        assert!(matches!(decision.end, Some(AttemptEnd::Requeued { .. })));
+        assert_eq!(decision.message, MessageAction::Hide { delay_s: 4 });
+    }
+
+    #[test]
+    fn the_last_allowed_failure_ends_failed_and_dead_letters_whatever_the_receive_count() {
+        for receive_count in [1, 3, 9, 40] {
+            let decision = after_attempt(&failed(false), 2, receive_count, &limits(false));
+            assert!(matches!(decision.end, Some(AttemptEnd::Failed { .. })));
+            assert!(matches!(decision.message, MessageAction::DeadLetter { .. }));
+        }
+    }
+
+    #[test]
+    fn a_permanent_error_fails_at_once() {
+        let decision = after_attempt(&failed(true), 0, 1, &limits(false));
+        assert!(matches!(decision.end, Some(AttemptEnd::Failed { .. })));
+        assert!(matches!(decision.message, MessageAction::DeadLetter { .. }));
+    }
+
+    #[test]
+    fn a_fifo_failure_runs_again_in_place_to_keep_the_group_order() {
+        let decision = after_attempt(&failed(false), 0, 1, &limits(true));
+        assert_eq!(
+            decision.message,
+            MessageAction::RunAgainAfter { delay_s: 2 }
+        );
+        assert!(matches!(decision.end, Some(AttemptEnd::Requeued { .. })));
+    }
+
+    #[test]
+    fn host_trouble_and_shutdown_release_without_counting() {
+        let trouble = AttemptResult::HostTrouble {
+            error: "Too many open files".into(),
+            pause_s: 8,
+        };
+        let decision = after_attempt(&trouble, 2, 3, &limits(false));
+        assert!(matches!(
+            decision.end,
+            Some(AttemptEnd::Released { note: Some(_) })
+        ));
+        assert_eq!(decision.message, MessageAction::Hide { delay_s: 8 });
+        let decision = after_attempt(&AttemptResult::Interrupted, 2, 3, &limits(false));
+        assert_eq!(decision.end, Some(AttemptEnd::Released { note: None }));
+        assert_eq!(decision.message, MessageAction::Hide { delay_s: 0 });
+        assert_eq!(decision.group, Group::Stop);
+    }
+
+    #[test]
+    fn a_message_near_the_redrive_count_is_renewed_instead_of_hidden() {
+        let l = limits(false);
+        assert_eq!(hand_back(5, 7, &l), MessageAction::Hide { delay_s: 5 });
+        assert_eq!(hand_back(5, 8, &l), MessageAction::Renew { delay_s: 5 });
+        assert_eq!(hand_back(5, 10, &l), MessageAction::Renew { delay_s: 5 });
+        assert_eq!(hand_back(5, 25, &l), MessageAction::Renew { delay_s: 5 });
+    }
+
+    #[test]
+    fn backoff_doubles_per_failure_and_is_capped() {
+        let retry = RetrySettings {
+            backoff_base_s: 2,
+            backoff_max_s: 10,
+        };
+        assert_eq!(backoff_s(&retry, 1), 2);
+        assert_eq!(backoff_s(&retry, 2), 4);
+        assert_eq!(backoff_s(&retry, 3), 8);
+        assert_eq!(backoff_s(&retry, 4), 10);
+        assert_eq!(backoff_s(&retry, 60), 10);
+        assert_eq!(backoff_s(&retry, 0), 2);
+    }
+
+    #[test]
+    fn a_row_is_stale_only_after_four_missed_beats() {
+        assert_eq!(beat_interval_s(30), 10);
+        assert_eq!(stale_after_s(30), 40);
+        assert_eq!(stale_after_s(6), 8);
+    }
+}
