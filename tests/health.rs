@@ -130,7 +130,7 @@ async fn an_sqs_outage_turns_health_and_ready_503_and_they_recover_without_a_res
 }
 
 #[actix_web::test]
-async fn a_status_actor_blocked_by_a_locked_table_is_reported_busy() {
+async fn a_locked_table_fails_writes_fast_and_retryably_without_wedging_the_writer() {
     let app = spawn_app(AppOptions {
         simulate: zero_work(),
         ..AppOptions::default()
@@ -142,35 +142,25 @@ async fn a_status_actor_blocked_by_a_locked_table_is_reported_busy() {
         .batch_execute("LOCK TABLE report_queue IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("lock");
-    let address = app.url("/reports");
-    let submit = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(address)
-            .json(&serde_json::json!({"userId": 1, "startDate": "2024-01-01", "endDate": "2024-01-02"}))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-    });
-    wait_until(
-        "/health to report the StatusActor busy",
-        Duration::from_secs(20),
-        || async {
-            let (status, health) = app.get_json("/health").await;
-            let actor = health["actors"]
-                .as_array()
-                .and_then(|actors| actors.iter().find(|a| a["name"] == "status"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            status == 503 && actor["state"] == "busy" && actor["pendingWrites"].is_number()
-        },
-    )
-    .await;
-    transaction.rollback().await.expect("unlock");
-    let answered = submit.await.expect("submit task").expect("submit answered");
-    assert_eq!(
-        answered, 202,
-        "the write went through once the lock was gone"
+    let body = serde_json::json!({"userId": 1, "startDate": "2024-01-01", "endDate": "2024-01-02"});
+    let started = std::time::Instant::now();
+    let (status, error) = app.submit(&body).await;
+    assert_eq!(status, 503, "retryable error while the table is locked: {error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("lock timeout")),
+        "{error}"
     );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "failed fast (lock_timeout), not after the 60 s of a wedged writer"
+    );
+    let (live, body_live) = app.get_json("/health/live").await;
+    assert_eq!(live, 200, "the writer is not stuck: {body_live}");
+    transaction.rollback().await.expect("unlock");
+    let (status, _) = app.submit(&body).await;
+    assert_eq!(status, 202, "writes go through once the lock is gone");
     wait_until("/health to recover", Duration::from_secs(20), || async {
         app.get_json("/health").await.0 == 200
     })

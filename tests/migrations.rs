@@ -12,8 +12,8 @@ async fn migrations_apply_once_and_a_second_run_applies_nothing() {
     let first = reportd::db::run_migrations(&url).await.expect("first run");
     assert_eq!(
         first.len(),
-        2,
-        "expected both migrations applied on an empty database, got {first:?}"
+        3,
+        "expected all three migrations applied on an empty database, got {first:?}"
     );
     let second = reportd::db::run_migrations(&url).await.expect("second run");
     assert!(
@@ -40,7 +40,7 @@ async fn concurrent_migration_runs_apply_each_migration_exactly_once() {
         distinct.len(),
         "a migration ran twice: {a:?} / {b:?}"
     );
-    assert_eq!(all.len(), 2, "runs applied {a:?} / {b:?}");
+    assert_eq!(all.len(), 3, "runs applied {a:?} / {b:?}");
     drop_database(&url).await;
 }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::app::{spawn_app, wait_until, AppOptions, TestApp};
-use common::proxy::SqsProxy;
 use futures_util::future::BoxFuture;
 use reportd::config::{Role, SimulateSettings};
 use reportd::db::reconcile::PASS_LOCK_KEY;
@@ -140,6 +139,13 @@ async fn hold_pass_lock(database_url: &str) -> tokio_postgres::Client {
         .await
         .expect("take the pass lock");
     client
+}
+
+async fn release_pass_lock(client: tokio_postgres::Client) {
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&PASS_LOCK_KEY])
+        .await
+        .expect("release the pass lock");
 }
 
 #[actix_web::test]
@@ -324,12 +330,91 @@ async fn unsent_rows(database_url: &str, older_than_s: f64) -> i64 {
         .get(0)
 }
 
+/// What [`GateProxy`] does with SQS traffic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Gate {
+    Open,
+    /// SQS is away: connections are refused and open ones closed.
+    Cut,
+    /// Every chunk a client sends waits this long before it is forwarded.
+    Slow(Duration),
+}
+
+/// A TCP proxy in front of LocalStack that can cut SQS off or slow every call down.
+struct GateProxy {
+    port: u16,
+    gate: Arc<tokio::sync::watch::Sender<Gate>>,
+}
+
+impl GateProxy {
+    async fn start() -> Self {
+        let upstream = common::sqs_endpoint()
+            .trim_start_matches("http://")
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let gate = Arc::new(tokio::sync::watch::channel(Gate::Open).0);
+        let state = gate.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if *state.borrow() == Gate::Cut {
+                    continue;
+                }
+                tokio::spawn(forward(inbound, upstream.clone(), state.subscribe()));
+            }
+        });
+        Self { port, gate }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn set(&self, gate: Gate) {
+        self.gate.send_replace(gate);
+    }
+}
+
+async fn forward(
+    inbound: tokio::net::TcpStream,
+    upstream: String,
+    mut gate: tokio::sync::watch::Receiver<Gate>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = inbound.into_split();
+    let (mut server_read, mut server_write) = outbound.into_split();
+    let delays = gate.clone();
+    let requests = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(n) = client_read.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+            let gate = *delays.borrow();
+            if let Gate::Slow(delay) = gate {
+                tokio::time::sleep(delay).await;
+            }
+            if server_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let answers = tokio::io::copy(&mut server_read, &mut client_write);
+    tokio::select! {
+        _ = requests => {}
+        _ = answers => {}
+        _ = gate.wait_for(|g| *g == Gate::Cut) => {}
+    }
+}
+
 #[actix_web::test]
 async fn two_api_processes_send_each_report_exactly_once_after_an_sqs_outage() {
-    let upstream = common::sqs_endpoint()
-        .trim_start_matches("http://")
-        .to_string();
-    let proxy = SqsProxy::start(upstream).await;
+    let proxy = GateProxy::start().await;
     let api_only = AppOptions {
         roles: vec![Role::Api],
         sqs_endpoint: Some(proxy.endpoint()),
@@ -337,36 +422,38 @@ async fn two_api_processes_send_each_report_exactly_once_after_an_sqs_outage() {
     };
     let first = spawn_app(api_only.clone()).await;
     let database_url = first.settings.database.url.clone();
+    let queue_name = first.settings.sqs.queue_name.clone();
     let second = spawn_app(AppOptions {
         database_url: Some(database_url.clone()),
-        queue_name: Some(first.settings.sqs.queue_name.clone()),
+        queue_name: Some(queue_name.clone()),
         ..api_only
     })
     .await;
-    proxy.cut();
+    proxy.set(Gate::Cut);
+    // While the test holds the pass lock, both processes skip their passes every second.
+    let lock = hold_pass_lock(&database_url).await;
     let submits = (0..50).flat_map(|n| [first.submit_ok(n + 1), second.submit_ok(n + 1)]);
     let ids = futures_util::future::join_all(submits).await;
-    // Past the reconciler's 10 s: both processes' passes now try (and fail) to send them.
     wait_until(
-        "every report to be due for the reconciler and still unsent",
+        "every report to be due for the reconciler, unsent",
         Duration::from_secs(30),
         || async { unsent_rows(&database_url, 11.0).await == 100 },
     )
     .await;
-    proxy.restore();
+    // SQS comes back slow: a pass's sends take seconds, longer than the pause between
+    // passes, so the two processes' next passes would overlap if nothing kept them apart.
+    proxy.set(Gate::Slow(Duration::from_millis(1500)));
+    release_pass_lock(lock).await;
     wait_until(
         "every report to be marked as sent",
         Duration::from_secs(60),
         || async { unsent_rows(&database_url, 0.0).await == 0 },
     )
     .await;
-    let direct = SqsQueue::connect(
-        reportd::queue::build_client(&common::sqs_settings(&first.settings.sqs.queue_name, false))
-            .await,
-        &common::sqs_settings(&first.settings.sqs.queue_name, false),
-    )
-    .await
-    .expect("queues exist");
+    let direct = common::sqs_settings(&queue_name, false);
+    let direct = SqsQueue::connect(reportd::queue::build_client(&direct).await, &direct)
+        .await
+        .expect("queues exist");
     let counts = drain_main_queue(&direct).await;
     for id in &ids {
         assert_eq!(
@@ -376,6 +463,7 @@ async fn two_api_processes_send_each_report_exactly_once_after_an_sqs_outage() {
         );
     }
     assert_eq!(counts.len(), 100, "{counts:?}");
+    proxy.set(Gate::Open);
     first.stop().await;
     second.stop().await;
 }

@@ -54,8 +54,8 @@ pub enum ClaimSeen {
     AlreadyFinished,
     /// Another worker runs it right now.
     HeldElsewhere,
-    /// No such report: a poison message.
-    NotFound,
+    /// No report with this id: a poison message.
+    NotFound(uuid::Uuid),
     /// The claim did not commit (database away, row locked, writer overloaded).
     Unavailable,
 }
@@ -149,10 +149,10 @@ pub fn on_claim(claim: &ClaimSeen, receive_count: u32, limits: &Limits) -> Claim
             hand_back(limits.visibility_timeout_s, receive_count, limits),
             Group::Stop,
         ),
-        ClaimSeen::NotFound => settle(
+        ClaimSeen::NotFound(id) => settle(
             None,
             MessageAction::DeadLetter {
-                reason: "no report with this id".into(),
+                reason: format!("no report with id {id}"),
             },
             Group::Continue,
         ),
@@ -342,11 +342,15 @@ mod tests {
 
     #[test]
     fn a_poison_message_is_dead_lettered_at_once() {
-        let ClaimDecision::Settle(decision) = on_claim(&ClaimSeen::NotFound, 1, &limits(false))
+        let id = uuid::Uuid::new_v4();
+        let ClaimDecision::Settle(decision) = on_claim(&ClaimSeen::NotFound(id), 1, &limits(false))
         else {
             panic!("must not run");
         };
-        assert!(matches!(decision.message, MessageAction::DeadLetter { .. }));
+        let MessageAction::DeadLetter { reason } = decision.message else {
+            panic!("dead-lettered");
+        };
+        assert!(reason.contains(&id.to_string()), "{reason}");
     }
 
     #[test]

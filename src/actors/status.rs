@@ -550,3 +550,44 @@ fn applied(outcome: WriteOutcome) -> Result<bool, DbError> {
         other => Err(mismatch(other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_that_panics_still_signals_that_it_finished() {
+        let completed = Arc::new(watch::channel(0).0);
+        let observer = completed.subscribe();
+        let signal = FinishedSignal {
+            completed: completed.clone(),
+            seq: 7,
+        };
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _signal = signal;
+            panic!("a flush panicked");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(*observer.borrow(), 7, "the mailbox pause waiting on flush 7 ends");
+    }
+
+    #[test]
+    fn every_write_but_an_insert_names_the_rows_it_locks() {
+        let id = Uuid::new_v4();
+        let other = Uuid::new_v4();
+        assert_eq!(rows_of(&WriteOp::Touch { id, attempt: 1 }), vec![id]);
+        assert_eq!(
+            rows_of(&WriteOp::MarkEnqueued(vec![id, other])),
+            vec![id, other]
+        );
+        let row = NewReport {
+            id,
+            payload: serde_json::json!({}),
+            status: "in-queue".into(),
+            idempotency_key: None,
+            request_hash: None,
+            user_id: None,
+        };
+        assert!(rows_of(&WriteOp::Insert(row)).is_empty());
+    }
+}

@@ -282,7 +282,7 @@ async fn claim_and_run(
             None
         }
     };
-    let seen = claim.as_ref().map_or(ClaimSeen::Unavailable, seen_of);
+    let seen = claim.as_ref().map_or(ClaimSeen::Unavailable, |c| seen_of(c, id));
     if let ClaimDecision::Settle(decision) =
         fate::on_claim(&seen, message.receive_count, &deps.limits)
     {
@@ -344,7 +344,7 @@ async fn claim_and_run(
     }
 }
 
-fn seen_of(claim: &ClaimOutcome) -> ClaimSeen {
+fn seen_of(claim: &ClaimOutcome, id: Uuid) -> ClaimSeen {
     match claim {
         ClaimOutcome::Claimed {
             attempt, failures, ..
@@ -354,7 +354,7 @@ fn seen_of(claim: &ClaimOutcome) -> ClaimSeen {
         },
         ClaimOutcome::AlreadyFinished(_) => ClaimSeen::AlreadyFinished,
         ClaimOutcome::HeldElsewhere => ClaimSeen::HeldElsewhere,
-        ClaimOutcome::NotFound => ClaimSeen::NotFound,
+        ClaimOutcome::NotFound => ClaimSeen::NotFound(id),
     }
 }
 

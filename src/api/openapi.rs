@@ -49,6 +49,7 @@ pub fn spec() -> Value {
                     "payload": {"$ref": "#/components/schemas/ReportRequest"},
                     "reportUrl": {"type": "string", "nullable": true},
                     "attempts": {"type": "integer"},
+                    "failures": {"type": "integer"},
                     "lastError": {"type": "string", "nullable": true},
                     "createdAt": {"type": "string", "format": "date-time"},
                     "startedAt": {"type": "string", "format": "date-time", "nullable": true},

@@ -284,6 +284,7 @@ pub fn record_json(record: &ReportRecord) -> Value {
         "payload": record.payload,
         "reportUrl": record.report_url,
         "attempts": record.attempts,
+        "failures": record.failures,
         "lastError": record.last_error,
         "createdAt": record.created_at,
         "startedAt": record.started_at,

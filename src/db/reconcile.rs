@@ -133,8 +133,7 @@ pub async fn try_lock_pass(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
         .bind::<BigInt, _>(PASS_LOCK_KEY)
         .get_result(conn)
         .await?;
-    let _ = row;
-    Ok(true)
+    Ok(row.locked)
 }
 
 /// Releases the pass lock; false when this session did not hold it.
