@@ -69,7 +69,8 @@ pub enum DlqCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Send messages back to the main queue (reports reset to in-queue, attempts kept).
+    /// Send failed reports back to the main queue with a new message (reset to
+    /// in-queue, attempts kept); messages of reports that are not failed stay.
     Redrive {
         /// A report id or message id; repeat for several. Poison messages only this way.
         #[arg(long = "id")]

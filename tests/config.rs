@@ -130,7 +130,11 @@ fn bad_configs_are_rejected_naming_the_offending_key() {
             "[jobs]\nmax_attempts = 3\n[sqs]\nmax_receive_count = 7\n",
             "sqs.max_receive_count",
         ),
-        ("zero max attempts", "[jobs]\nmax_attempts = 0\n", "jobs.max_attempts"),
+        (
+            "zero max attempts",
+            "[jobs]\nmax_attempts = 0\n",
+            "jobs.max_attempts",
+        ),
         (
             "visibility timeout below the heartbeat floor",
             "[sqs]\nvisibility_timeout_s = 5\n",

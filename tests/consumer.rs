@@ -3,42 +3,17 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::app::{
-    free_port, spawn_app, spawn_process, test_settings, wait_until, AppOptions, TestApp,
+use common::app::{spawn_app, spawn_process, test_settings, wait_until, AppOptions, TestApp};
+use common::jobs::{
+    count_by_status, on_free_port as on_port, queue_depth as depth, runs_in_order,
+    zero_work as simulate, Recorder,
 };
-use futures_util::future::BoxFuture;
 use reportd::config::{Role, SimulateSettings};
-use reportd::report::{GeneratedReport, GeneratorError, JobContext, ReportGenerator};
 use serde_json::Value;
 use uuid::Uuid;
-
-fn simulate(duration_ms: Option<[u64; 2]>) -> SimulateSettings {
-    SimulateSettings {
-        duration_ms,
-        skip_generator: true,
-        ..SimulateSettings::default()
-    }
-}
-
-/// Messages visible + in flight on a queue.
-async fn depth(app: &TestApp, url: &str) -> u64 {
-    let attributes = app.queue.depth(url).await.expect("queue attributes");
-    [
-        "ApproximateNumberOfMessages",
-        "ApproximateNumberOfMessagesNotVisible",
-    ]
-    .iter()
-    .map(|k| {
-        attributes
-            .get(*k)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    })
-    .sum()
-}
 
 /// Every message on the DLQ, with its attributes (received with a short visibility).
 async fn dlq_messages(app: &TestApp) -> Vec<aws_sdk_sqs::types::Message> {
@@ -55,18 +30,6 @@ async fn dlq_messages(app: &TestApp) -> Vec<aws_sdk_sqs::types::Message> {
         .await
         .expect("receive from the DLQ");
     output.messages.unwrap_or_default()
-}
-
-async fn count_by_status(app: &TestApp, status: &str) -> usize {
-    let client = common::pg_connect(&app.settings.database.url).await;
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM report_queue WHERE status = $1",
-            &[&status],
-        )
-        .await
-        .expect("count");
-    row.get::<_, i64>(0) as usize
 }
 
 #[actix_web::test]
@@ -282,35 +245,13 @@ async fn poison_messages_go_to_the_dlq_on_their_first_receive_with_the_reason() 
     app.stop().await;
 }
 
-/// Records when each job ran, to check FIFO order.
-struct Recorder {
-    runs: Arc<Mutex<Vec<(Uuid, Instant, Instant)>>>,
-}
-
-impl ReportGenerator for Recorder {
-    fn generate(
-        &self,
-        job: JobContext,
-    ) -> BoxFuture<'static, Result<GeneratedReport, GeneratorError>> {
-        let runs = self.runs.clone();
-        Box::pin(async move {
-            let start = Instant::now();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if let Ok(mut runs) = runs.lock() {
-                runs.push((job.report_id, start, Instant::now()));
-            }
-            Ok(GeneratedReport { report_url: None })
-        })
-    }
-}
-
 #[actix_web::test]
 async fn fifo_jobs_of_one_user_run_in_order_and_different_users_overlap() {
-    let runs = Arc::new(Mutex::new(Vec::new()));
+    let (recorder, runs) = Recorder::new(Duration::from_millis(300));
     let app = spawn_app(AppOptions {
         fifo: true,
         workers: 4,
-        generator: Some(Arc::new(Recorder { runs: runs.clone() })),
+        generator: Some(recorder),
         ..AppOptions::default()
     })
     .await;
@@ -326,7 +267,7 @@ async fn fifo_jobs_of_one_user_run_in_order_and_different_users_overlap() {
         app.wait_for_status(*id, "completed", Duration::from_secs(60))
             .await;
     }
-    let runs = runs.lock().map(|r| r.clone()).unwrap_or_default();
+    let runs = runs_in_order(&runs);
     let of = |ids: &[Uuid]| -> Vec<(Uuid, Instant, Instant)> {
         let mut mine: Vec<_> = runs
             .iter()
@@ -446,14 +387,6 @@ async fn api_with_worker_settings(
     .await;
     worker.database.create_if_missing = false;
     (api, worker, tmp)
-}
-
-fn on_port(settings: &reportd::config::Settings) -> reportd::config::Settings {
-    let mut settings = settings.clone();
-    let port = free_port();
-    settings.server.bind = format!("127.0.0.1:{port}");
-    settings.server.public_url = format!("http://127.0.0.1:{port}");
-    settings
 }
 
 #[actix_web::test]

@@ -163,12 +163,14 @@ async fn redrive_all_moves_failed_jobs_and_leaves_poison_messages_in_the_dlq() {
 }
 
 #[actix_web::test]
-async fn redrive_all_without_poison_uses_sqs_own_move_and_the_job_completes() {
+async fn redrive_all_without_poison_sends_a_new_message_and_the_job_completes() {
     let app = spawn_app(fails_three_times()).await;
     let id = failed_job_in_dlq(&app).await;
     let (status, report) = post(&app, "/dlq/redrive", json!({"all": true})).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["moved"], json!([id.to_string()]));
+    assert_eq!(report["skipped"], json!([]), "{report}");
+    assert!(dlq_items(&app).await.is_empty(), "the DLQ copy was deleted");
     let record = app
         .wait_for_status(id, "completed", Duration::from_secs(40))
         .await;
@@ -177,7 +179,7 @@ async fn redrive_all_without_poison_uses_sqs_own_move_and_the_job_completes() {
 }
 
 #[actix_web::test]
-async fn retry_requeues_a_failed_report_and_answers_409_for_any_other() {
+async fn retry_requeues_a_failed_report_and_answers_409_for_a_completed_one() {
     let app = spawn_app(fails_three_times()).await;
     let id = app.submit_ok(5).await;
     app.wait_for_status(id, "failed", Duration::from_secs(40))
@@ -190,6 +192,7 @@ async fn retry_requeues_a_failed_report_and_answers_409_for_any_other() {
     assert_eq!(record["attempts"], 4);
     let (status, body) = post(&app, &format!("/reports/{id}/retry"), json!(null)).await;
     assert_eq!(status, 409, "a completed report is not retried: {body}");
+    assert_eq!(body["error"]["code"], "not_retryable");
     assert_eq!(body["error"]["field"], "id");
     let (status, _) = post(
         &app,

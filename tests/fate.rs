@@ -4,72 +4,18 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::app::{
-    free_port, spawn_app, spawn_process, test_settings, wait_until, AppOptions, TestApp,
+use common::app::{spawn_app, spawn_process, test_settings, wait_until, AppOptions};
+use common::jobs::{
+    count_by_status, job_rows as rows, on_free_port as on_port, queue_depth as depth,
+    runs_in_order, zero_work as simulate, Recorder,
 };
 use futures_util::future::BoxFuture;
 use reportd::config::{Role, SimulateSettings};
 use reportd::report::{GeneratedReport, GeneratorError, JobContext, ReportGenerator};
 use uuid::Uuid;
-
-fn simulate(duration_ms: Option<[u64; 2]>) -> SimulateSettings {
-    SimulateSettings {
-        duration_ms,
-        skip_generator: true,
-        ..SimulateSettings::default()
-    }
-}
-
-/// Messages visible, in flight and delayed on a queue.
-async fn depth(app: &TestApp, url: &str) -> u64 {
-    let attributes = app.queue.depth(url).await.expect("queue attributes");
-    [
-        "ApproximateNumberOfMessages",
-        "ApproximateNumberOfMessagesNotVisible",
-        "ApproximateNumberOfMessagesDelayed",
-    ]
-    .iter()
-    .filter_map(|k| attributes.get(*k).and_then(|v| v.parse::<u64>().ok()))
-    .sum()
-}
-
-/// (status, attempts, failures) of every row, by id.
-async fn rows(app: &TestApp) -> Vec<(Uuid, String, i32, i32)> {
-    let client = common::pg_connect(&app.settings.database.url).await;
-    client
-        .query(
-            "SELECT id::text, status, attempts, failures FROM report_queue ORDER BY created_at",
-            &[],
-        )
-        .await
-        .expect("rows")
-        .iter()
-        .map(|r| {
-            let id: String = r.get(0);
-            (
-                Uuid::parse_str(&id).expect("uuid"),
-                r.get(1),
-                r.get(2),
-                r.get(3),
-            )
-        })
-        .collect()
-}
-
-async fn count_by_status(app: &TestApp, status: &str) -> usize {
-    rows(app).await.iter().filter(|r| r.1 == status).count()
-}
-
-fn on_port(settings: &reportd::config::Settings) -> reportd::config::Settings {
-    let mut settings = settings.clone();
-    let port = free_port();
-    settings.server.bind = format!("127.0.0.1:{port}");
-    settings.server.public_url = format!("http://127.0.0.1:{port}");
-    settings
-}
 
 #[actix_web::test]
 async fn a_job_survives_six_rolling_deploys_of_its_worker_and_completes_uncounted() {
@@ -161,41 +107,14 @@ async fn a_fifo_group_whose_every_job_fails_once_completes_in_order_with_two_att
     app.stop().await;
 }
 
-/// Records when each job ran, to check FIFO order.
-struct Recorder {
-    runs: Arc<Mutex<Vec<(Uuid, Instant, Instant)>>>,
-    run_for: Duration,
-}
-
-impl ReportGenerator for Recorder {
-    fn generate(
-        &self,
-        job: JobContext,
-    ) -> BoxFuture<'static, Result<GeneratedReport, GeneratorError>> {
-        let runs = self.runs.clone();
-        let run_for = self.run_for;
-        Box::pin(async move {
-            let start = Instant::now();
-            tokio::time::sleep(run_for).await;
-            if let Ok(mut runs) = runs.lock() {
-                runs.push((job.report_id, start, Instant::now()));
-            }
-            Ok(GeneratedReport { report_url: None })
-        })
-    }
-}
-
 #[actix_web::test]
 async fn a_fifo_group_longer_than_the_visibility_timeout_runs_sequentially_once_each() {
-    let runs = Arc::new(Mutex::new(Vec::new()));
+    let (recorder, runs) = Recorder::new(Duration::from_secs(4));
     let app = spawn_app(AppOptions {
         fifo: true,
         workers: 4,
         visibility_timeout_s: 6,
-        generator: Some(Arc::new(Recorder {
-            runs: runs.clone(),
-            run_for: Duration::from_secs(4),
-        })),
+        generator: Some(recorder),
         ..AppOptions::default()
     })
     .await;
@@ -205,8 +124,7 @@ async fn a_fifo_group_longer_than_the_visibility_timeout_runs_sequentially_once_
         app.wait_for_status(*id, "completed", Duration::from_secs(120))
             .await;
     }
-    let mut runs = runs.lock().map(|r| r.clone()).unwrap_or_default();
-    runs.sort_by_key(|r| r.1);
+    let runs = runs_in_order(&runs);
     assert_eq!(runs.len(), 5, "each job ran once: {runs:?}");
     let mut in_submit_order = ids.clone();
     // Concurrent submits: the accepted order is the database's creation order.

@@ -145,7 +145,10 @@ async fn a_locked_table_fails_writes_fast_and_retryably_without_wedging_the_writ
     let body = serde_json::json!({"userId": 1, "startDate": "2024-01-01", "endDate": "2024-01-02"});
     let started = std::time::Instant::now();
     let (status, error) = app.submit(&body).await;
-    assert_eq!(status, 503, "retryable error while the table is locked: {error}");
+    assert_eq!(
+        status, 503,
+        "retryable error while the table is locked: {error}"
+    );
     assert!(
         error["error"]["message"]
             .as_str()

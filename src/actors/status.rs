@@ -568,7 +568,11 @@ mod tests {
             panic!("a flush panicked");
         }));
         assert!(unwound.is_err());
-        assert_eq!(*observer.borrow(), 7, "the mailbox pause waiting on flush 7 ends");
+        assert_eq!(
+            *observer.borrow(),
+            7,
+            "the mailbox pause waiting on flush 7 ends"
+        );
     }
 
     #[test]

@@ -282,7 +282,9 @@ async fn claim_and_run(
             None
         }
     };
-    let seen = claim.as_ref().map_or(ClaimSeen::Unavailable, |c| seen_of(c, id));
+    let seen = claim
+        .as_ref()
+        .map_or(ClaimSeen::Unavailable, |c| seen_of(c, id));
     if let ClaimDecision::Settle(decision) =
         fate::on_claim(&seen, message.receive_count, &deps.limits)
     {

@@ -95,16 +95,16 @@ pub fn spec() -> Value {
                 "400": error_response("Not a UUID"), "404": error_response("Unknown id")}}},
             "/reports/{id}/file": {"get": {"summary": "The generated CSV", "parameters": [id_param], "responses": {
                 "200": {"description": "CSV", "content": {"text/csv": {}}}, "404": error_response("Unknown or not completed")}}},
-            "/reports/{id}/retry": {"post": {"summary": "Re-enqueue a failed report", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}], "responses": {
-                "202": {"description": "Back in the queue", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
-                "404": error_response("Unknown id"), "409": error_response("The report is not failed")}}},
+            "/reports/{id}/retry": {"post": {"summary": "Send a report a new message: a failed one (back to in-queue, failures forgotten), or a stranded one (in-queue or in-progress, untouched for 3 visibility timeouts + 30 s)", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}], "responses": {
+                "202": {"description": "A new message is on its way; status is the report's status after the reset", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                "404": error_response("Unknown id"), "409": error_response("not_retryable: the report is completed, or in-queue/in-progress and alive")}}},
             "/dlq": {"get": {"summary": "Messages in the dead-letter queue, with their reports (not consumed)", "parameters": [
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
                 "responses": {"200": {"description": "DLQ messages", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DlqPage"}}}}, "400": error_response("Bad parameter")}}},
-            "/dlq/redrive": {"post": {"summary": "Send DLQ messages back to the main queue", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false, "properties": {
+            "/dlq/redrive": {"post": {"summary": "Send failed reports in the DLQ back to the main queue (reset, new message, then the DLQ copy is deleted)", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false, "properties": {
                 "ids": {"type": "array", "items": {"type": "string"}, "description": "report ids or message ids; poison messages only by id"},
                 "all": {"type": "boolean", "description": "every message that has a report row"}}}}}},
-                "responses": {"200": {"description": "What moved", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": error_response("Bad body")}}},
+                "responses": {"200": {"description": "What moved (moved, skippedPoison, skipped: messages of reports that are not failed, notFound)", "content": {"application/json": {"schema": {"type": "object"}}}}, "400": error_response("Bad body")}}},
             "/dlq/{messageId}": {"delete": {"summary": "Discard one DLQ message", "parameters": [{"name": "messageId", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": {"204": {"description": "Discarded"}, "404": error_response("Not in the DLQ")}}},
             "/generate": {"get": {"summary": "Demo: enqueue a report for a random user, now..now", "responses": {"202": {"description": "Accepted", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}}}}},

@@ -14,6 +14,7 @@
 //! Each test binary includes this module with `mod common;` and uses only some of it.
 #![allow(dead_code)]
 pub mod app;
+pub mod jobs;
 pub mod proxy;
 
 use reportd::config::SqsSettings;
