@@ -563,7 +563,7 @@ async fn seed(
     let mut offset = 0usize;
     while offset < jobs {
         let n = CHUNK.min(jobs - offset);
-        // enqueued_at is set: the messages are sent right below, and no sweeper should
+        // enqueued_at is set: the messages are sent right below, and no reconciler should
         // send them a second time.
         let rows: Vec<IdRow> = diesel::sql_query(
             "INSERT INTO report_queue (id, payload, status, user_id, created_at, updated_at, enqueued_at) \

@@ -313,7 +313,7 @@ async fn a_submit_during_an_sqs_outage_is_accepted_and_delivered_once_when_sqs_r
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.restore();
-    // The sweeper picks up rows older than 10 s, backing off while SQS was away.
+    // The reconciler picks up rows older than 10 s, backing off while SQS was away.
     wait_until(
         "the report to reach SQS",
         Duration::from_secs(60),

@@ -203,6 +203,35 @@ async fn a_job_sqs_keeps_dead_lettering_is_failed_and_its_message_stays_in_the_d
 }
 
 #[actix_web::test]
+async fn an_in_progress_job_whose_worker_vanished_without_a_message_gets_a_new_one_and_completes() {
+    let (database_url, queue_name, _queue) = prepared("rec-lost").await;
+    // Claimed once, then silent for longer than 3 visibility timeouts + 30 s (6 s here),
+    // and no message anywhere: its worker died and SQS lost track of it.
+    let id = Uuid::new_v4();
+    insert_row(&database_url, id, "in-progress").await;
+    update_row(
+        &database_url,
+        id,
+        "attempts = 1, started_at = now() - interval '60 seconds', \
+         updated_at = now() - interval '49 seconds'",
+    )
+    .await;
+    let app = spawn_app(AppOptions {
+        database_url: Some(database_url.clone()),
+        queue_name: Some(queue_name),
+        visibility_timeout_s: 6,
+        ..quick_jobs()
+    })
+    .await;
+    let record = app
+        .wait_for_status(id, "completed", Duration::from_secs(40))
+        .await;
+    assert_eq!(record["attempts"], 2, "{record}");
+    assert_eq!(send_generation(&database_url, id).await, 1);
+    app.stop().await;
+}
+
+#[actix_web::test]
 async fn redrive_all_leaves_a_message_its_scan_did_not_see_and_that_reports_row_failed() {
     let app = spawn_app(quick_jobs()).await;
     let database_url = app.settings.database.url.clone();

@@ -25,8 +25,6 @@ pub enum WriteOp {
     },
     /// SQS accepted these reports' messages.
     MarkEnqueued(Vec<Uuid>),
-    /// Put a `failed` report back in the queue, to be sent again.
-    ResetFailed(Uuid),
 }
 
 /// What a write did.

@@ -311,7 +311,6 @@ fn rows_of(op: &WriteOp) -> Vec<Uuid> {
         WriteOp::Claim { id, .. } | WriteOp::Touch { id, .. } | WriteOp::EndAttempt { id, .. } => {
             vec![*id]
         }
-        WriteOp::ResetFailed(id) => vec![*id],
         WriteOp::MarkEnqueued(ids) => ids.clone(),
     }
 }
@@ -466,9 +465,6 @@ async fn apply_unlocked(
             | WriteOp::Touch { .. } => continue,
             WriteOp::EndAttempt { id, attempt, end } => {
                 WriteOutcome::Applied(reports::end_attempt(conn, *id, *attempt, end).await?)
-            }
-            WriteOp::ResetFailed(id) => {
-                WriteOutcome::Applied(reports::reset_failed(conn, *id, true).await?)
             }
         };
         outcomes.push((*i, outcome));

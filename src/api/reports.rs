@@ -425,7 +425,7 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
 /// `POST /reports/{id}/retry`: gives a report a new message. A `failed` report goes
 /// back to `in-queue` with its failures forgotten (attempts kept); a non-terminal one
 /// that nothing touched for the reconciler's `stranded_after` (its message is lost)
-/// keeps its status. Either way the send generation is bumped first, so a FIFO queue
+/// goes back to `in-queue` too, failures kept. Either way the send generation is bumped first, so a FIFO queue
 /// does not drop the new message as a duplicate of the old one. 409 for a live or
 /// completed report.
 pub async fn retry(
@@ -443,9 +443,13 @@ pub async fn retry(
         .ok_or_else(|| not_retryable(id, &row.status, stranded_after))?;
     let resent = match retry_verdict(status, row.age(), stranded_after) {
         RetryVerdict::ResetFailed => reconcile::reset_failed(&mut conn, id).await?,
-        RetryVerdict::ResendStranded => reconcile::resend_many(&mut conn, &[row.seen()], None)
-            .await?
-            .pop(),
+        // An operator's retry starts over from `in-queue`: the next claim must not wait
+        // for a silent `in-progress` row to go stale.
+        RetryVerdict::ResendStranded => {
+            reconcile::resend_many(&mut conn, &[row.seen()], Some(JobStatus::InQueue))
+                .await?
+                .pop()
+        }
         RetryVerdict::Refuse => return Err(not_retryable(id, &row.status, stranded_after)),
     };
     drop(conn);
@@ -454,11 +458,7 @@ pub async fn retry(
         let now = find_report(&state, id).await?;
         return Err(not_retryable(id, &now.status, stranded_after));
     };
-    let status = if status == JobStatus::Failed {
-        JobStatus::InQueue
-    } else {
-        status
-    };
+    let status = JobStatus::InQueue;
     tracing::info!(report_id = %id, generation = resent.send_generation, was = %row.status, "report retried by an operator");
     Ok(enqueue_and_accept(
         &state,

@@ -179,6 +179,7 @@ pub async fn mark_sent(
         "UPDATE report_queue r SET enqueued_at = now() \
          FROM unnest($1, $2) AS v(id, generation) \
          WHERE r.id = v.id AND r.send_generation = v.generation AND r.enqueued_at IS NULL \
+           AND r.id IN (SELECT id FROM report_queue WHERE id = ANY($1) FOR UPDATE SKIP LOCKED) \
          RETURNING r.id",
     )
     .bind::<Array<SqlUuid>, _>(&ids)
@@ -221,10 +222,11 @@ async fn stranded(
     limit: i64,
 ) -> QueryResult<Vec<Seen>> {
     // `enqueued_at IS NOT NULL`: a row still waiting for its send is not stranded, it is
-    // `unsent`'s; re-stranding it would only bump its generation again.
+    // `unsent`'s. `enqueued_at` old as well: a re-send keeps `updated_at` (so the new
+    // message's claim can take over a lost attempt at once) and restarts this clock.
     diesel::sql_query(
         "SELECT id, status, updated_at FROM report_queue \
-         WHERE status = $1 AND enqueued_at IS NOT NULL \
+         WHERE status = $1 AND enqueued_at < now() - $2 * interval '1 second' \
            AND updated_at < now() - $2 * interval '1 second' \
          ORDER BY updated_at LIMIT $3",
     )
@@ -236,9 +238,12 @@ async fn stranded(
 }
 
 /// Gives rows that lost their message a new one: `send_generation + 1`,
-/// `enqueued_at = NULL`, `updated_at = now()`, and `status = new_status` (None keeps
-/// it), each only if its `(status, updated_at)` is still as seen. Returns what to send
-/// for the rows that changed.
+/// `enqueued_at = NULL`, and `status = new_status` (None keeps it), each only if its
+/// `(status, updated_at)` is still as seen. A row moved to a new status is stamped
+/// (`updated_at = now()`); one that keeps its status keeps its heartbeat's age, so the new
+/// message's claim can take over an `in-progress` row whose worker was lost at once (and
+/// count that loss). Rows locked by another session are skipped, never waited for.
+/// Returns what to send for the rows that changed.
 pub async fn resend_many(
     conn: &mut AsyncPgConnection,
     seen: &[Seen],
@@ -252,10 +257,12 @@ pub async fn resend_many(
     let updated: Vec<DateTime<Utc>> = seen.iter().map(|s| s.updated_at).collect();
     diesel::sql_query(
         "UPDATE report_queue r SET status = COALESCE($4, r.status), \
-           send_generation = r.send_generation + 1, enqueued_at = NULL, updated_at = now() \
+           send_generation = r.send_generation + 1, enqueued_at = NULL, \
+           updated_at = CASE WHEN $4 IS NULL THEN r.updated_at ELSE now() END \
          FROM unnest($1, $2, $3) AS v(id, status, updated_at) \
          WHERE r.id = v.id AND r.status = v.status AND r.updated_at = v.updated_at \
            AND r.status IN ('in-queue', 'in-progress') \
+           AND r.id IN (SELECT id FROM report_queue WHERE id = ANY($1) FOR UPDATE SKIP LOCKED) \
          RETURNING r.id, r.user_id, r.send_generation",
     )
     .bind::<Array<SqlUuid>, _>(&ids)

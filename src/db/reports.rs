@@ -399,57 +399,6 @@ pub async fn mark_enqueued(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryR
         .await
 }
 
-/// Puts a `failed` report back in the queue (retry / redrive), keeping `attempts`.
-/// `resend`: a new message must be sent (enqueued_at cleared, so the dispatcher sends
-/// it); otherwise its existing message is being moved back. Returns false when the
-/// report is not `failed`.
-pub async fn reset_failed(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-    resend: bool,
-) -> QueryResult<bool> {
-    let enqueued_at = if resend { None } else { Some(Utc::now()) };
-    let n = diesel::update(rq::report_queue.find(id))
-        .filter(rq::status.eq(JobStatus::Failed.as_str()))
-        .set((
-            rq::status.eq(JobStatus::InQueue.as_str()),
-            rq::finished_at.eq(None::<DateTime<Utc>>),
-            rq::enqueued_at.eq(enqueued_at),
-            rq::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(n == 1)
-}
-
-/// A report that has not reached SQS yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unenqueued {
-    pub id: Uuid,
-    pub user_id: Option<i64>,
-}
-
-/// Reports accepted before `created_before` that still have no `enqueued_at`, oldest first.
-pub async fn unenqueued(
-    conn: &mut AsyncPgConnection,
-    created_before: DateTime<Utc>,
-    limit: i64,
-) -> QueryResult<Vec<Unenqueued>> {
-    let rows: Vec<(Uuid, Option<i64>)> = rq::report_queue
-        .filter(rq::enqueued_at.is_null())
-        .filter(rq::status.eq(JobStatus::InQueue.as_str()))
-        .filter(rq::created_at.lt(created_before))
-        .order(rq::created_at.asc())
-        .limit(limit)
-        .select((rq::id, rq::user_id))
-        .load(conn)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, user_id)| Unenqueued { id, user_id })
-        .collect())
-}
-
 /// Filters and the keyset position of a listing page.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {

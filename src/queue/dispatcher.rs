@@ -32,7 +32,7 @@ use diesel_async::AsyncPgConnection;
 use uuid::Uuid;
 
 use super::dlq::{self, DlqError, WatchReport};
-use super::{OutgoingMessage, QueueError, SqsBatchers, SqsQueue};
+use super::{OutgoingMessage, SqsBatchers, SqsQueue};
 use crate::actors::status::{self, StatusActor};
 use crate::config::Settings;
 use crate::db::reconcile::{self, Seen};
@@ -123,8 +123,6 @@ pub fn next_delay(previous: Duration, pass_failed: bool) -> Duration {
 pub enum ReconcileError {
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error(transparent)]
-    Queue(#[from] QueueError),
     #[error("every send of the pass failed, the first with: {0}")]
     Sends(String),
 }
@@ -189,11 +187,6 @@ impl Dispatcher {
             timings,
             in_flight: Arc::default(),
         }
-    }
-
-    /// The thresholds this dispatcher's reconciler works with.
-    pub fn timings(&self) -> Timings {
-        self.timings
     }
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
@@ -317,11 +310,15 @@ impl Dispatcher {
         if stranded.is_empty() {
             return Ok(0);
         }
-        let backlog = self
-            .queue
-            .depth(&self.queue.queue_url)
-            .await
-            .map(|attributes| Backlog::from_attributes(&attributes))?;
+        // A depth that cannot be read skips this rule only: the sends of rule (a) must
+        // not depend on GetQueueAttributes working (or being allowed).
+        let backlog = match self.queue.depth(&self.queue.queue_url).await {
+            Ok(attributes) => Backlog::from_attributes(&attributes),
+            Err(e) => {
+                tracing::warn!(error = %e, rows = stranded.len(), "cannot read the queue depth; old in-queue rows wait for the next pass");
+                None
+            }
+        };
         if !may_treat_queued_as_stranded(backlog) {
             tracing::debug!(
                 rows = stranded.len(),

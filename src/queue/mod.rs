@@ -553,7 +553,7 @@ impl SqsBatchers {
         let send = Batcher::spawn(
             10,
             send_in_flight,
-            // Room for a burst of accepted reports; beyond it the sweeper sends them.
+            // Room for a burst of accepted reports; beyond it the reconciler sends them.
             65_536,
             move |messages: Vec<OutgoingMessage>| {
                 let q = q.clone();
