@@ -20,6 +20,7 @@ async fn connection_with_rows(n: usize) -> (AsyncPgConnection, Vec<Uuid>) {
             user_id: Some(k as i64 + 1),
         })
         .collect();
+    let rows: Vec<&NewReport> = rows.iter().collect();
     let ids = reports::insert_many(&mut conn, &rows)
         .await
         .expect("insert");

@@ -272,28 +272,28 @@ async fn execute_batch(pool: &DbPool, batch: Vec<(WriteOp, Reply)>) {
             return;
         }
     };
-    let ops: Vec<WriteOp> = batch.iter().map(|(op, _)| op.clone()).collect();
+    let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = batch.into_iter().unzip();
     let together = conn
         .transaction::<_, diesel::result::Error, _>(async |tx| apply_all(tx, &ops).await)
         .await;
     match together {
         Ok(outcomes) => {
-            for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
             }
         }
-        Err(error) if batch.len() == 1 => {
-            if let Some((_, reply)) = batch.into_iter().next() {
+        Err(error) if ops.len() == 1 => {
+            if let Some(reply) = replies.into_iter().next() {
                 let _ = reply.send(Err(DbError::Query(error)));
             }
         }
         Err(error) => {
-            tracing::warn!(%error, size = batch.len(), "batched write failed; retrying the writes one by one");
-            for (op, reply) in batch {
-                let single = vec![op];
+            tracing::warn!(%error, size = ops.len(), "batched write failed; retrying the writes one by one");
+            for (op, reply) in ops.iter().zip(replies) {
+                let single = std::slice::from_ref(op);
                 let result = conn
                     .transaction::<_, diesel::result::Error, _>(async |tx| {
-                        apply_all(tx, &single).await
+                        apply_all(tx, single).await
                     })
                     .await
                     .map_err(DbError::Query)
@@ -304,46 +304,69 @@ async fn execute_batch(pool: &DbPool, batch: Vec<(WriteOp, Reply)>) {
     }
 }
 
-/// The rows a write changes (inserts change none that exist yet).
-fn rows_of(op: &WriteOp) -> Vec<Uuid> {
+/// A write whose single-row statement would wait for a row lock: checked up front
+/// (the batched statements skip locked rows themselves; see [`apply_all`]).
+fn precheck_row(op: &WriteOp) -> Option<Uuid> {
     match op {
-        WriteOp::Insert(_) => Vec::new(),
-        WriteOp::Claim { id, .. } | WriteOp::Touch { id, .. } | WriteOp::EndAttempt { id, .. } => {
-            vec![*id]
+        WriteOp::EndAttempt {
+            end: AttemptEnd::Completed { .. },
+            ..
         }
-        WriteOp::MarkEnqueued(ids) => ids.clone(),
+        | WriteOp::Insert(_)
+        | WriteOp::MarkEnqueued(_)
+        | WriteOp::Claim { .. }
+        | WriteOp::Touch { .. } => None,
+        WriteOp::EndAttempt { id, .. } => Some(*id),
     }
 }
 
-/// Locks the batch's rows (skipping rows locked elsewhere), answers the writes whose row
-/// is busy with `RowBusy`, and applies the rest.
+/// A write that did not apply and may have met a row locked elsewhere: a claim told the
+/// job is held elsewhere, a heartbeat or completion that matched no row.
+fn maybe_skipped(op: &WriteOp, outcome: &WriteOutcome) -> Option<Uuid> {
+    match (op, outcome) {
+        (WriteOp::Claim { id, .. }, WriteOutcome::Claim(ClaimOutcome::HeldElsewhere))
+        | (WriteOp::Touch { id, .. }, WriteOutcome::Applied(false))
+        | (WriteOp::EndAttempt { id, .. }, WriteOutcome::Applied(false)) => Some(*id),
+        _ => None,
+    }
+}
+
+/// Applies a batch so that a row locked by another session fails only the writes that
+/// touch it (`RowBusy`, retryable): the batched statements skip locked rows
+/// (`FOR UPDATE SKIP LOCKED`), the rare single-row ends are checked before, and the
+/// writes that did not apply are checked after — an extra statement only when needed.
 async fn apply_all(
     conn: &mut diesel_async::AsyncPgConnection,
     ops: &[WriteOp],
 ) -> Result<Vec<Result<WriteOutcome, DbError>>, diesel::result::Error> {
-    let ids: Vec<Uuid> = ops.iter().flat_map(rows_of).collect();
-    let (_locked, busy) = reports::lock_rows(conn, &ids).await?;
+    let precheck: Vec<Uuid> = ops.iter().filter_map(precheck_row).collect();
+    let (_, busy_before) = reports::lock_rows(conn, &precheck).await?;
     let mut outcomes: Vec<Option<Result<WriteOutcome, DbError>>> =
         ops.iter().map(|_| None).collect();
-    let mut runnable: Vec<(usize, WriteOp)> = Vec::with_capacity(ops.len());
+    let mut runnable: Vec<(usize, &WriteOp)> = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
-        match op {
-            WriteOp::MarkEnqueued(ids) => {
-                let free: Vec<Uuid> = ids
-                    .iter()
-                    .filter(|id| !busy.contains(id))
-                    .copied()
-                    .collect();
-                runnable.push((i, WriteOp::MarkEnqueued(free)));
-            }
-            _ if rows_of(op).iter().any(|id| busy.contains(id)) => {
-                outcomes[i] = Some(Err(DbError::RowBusy));
-            }
-            _ => runnable.push((i, op.clone())),
+        if precheck_row(op).is_some_and(|id| busy_before.contains(&id)) {
+            outcomes[i] = Some(Err(DbError::RowBusy));
+        } else {
+            runnable.push((i, op));
         }
     }
-    for (i, outcome) in apply_unlocked(conn, &runnable).await? {
+    let applied = apply_unlocked(conn, &runnable).await?;
+    let unapplied: Vec<(usize, Uuid)> = applied
+        .iter()
+        .filter_map(|(i, outcome)| Some((*i, maybe_skipped(&ops[*i], outcome)?)))
+        .collect();
+    for (i, outcome) in applied {
         outcomes[i] = Some(Ok(outcome));
+    }
+    if !unapplied.is_empty() {
+        let ids: Vec<Uuid> = unapplied.iter().map(|(_, id)| *id).collect();
+        let (_, busy) = reports::lock_rows(conn, &ids).await?;
+        for (i, id) in unapplied {
+            if busy.contains(&id) {
+                outcomes[i] = Some(Err(DbError::RowBusy));
+            }
+        }
     }
     Ok(outcomes
         .into_iter()
@@ -358,7 +381,7 @@ async fn apply_all(
 /// before its next write), so any order of them is a valid one.
 async fn apply_unlocked(
     conn: &mut diesel_async::AsyncPgConnection,
-    ops: &[(usize, WriteOp)],
+    ops: &[(usize, &WriteOp)],
 ) -> Result<Vec<(usize, WriteOutcome)>, diesel::result::Error> {
     let mut outcomes: Vec<(usize, WriteOutcome)> = Vec::with_capacity(ops.len());
 
@@ -370,7 +393,7 @@ async fn apply_unlocked(
         })
         .collect();
     if !inserts.is_empty() {
-        let rows: Vec<NewReport> = inserts.iter().map(|(_, row)| (*row).clone()).collect();
+        let rows: Vec<&NewReport> = inserts.iter().map(|(_, row)| *row).collect();
         let inserted: HashSet<Uuid> = reports::insert_many(conn, &rows)
             .await?
             .into_iter()
@@ -572,22 +595,42 @@ mod tests {
     }
 
     #[test]
-    fn every_write_but_an_insert_names_the_rows_it_locks() {
+    fn only_single_row_ends_are_checked_for_locks_before_the_batch() {
         let id = Uuid::new_v4();
-        let other = Uuid::new_v4();
-        assert_eq!(rows_of(&WriteOp::Touch { id, attempt: 1 }), vec![id]);
-        assert_eq!(
-            rows_of(&WriteOp::MarkEnqueued(vec![id, other])),
-            vec![id, other]
-        );
-        let row = NewReport {
+        let requeue = WriteOp::EndAttempt {
             id,
-            payload: serde_json::json!({}),
-            status: "in-queue".into(),
-            idempotency_key: None,
-            request_hash: None,
-            user_id: None,
+            attempt: 1,
+            end: AttemptEnd::Requeued {
+                error: "boom".into(),
+            },
         };
-        assert!(rows_of(&WriteOp::Insert(row)).is_empty());
+        assert_eq!(precheck_row(&requeue), Some(id));
+        let complete = WriteOp::EndAttempt {
+            id,
+            attempt: 1,
+            end: AttemptEnd::Completed { report_url: None },
+        };
+        assert_eq!(precheck_row(&complete), None);
+        assert_eq!(precheck_row(&WriteOp::Touch { id, attempt: 1 }), None);
+        assert_eq!(precheck_row(&WriteOp::MarkEnqueued(vec![id])), None);
+    }
+
+    #[test]
+    fn writes_that_did_not_apply_are_checked_for_a_lock_afterwards() {
+        let id = Uuid::new_v4();
+        let touch = WriteOp::Touch { id, attempt: 1 };
+        assert_eq!(
+            maybe_skipped(&touch, &WriteOutcome::Applied(false)),
+            Some(id)
+        );
+        assert_eq!(maybe_skipped(&touch, &WriteOutcome::Applied(true)), None);
+        let claim = WriteOp::Claim {
+            id,
+            stale_after_s: 40,
+        };
+        let held = WriteOutcome::Claim(ClaimOutcome::HeldElsewhere);
+        assert_eq!(maybe_skipped(&claim, &held), Some(id));
+        let gone = WriteOutcome::Claim(ClaimOutcome::NotFound);
+        assert_eq!(maybe_skipped(&claim, &gone), None);
     }
 }
