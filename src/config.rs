@@ -121,8 +121,9 @@ pub struct DatabaseSettings {
     /// The StatusActor's statements are cancelled after this many milliseconds, so a
     /// stuck statement fails (retryably) instead of wedging every later write.
     pub statement_timeout_ms: u64,
-    /// The StatusActor gives up waiting for a row lock after this many milliseconds
-    /// (a row held by someone else stalls only the writes that touch it).
+    /// The StatusActor waits this many milliseconds for a row lock; then the writes that
+    /// touch rows held by someone else fail (retryably) and the rest of the batch
+    /// commits. Other writers hold rows for milliseconds, so this stays short.
     pub lock_timeout_ms: u64,
 }
 
@@ -134,7 +135,7 @@ impl Default for DatabaseSettings {
             migrate_on_start: true,
             create_if_missing: true,
             statement_timeout_ms: 10_000,
-            lock_timeout_ms: 2_000,
+            lock_timeout_ms: 200,
         }
     }
 }

@@ -407,7 +407,7 @@ fn redacted_toml_shows_every_numeric_value() {
         "wait_time_s = 20",
         "max_receive_count = 10",
         "max_attempts = 3",
-        "lock_timeout_ms = 2000",
+        "lock_timeout_ms = 200",
         "pool_size = 16",
         "grace_s = 30",
         "max_range_days = 366",

@@ -12,11 +12,12 @@
 //! the flush's "finished" signal, which is sent even when the flush panics.
 //!
 //! The writer cannot be wedged: its connections (a pool of its own) run with
-//! `statement_timeout` and `lock_timeout`; each flush first locks the rows it writes with
-//! `FOR UPDATE SKIP LOCKED`, so a row locked elsewhere fails only the writes touching it
-//! (`DbError::RowBusy`, retryable) and the rest of the batch commits; and a write that
-//! waited past its deadline is answered `Expired` without being applied, so a caller
-//! that gave up never has its write commit behind its back.
+//! `statement_timeout` and a short `lock_timeout`; a batch that meets a row locked
+//! elsewhere fails after that timeout, the writes touching such rows are answered
+//! `DbError::RowBusy` (retryable) and the rest of the batch commits at once; and a write
+//! that waited past its deadline is answered `Expired` without being applied, so a
+//! caller that gave up never has its write commit behind its back. Nothing of this
+//! costs a statement while no row is locked.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -258,9 +259,15 @@ impl Handler<super::messages::GetStatusStats> for StatusActor {
     }
 }
 
-/// Runs one batch in a transaction. If the transaction fails, each write is tried on its
-/// own so one bad write cannot fail the others; if the database is unreachable, every
-/// sender gets that error.
+/// Rounds of "find the rows locked elsewhere, set their writes aside, run the rest"
+/// before a batch falls back to one write per transaction.
+const LOCK_ROUNDS: usize = 3;
+
+/// Runs one batch in a transaction. If it hits its lock timeout, the writes touching
+/// rows locked by another session are answered `RowBusy` (retryable) and the rest run
+/// again, so a locked row stalls only its own writes, for one `lock_timeout`. If the
+/// transaction fails otherwise, each write is tried on its own so one bad write cannot
+/// fail the others; if the database is unreachable, every sender gets that error.
 async fn execute_batch(pool: &DbPool, batch: Vec<(WriteOp, Reply)>) {
     let mut conn = match db::connection(pool).await {
         Ok(conn) => conn,
@@ -273,105 +280,73 @@ async fn execute_batch(pool: &DbPool, batch: Vec<(WriteOp, Reply)>) {
         }
     };
     let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = batch.into_iter().unzip();
-    let together = conn
-        .transaction::<_, diesel::result::Error, _>(async |tx| apply_all(tx, &ops).await)
-        .await;
-    match together {
-        Ok(outcomes) => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(outcome);
-            }
-        }
-        Err(error) if ops.len() == 1 => {
-            if let Some(reply) = replies.into_iter().next() {
-                let _ = reply.send(Err(DbError::Query(error)));
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%error, size = ops.len(), "batched write failed; retrying the writes one by one");
-            for (op, reply) in ops.iter().zip(replies) {
-                let single = std::slice::from_ref(op);
-                let result = conn
-                    .transaction::<_, diesel::result::Error, _>(async |tx| {
-                        apply_all(tx, single).await
-                    })
-                    .await
-                    .map_err(DbError::Query)
-                    .and_then(|mut outcomes| outcomes.pop().unwrap_or(Err(DbError::WriterGone)));
-                let _ = reply.send(result);
-            }
-        }
-    }
-}
-
-/// A write whose single-row statement would wait for a row lock: checked up front
-/// (the batched statements skip locked rows themselves; see [`apply_all`]).
-fn precheck_row(op: &WriteOp) -> Option<Uuid> {
-    match op {
-        WriteOp::EndAttempt {
-            end: AttemptEnd::Completed { .. },
-            ..
-        }
-        | WriteOp::Insert(_)
-        | WriteOp::MarkEnqueued(_)
-        | WriteOp::Claim { .. }
-        | WriteOp::Touch { .. } => None,
-        WriteOp::EndAttempt { id, .. } => Some(*id),
-    }
-}
-
-/// A write that did not apply and may have met a row locked elsewhere: a claim told the
-/// job is held elsewhere, a heartbeat or completion that matched no row.
-fn maybe_skipped(op: &WriteOp, outcome: &WriteOutcome) -> Option<Uuid> {
-    match (op, outcome) {
-        (WriteOp::Claim { id, .. }, WriteOutcome::Claim(ClaimOutcome::HeldElsewhere))
-        | (WriteOp::Touch { id, .. }, WriteOutcome::Applied(false))
-        | (WriteOp::EndAttempt { id, .. }, WriteOutcome::Applied(false)) => Some(*id),
-        _ => None,
-    }
-}
-
-/// Applies a batch so that a row locked by another session fails only the writes that
-/// touch it (`RowBusy`, retryable): the batched statements skip locked rows
-/// (`FOR UPDATE SKIP LOCKED`), the rare single-row ends are checked before, and the
-/// writes that did not apply are checked after — an extra statement only when needed.
-async fn apply_all(
-    conn: &mut diesel_async::AsyncPgConnection,
-    ops: &[WriteOp],
-) -> Result<Vec<Result<WriteOutcome, DbError>>, diesel::result::Error> {
-    let precheck: Vec<Uuid> = ops.iter().filter_map(precheck_row).collect();
-    let (_, busy_before) = reports::lock_rows(conn, &precheck).await?;
     let mut outcomes: Vec<Option<Result<WriteOutcome, DbError>>> =
         ops.iter().map(|_| None).collect();
-    let mut runnable: Vec<(usize, &WriteOp)> = Vec::with_capacity(ops.len());
-    for (i, op) in ops.iter().enumerate() {
-        if precheck_row(op).is_some_and(|id| busy_before.contains(&id)) {
-            outcomes[i] = Some(Err(DbError::RowBusy));
-        } else {
-            runnable.push((i, op));
-        }
-    }
-    let applied = apply_unlocked(conn, &runnable).await?;
-    let unapplied: Vec<(usize, Uuid)> = applied
-        .iter()
-        .filter_map(|(i, outcome)| Some((*i, maybe_skipped(&ops[*i], outcome)?)))
-        .collect();
-    for (i, outcome) in applied {
-        outcomes[i] = Some(Ok(outcome));
-    }
-    if !unapplied.is_empty() {
-        let ids: Vec<Uuid> = unapplied.iter().map(|(_, id)| *id).collect();
-        let (_, busy) = reports::lock_rows(conn, &ids).await?;
-        for (i, id) in unapplied {
-            if busy.contains(&id) {
-                outcomes[i] = Some(Err(DbError::RowBusy));
+    let mut pending: Vec<usize> = (0..ops.len()).collect();
+    for _ in 0..LOCK_ROUNDS {
+        let these: Vec<&WriteOp> = pending.iter().map(|i| &ops[*i]).collect();
+        let together = conn
+            .transaction::<_, diesel::result::Error, _>(async |tx| apply_all(tx, &these).await)
+            .await;
+        match together {
+            Ok(results) => {
+                for (i, outcome) in pending.drain(..).zip(results) {
+                    outcomes[i] = Some(Ok(outcome));
+                }
+                break;
+            }
+            Err(error) if db::is_lock_timeout(&error) => {
+                let ids: Vec<Uuid> = these.iter().flat_map(|op| rows_of(op)).collect();
+                let busy = match reports::lock_rows(&mut conn, &ids).await {
+                    Ok((_, busy)) if !busy.is_empty() => busy,
+                    _ => break,
+                };
+                tracing::warn!(
+                    rows = busy.len(),
+                    "rows locked by another session; their writes wait, the rest go on"
+                );
+                pending.retain(|i| {
+                    let touches_busy = rows_of(&ops[*i]).iter().any(|id| busy.contains(id));
+                    if touches_busy {
+                        outcomes[*i] = Some(Err(DbError::RowBusy));
+                    }
+                    !touches_busy
+                });
+            }
+            Err(error) if pending.len() == 1 => {
+                outcomes[pending[0]] = Some(Err(DbError::Query(error)));
+                pending.clear();
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(%error, size = pending.len(), "batched write failed; retrying the writes one by one");
+                break;
             }
         }
     }
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or(Err(DbError::WriterGone)))
-        .collect())
+    for i in pending {
+        let single = [&ops[i]];
+        let result = conn
+            .transaction::<_, diesel::result::Error, _>(async |tx| apply_all(tx, &single).await)
+            .await
+            .map_err(DbError::Query)
+            .and_then(|mut results| results.pop().ok_or(DbError::WriterGone));
+        outcomes[i] = Some(result);
+    }
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        let _ = reply.send(outcome.unwrap_or(Err(DbError::WriterGone)));
+    }
+}
+
+/// The rows a write changes (inserts change none that exist yet).
+fn rows_of(op: &WriteOp) -> Vec<Uuid> {
+    match op {
+        WriteOp::Insert(_) => Vec::new(),
+        WriteOp::Claim { id, .. } | WriteOp::Touch { id, .. } | WriteOp::EndAttempt { id, .. } => {
+            vec![*id]
+        }
+        WriteOp::MarkEnqueued(ids) => ids.clone(),
+    }
 }
 
 /// Applies writes with as few statements as the kinds of write in it: all inserts in
@@ -379,10 +354,11 @@ async fn apply_all(
 /// enqueue marks in one each; the rarer writes one by one. Grouping by kind is safe
 /// because the writes of one batch arrived concurrently (a sender waits for each answer
 /// before its next write), so any order of them is a valid one.
-async fn apply_unlocked(
+async fn apply_all(
     conn: &mut diesel_async::AsyncPgConnection,
-    ops: &[(usize, &WriteOp)],
-) -> Result<Vec<(usize, WriteOutcome)>, diesel::result::Error> {
+    writes: &[&WriteOp],
+) -> Result<Vec<WriteOutcome>, diesel::result::Error> {
+    let ops: Vec<(usize, &WriteOp)> = writes.iter().copied().enumerate().collect();
     let mut outcomes: Vec<(usize, WriteOutcome)> = Vec::with_capacity(ops.len());
 
     let inserts: Vec<(usize, &NewReport)> = ops
@@ -476,7 +452,7 @@ async fn apply_unlocked(
         }
     }
 
-    for (i, op) in ops {
+    for (i, op) in &ops {
         let outcome = match op {
             WriteOp::EndAttempt {
                 end: AttemptEnd::Completed { .. },
@@ -492,7 +468,9 @@ async fn apply_unlocked(
         };
         outcomes.push((*i, outcome));
     }
-    Ok(outcomes)
+    // Every write got exactly one outcome above; put them back in the writes' order.
+    outcomes.sort_by_key(|(i, _)| *i);
+    Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect())
 }
 
 /// Sends one write and waits for its commit; the mailbox bound applies (back-pressure).
@@ -595,42 +573,27 @@ mod tests {
     }
 
     #[test]
-    fn only_single_row_ends_are_checked_for_locks_before_the_batch() {
+    fn every_write_but_an_insert_names_the_rows_it_may_wait_for() {
         let id = Uuid::new_v4();
-        let requeue = WriteOp::EndAttempt {
-            id,
-            attempt: 1,
-            end: AttemptEnd::Requeued {
-                error: "boom".into(),
-            },
-        };
-        assert_eq!(precheck_row(&requeue), Some(id));
-        let complete = WriteOp::EndAttempt {
-            id,
-            attempt: 1,
-            end: AttemptEnd::Completed { report_url: None },
-        };
-        assert_eq!(precheck_row(&complete), None);
-        assert_eq!(precheck_row(&WriteOp::Touch { id, attempt: 1 }), None);
-        assert_eq!(precheck_row(&WriteOp::MarkEnqueued(vec![id])), None);
-    }
-
-    #[test]
-    fn writes_that_did_not_apply_are_checked_for_a_lock_afterwards() {
-        let id = Uuid::new_v4();
-        let touch = WriteOp::Touch { id, attempt: 1 };
-        assert_eq!(
-            maybe_skipped(&touch, &WriteOutcome::Applied(false)),
-            Some(id)
-        );
-        assert_eq!(maybe_skipped(&touch, &WriteOutcome::Applied(true)), None);
+        let other = Uuid::new_v4();
+        assert_eq!(rows_of(&WriteOp::Touch { id, attempt: 1 }), vec![id]);
         let claim = WriteOp::Claim {
             id,
             stale_after_s: 40,
         };
-        let held = WriteOutcome::Claim(ClaimOutcome::HeldElsewhere);
-        assert_eq!(maybe_skipped(&claim, &held), Some(id));
-        let gone = WriteOutcome::Claim(ClaimOutcome::NotFound);
-        assert_eq!(maybe_skipped(&claim, &gone), None);
+        assert_eq!(rows_of(&claim), vec![id]);
+        assert_eq!(
+            rows_of(&WriteOp::MarkEnqueued(vec![id, other])),
+            vec![id, other]
+        );
+        let row = NewReport {
+            id,
+            payload: serde_json::json!({}),
+            status: "in-queue".into(),
+            idempotency_key: None,
+            request_hash: None,
+            user_id: None,
+        };
+        assert!(rows_of(&WriteOp::Insert(row)).is_empty());
     }
 }

@@ -115,6 +115,13 @@ fn is_transient_message(message: &str) -> bool {
     TRANSIENT.iter().any(|t| message.contains(t))
 }
 
+/// Whether a statement was cancelled by `lock_timeout`: it met a row locked by another
+/// session (SQLSTATE 55P03; diesel passes only the message on).
+pub fn is_lock_timeout(error: &diesel::result::Error) -> bool {
+    matches!(error, diesel::result::Error::DatabaseError(_, info)
+        if info.message().contains("canceling statement due to lock timeout"))
+}
+
 /// Builds the StatusActor's own small pool: its connections run with
 /// `statement_timeout` and `lock_timeout`, and neither the generators nor the API's
 /// reads can take them, so the single writer is never starved or wedged behind them.

@@ -129,7 +129,6 @@ pub async fn claim_many(
            enqueued_at = COALESCE(enqueued_at, now()) \
          WHERE id = ANY($1) AND (status = 'in-queue' OR \
            (status = 'in-progress' AND updated_at < now() - $2::float8 * interval '1 second')) \
-           AND id IN (SELECT id FROM report_queue WHERE id = ANY($1) FOR UPDATE SKIP LOCKED) \
          RETURNING id, attempts, failures, payload, created_at",
     )
     .bind::<Array<SqlUuid>, _>(ids)
@@ -198,12 +197,10 @@ struct IdRow {
     id: Uuid,
 }
 
-/// Of `ids`, the rows this transaction could lock at once (`FOR UPDATE SKIP LOCKED`),
-/// and the rows that exist but are locked by another session. The batched writes skip
-/// rows locked elsewhere in their own statement; this tells the StatusActor which of
-/// the writes that did not apply met such a row, so a row held elsewhere (an operator's
-/// `SELECT … FOR UPDATE`, a long transaction) stalls the writes that touch it and no
-/// other.
+/// Of `ids`, the rows that could be locked at once (`FOR UPDATE SKIP LOCKED`), and the
+/// rows that exist but are locked by another session. After a batch hit its lock
+/// timeout, this tells the StatusActor which writes met a row held elsewhere (an
+/// operator's `SELECT … FOR UPDATE`, a long transaction), so only those wait.
 pub async fn lock_rows(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
@@ -253,7 +250,6 @@ pub async fn touch_many(
         "UPDATE report_queue r SET updated_at = now() \
          FROM unnest($1, $2) AS v(id, attempt) \
          WHERE r.id = v.id AND r.status = 'in-progress' AND r.attempts = v.attempt \
-           AND r.id IN (SELECT id FROM report_queue WHERE id = ANY($1) FOR UPDATE SKIP LOCKED) \
          RETURNING r.id",
     )
     .bind::<Array<SqlUuid>, _>(&ids)
@@ -286,7 +282,6 @@ pub async fn complete_many(
            finished_at = now(), updated_at = now() \
          FROM unnest($1, $2, $3) AS v(id, attempt, url) \
          WHERE r.id = v.id AND r.status = 'in-progress' AND r.attempts = v.attempt \
-           AND r.id IN (SELECT id FROM report_queue WHERE id = ANY($1) FOR UPDATE SKIP LOCKED) \
          RETURNING r.id, r.attempts",
     )
     .bind::<Array<SqlUuid>, _>(&ids)
@@ -396,9 +391,6 @@ pub async fn mark_enqueued(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryR
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    // A plain update: the rows were inserted moments ago and nobody else locks them but
-    // for an instant; the writer's `lock_timeout` is the backstop. (The submit path is
-    // the writer's busiest; it gets no extra locking work.)
     diesel::update(rq::report_queue.filter(rq::id.eq_any(ids)))
         .filter(rq::enqueued_at.is_null())
         .set(rq::enqueued_at.eq(now))
