@@ -573,7 +573,10 @@ async fn retry_resends_a_stranded_in_progress_report_and_refuses_a_live_one() {
 
     let (status, body) = post(&app, &format!("/reports/{stranded}/retry"), json!(null)).await;
     assert_eq!(status, 202, "{body}");
-    assert_eq!(body["status"], "in-queue", "an operator's retry starts over: {body}");
+    assert_eq!(
+        body["status"], "in-queue",
+        "an operator's retry starts over: {body}"
+    );
     assert_eq!(send_generation(&database_url, stranded).await, 1);
     let messages = app
         .queue

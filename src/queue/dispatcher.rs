@@ -44,8 +44,9 @@ pub const UNSENT_AFTER: Duration = Duration::from_secs(10);
 const PASS_EVERY: Duration = Duration::from_secs(1);
 /// Longest pause between passes while SQS or the database fail.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How often each process looks into the DLQ: SQS's redrive is a rare safety net, and
-/// every look hides a few DLQ messages from listings for a moment.
+/// How often each process looks for stranded rows and into the DLQ: SQS's redrive is a
+/// rare safety net, every look hides a few DLQ messages from listings for a moment, and
+/// a row is stranded only after minutes.
 pub const DLQ_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// Rows one pass handles per rule, so that a pass stays short.
 const PASS_LIMIT: i64 = 500;
@@ -224,20 +225,20 @@ impl Dispatcher {
     }
 
     /// Runs the reconciler until the process stops: a pass every second while all is
-    /// well, backing off to 30 s while SQS or the database fail; the DLQ watcher at most
-    /// every [`DLQ_CHECK_EVERY`].
+    /// well, backing off to 30 s while SQS or the database fail; the stranded-row checks
+    /// and the DLQ watcher at most every [`DLQ_CHECK_EVERY`].
     pub async fn sweep_forever(self, pool: DbPool) {
         let mut delay = PASS_EVERY;
-        let mut next_dlq_check = Instant::now();
+        let mut next_slow_checks = Instant::now();
         loop {
             tokio::time::sleep(delay).await;
-            let check_dlq = Instant::now() >= next_dlq_check;
-            let result = self.sweep_once(&pool, check_dlq).await;
+            let slow_checks = Instant::now() >= next_slow_checks;
+            let result = self.sweep_once(&pool, slow_checks).await;
             delay = next_delay(delay, result.is_err());
             match result {
                 Ok(report) => {
-                    if report.ran && check_dlq {
-                        next_dlq_check = Instant::now() + DLQ_CHECK_EVERY;
+                    if report.ran && slow_checks {
+                        next_slow_checks = Instant::now() + DLQ_CHECK_EVERY;
                     }
                     if !report.is_quiet() {
                         tracing::info!(?report, "reconciler pass");
@@ -254,13 +255,13 @@ impl Dispatcher {
     pub async fn sweep_once(
         &self,
         pool: &DbPool,
-        check_dlq: bool,
+        slow_checks: bool,
     ) -> Result<PassReport, ReconcileError> {
         let mut conn = db::connection(pool).await?;
         if !reconcile::try_lock_pass(&mut conn).await? {
             return Ok(PassReport::default());
         }
-        let result = self.locked_pass(&mut conn, check_dlq).await;
+        let result = self.locked_pass(&mut conn, slow_checks).await;
         unlock(conn).await;
         result
     }
@@ -268,15 +269,17 @@ impl Dispatcher {
     async fn locked_pass(
         &self,
         conn: &mut AsyncPgConnection,
-        check_dlq: bool,
+        slow_checks: bool,
     ) -> Result<PassReport, ReconcileError> {
         let mut report = PassReport {
             ran: true,
             ..PassReport::default()
         };
-        report.stranded_in_progress = self.restrand_in_progress(conn).await?;
-        report.stranded_in_queue = self.restrand_in_queue(conn).await?;
-        if check_dlq {
+        if slow_checks {
+            // Stranded rows are minutes old before they count, and their scans have no
+            // index of their own (it would cost every claim): every 30 s is soon enough.
+            report.stranded_in_progress = self.restrand_in_progress(conn).await?;
+            report.stranded_in_queue = self.restrand_in_queue(conn).await?;
             report.dead_letters = self.watch_dlq(conn).await;
         }
         let (sent, failures) = self.send_unsent(conn).await?;
