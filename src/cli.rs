@@ -147,7 +147,7 @@ async fn run_dlq(command: DlqCommand, settings: &Settings) -> anyhow::Result<()>
                 (1..=10_000).contains(&limit),
                 "--limit must be in 1..=10000"
             );
-            let entries = queue::dlq::list(&sqs, &pool, limit).await?;
+            let entries = crate::dlq::list(&sqs, &pool, limit).await?;
             println!("{}", serde_json::to_string_pretty(&entries)?);
         }
         DlqCommand::Redrive { ids, all } => {
@@ -156,7 +156,7 @@ async fn run_dlq(command: DlqCommand, settings: &Settings) -> anyhow::Result<()>
                 "name messages with --id ID (repeatable) or use --all"
             );
             let report =
-                queue::dlq::redrive(&sqs, &pool, &queue::dlq::Selection { ids, all }).await?;
+                crate::dlq::redrive(&sqs, &pool, &crate::dlq::Selection { ids, all }).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         DlqCommand::Purge { yes } => {
@@ -164,7 +164,7 @@ async fn run_dlq(command: DlqCommand, settings: &Settings) -> anyhow::Result<()>
                 yes,
                 "purge deletes every DLQ message for good: add --yes to confirm"
             );
-            queue::dlq::purge(&sqs).await?;
+            crate::dlq::purge(&sqs).await?;
             println!("purged {}", sqs.dlq_url);
         }
     }

@@ -2,10 +2,13 @@
 //!
 //! - [`config`]: typed settings from `config.toml` + `REPORTD_*` env vars.
 //! - [`db`]: PostgreSQL pool, migrations and the `report_queue` queries.
-//! - [`queue`]: the SQS client, provisioning, batched calls and the dispatcher that
-//!   sends accepted reports.
+//! - [`queue`]: the SQS adapter: client, provisioning, limits, batched calls.
 //! - [`actors`]: `StatusActor` (the single DB writer), `PollerActor` and the
-//!   `ReportWorker` pool (the consumer).
+//!   `ReportWorker` pool (the consumer), and the fate rules the workers apply.
+//! - [`outbox`]: the dispatcher that sends accepted reports after their commit, and the
+//!   reconciler that keeps every unfinished report's message alive.
+//! - [`dlq`]: dead-letter operations for the API and the CLI (list, redrive, discard,
+//!   purge) and the DLQ watcher.
 //! - [`report`]: the `ReportGenerator` extension point and the built-in CSV generator.
 //! - [`api`]: the actix-web HTTP API, one module per resource.
 //! - [`startup`]: wires it all together and runs until a shutdown signal.
@@ -18,7 +21,9 @@ pub mod batcher;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod dlq;
 pub mod metrics;
+pub mod outbox;
 pub mod queue;
 pub mod report;
 pub mod startup;

@@ -16,8 +16,8 @@ use actix_web::{middleware, web, App, HttpServer};
 use tokio::sync::watch;
 
 use crate::actors::fate;
-use crate::actors::messages::{GetPollerStats, StopPolling};
 use crate::actors::poller::PollerActor;
+use crate::actors::poller::{GetPollerStats, StopPolling};
 use crate::actors::registry::{ActorRegistry, StormLimit};
 use crate::actors::status::{StatusActor, StatusProbe};
 use crate::actors::worker::{ReportWorker, WorkerDeps};
@@ -25,7 +25,7 @@ use crate::api::{self, AppState, QueueDepths};
 use crate::config::{Role, Settings};
 use crate::db::{self, DbError, DbGate, DbPool};
 use crate::metrics::Metrics;
-use crate::queue::dispatcher::{Dispatcher, Timings};
+use crate::outbox::{Dispatcher, Timings};
 use crate::queue::provision::{ensure_queues, EnsureReport};
 use crate::queue::{self, QueueError, SqsBatchers, SqsQueue};
 use crate::report::{CsvReportGenerator, ReportGenerator, SimulatedGenerator};

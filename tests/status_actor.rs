@@ -5,9 +5,8 @@ mod common;
 use std::time::Duration;
 
 use actix::Actor;
-use reportd::actors::messages::{WriteOp, WriteOutcome};
 use reportd::actors::registry::{ActorRegistry, StormLimit};
-use reportd::actors::status::{write, StatusActor, StatusProbe};
+use reportd::actors::status::{write, StatusActor, StatusProbe, WriteOp, WriteOutcome};
 use reportd::metrics::Metrics;
 
 #[actix_web::test]

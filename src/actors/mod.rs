@@ -1,11 +1,10 @@
-//! The actors of one reportd process, one module each, and the messages between them.
+//! The actors of one reportd process, one module each with the messages it handles.
 //!
 //! - [`status::StatusActor`]: the single, batching writer to `report_queue`.
 //! - [`poller::PollerActor`]: long-polls SQS for as many messages as there are idle workers.
 //! - [`worker::ReportWorker`]: runs one job (or one FIFO group) at a time.
 
 pub mod fate;
-pub mod messages;
 pub mod poller;
 pub mod registry;
 pub mod status;

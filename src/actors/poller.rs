@@ -10,13 +10,42 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::messages::{GetPollerStats, PollerStats, RunJobs, StopPolling, WorkerIdle};
 use super::registry::ActorSlot;
-use super::worker::ReportWorker;
+use super::worker::{ReportWorker, RunJobs, WorkerIdle};
 use crate::config::SqsSettings;
 use crate::db::DbGate;
 use crate::metrics::Metrics;
-use crate::queue::{ReceivedMessage, SqsBatchers, SqsQueue};
+use crate::queue::{limits, ReceivedMessage, SqsBatchers, SqsQueue};
+
+// The poller's messages.
+
+/// Stops the poller's receives (shutdown).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct StopPolling;
+
+/// Figures of the poller for the health endpoint.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PollerStats {
+    pub idle_workers: usize,
+    pub busy_workers: usize,
+    pub polling: bool,
+    pub stopped: bool,
+    pub consecutive_errors: u32,
+    pub last_error: Option<String>,
+    /// Seconds since the last receive returned successfully.
+    pub last_receive_age_s: Option<f64>,
+    /// Seconds since the poll loop last ran.
+    pub last_tick_age_s: Option<f64>,
+    pub received: u64,
+    /// Receives are paused because the database is away.
+    pub waiting_for_database: bool,
+}
+
+/// Asks the poller for its figures.
+#[derive(Message)]
+#[rtype(result = "PollerStats")]
+pub struct GetPollerStats;
 
 /// Most receives out at once (each for up to 10 messages).
 const MAX_RECEIVES_IN_FLIGHT: usize = 3;
@@ -74,7 +103,7 @@ impl PollerActor {
             batchers,
             workers: Vec::new(),
             idle: Vec::new(),
-            receive_batch: settings.receive_batch.clamp(1, 10) as usize,
+            receive_batch: (settings.receive_batch as usize).clamp(1, limits::MAX_BATCH),
             wait_time_s: settings.wait_time_s as i32,
             fifo: settings.fifo,
             receives_in_flight: 0,

@@ -29,7 +29,6 @@ use diesel_async::AsyncConnection;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use super::messages::{StatusStats, Write, WriteOp, WriteOutcome};
 use super::registry::ActorSlot;
 use crate::db::models::NewReport;
 use crate::db::reports::{AttemptEnd, ClaimOutcome};
@@ -37,6 +36,67 @@ use crate::db::{self, reports, DbError, DbPool};
 use crate::metrics::Metrics;
 
 type Reply = oneshot::Sender<Result<WriteOutcome, DbError>>;
+
+// The StatusActor's messages.
+
+/// A write for the StatusActor.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Insert an accepted report (skipped if its idempotency key exists).
+    Insert(NewReport),
+    /// Claim a job for a new attempt.
+    Claim { id: Uuid, stale_after_s: i64 },
+    /// A running attempt's heartbeat.
+    Touch { id: Uuid, attempt: i32 },
+    /// End an attempt (compare-and-set on the attempt number).
+    EndAttempt {
+        id: Uuid,
+        attempt: i32,
+        end: AttemptEnd,
+    },
+    /// SQS accepted these reports' messages.
+    MarkEnqueued(Vec<Uuid>),
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOutcome {
+    /// Insert: whether the row was new.
+    Inserted(bool),
+    /// Claim's outcome.
+    Claim(ClaimOutcome),
+    /// Conditional update: whether the row matched.
+    Applied(bool),
+    /// Rows changed.
+    Count(usize),
+}
+
+/// Asks the StatusActor to commit one write; answered after the commit, or `Expired`
+/// (never applied) when it is still queued at `deadline`.
+#[derive(Message)]
+#[rtype(result = "Result<WriteOutcome, DbError>")]
+pub struct Write {
+    pub op: WriteOp,
+    pub deadline: std::time::Instant,
+}
+
+/// Figures the StatusActor reports to the health endpoint.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StatusStats {
+    pub pending: usize,
+    pub flushes: u64,
+    pub last_batch_size: usize,
+    pub last_flush_ms: f64,
+    /// Seconds the running flush has taken so far (None when idle).
+    pub flush_running_s: Option<f64>,
+    /// Seconds since the last flush finished.
+    pub last_flush_age_s: Option<f64>,
+}
+
+/// Asks the StatusActor for its figures (also proves its mailbox moves).
+#[derive(Message)]
+#[rtype(result = "StatusStats")]
+pub struct GetStatusStats;
 
 /// How long a write may wait for its flush before it is answered `Expired` unapplied.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(30);
@@ -245,14 +305,10 @@ impl Handler<Write> for StatusActor {
     }
 }
 
-impl Handler<super::messages::GetStatusStats> for StatusActor {
-    type Result = MessageResult<super::messages::GetStatusStats>;
+impl Handler<GetStatusStats> for StatusActor {
+    type Result = MessageResult<GetStatusStats>;
 
-    fn handle(
-        &mut self,
-        _: super::messages::GetStatusStats,
-        _: &mut Self::Context,
-    ) -> Self::Result {
+    fn handle(&mut self, _: GetStatusStats, _: &mut Self::Context) -> Self::Result {
         let mut stats = self.probe.stats();
         stats.pending = self.pending.len();
         MessageResult(stats)

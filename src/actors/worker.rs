@@ -15,17 +15,35 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::fate::{self, AttemptResult, ClaimDecision, ClaimSeen, Decision, Group, MessageAction};
-use super::messages::{Ping, RunJobs, WorkerIdle};
 use super::registry::ActorSlot;
 use super::status::{self, StatusActor};
 use crate::db::reports::{AttemptEnd, ClaimOutcome};
 use crate::db::{DbError, DbGate};
 use crate::metrics::Metrics;
-use crate::queue::{OutgoingMessage, ReceivedMessage, SqsBatchers, SqsQueue};
+use crate::queue::{limits, OutgoingMessage, ReceivedMessage, SqsBatchers, SqsQueue};
 use crate::report::{GeneratorError, JobContext, ReportGenerator};
 
-/// SQS refuses to keep a message invisible for more than 12 h after its receipt.
-const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
+// A worker's messages: the poller hands it work (`RunJobs`), health pings it, and it
+// tells the poller when it is free (`WorkerIdle`, handled by the poller).
+
+/// Hands a worker the messages it must run, in order (several only for one FIFO group).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct RunJobs {
+    pub messages: Vec<ReceivedMessage>,
+}
+
+/// A worker tells the poller it has finished its messages and is free.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct WorkerIdle {
+    pub worker: usize,
+}
+
+/// Asks a worker whether its mailbox moves (health); answered with nothing.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;
 
 /// What every worker of a process shares.
 pub struct WorkerDeps {
@@ -692,7 +710,7 @@ async fn keep_messages_invisible(
     let seconds = i32::try_from(visibility_timeout_s).unwrap_or(i32::MAX);
     loop {
         tokio::time::sleep(beat).await;
-        if received.elapsed() + vt >= MAX_INVISIBLE {
+        if received.elapsed() + vt >= limits::MAX_INVISIBLE {
             // SQS refuses; the message comes back and its claim sees the live row.
             continue;
         }

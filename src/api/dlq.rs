@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::queue::dlq::{self, DlqError, Selection};
+use crate::dlq::{self, DlqError, Selection};
 
 /// Most messages `GET /dlq` lists.
 const MAX_LIMIT: i64 = 1000;

@@ -12,8 +12,10 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use super::AppState;
-use crate::actors::messages::{GetPollerStats, GetStatusStats, Ping, PollerStats, StatusStats};
+use crate::actors::poller::{GetPollerStats, PollerStats};
 use crate::actors::registry::ActorView;
+use crate::actors::status::{GetStatusStats, StatusStats};
+use crate::actors::worker::Ping;
 
 /// How long an actor gets to answer before it counts as stuck.
 const ACTOR_TIMEOUT: Duration = Duration::from_secs(1);

@@ -23,7 +23,7 @@ use crate::actors::worker::ReportWorker;
 use crate::config::Settings;
 use crate::db::DbPool;
 use crate::metrics::Metrics;
-use crate::queue::dispatcher::Dispatcher;
+use crate::outbox::Dispatcher;
 use crate::queue::SqsQueue;
 use error::ApiError;
 

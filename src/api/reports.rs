@@ -14,7 +14,7 @@ use crate::actors::status;
 use crate::db::models::{JobStatus, NewReport, ReportRecord};
 use crate::db::reconcile::{self, retry_verdict, RetryVerdict};
 use crate::db::{self, reports};
-use crate::queue::dispatcher::Timings;
+use crate::outbox::Timings;
 use crate::report::{report_path, ReportPayload};
 
 /// Longest accepted `Idempotency-Key`.

@@ -1,8 +1,9 @@
-//! SQS: the client, queue provisioning, and the few calls reportd makes (batched where
-//! SQS allows it, because calls per message is what limits throughput).
+//! The SQS adapter: the client, queue provisioning, SQS's limits, and every call reportd
+//! makes (batched where SQS allows it, because calls per message is what limits
+//! throughput), each counted in the metrics. It knows nothing of reports, rows or actors:
+//! the dispatcher ([`crate::outbox`]) and the DLQ operations ([`crate::dlq`]) sit on it.
 
-pub mod dispatcher;
-pub mod dlq;
+pub mod limits;
 pub mod provision;
 
 use std::sync::Arc;
@@ -98,9 +99,6 @@ pub async fn build_client(settings: &SqsSettings) -> Client {
     Client::new(&loader.load().await)
 }
 
-/// Longest `DelaySeconds` SQS accepts on a message.
-pub const MAX_DELAY_S: i32 = 900;
-
 /// A received message, with what the consumer needs to act on it.
 #[derive(Debug, Clone)]
 pub struct ReceivedMessage {
@@ -112,6 +110,47 @@ pub struct ReceivedMessage {
     /// FIFO message group, if any.
     pub group_id: Option<String>,
 }
+
+/// A message of the dead-letter queue, as the DLQ tools see it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub receipt_handle: String,
+    pub body: String,
+    /// Why reportd put it there (`reportd_poison_reason`), if reportd did.
+    pub poison_reason: Option<String>,
+    /// When the message (or reportd's copy) was sent.
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// FIFO message group, if any.
+    pub group_id: Option<String>,
+}
+
+impl DeadLetter {
+    fn from_sdk(message: aws_sdk_sqs::types::Message) -> Option<Self> {
+        let attributes = message.attributes.unwrap_or_default();
+        let poison_reason = message
+            .message_attributes
+            .as_ref()
+            .and_then(|a| a.get(POISON_REASON_ATTRIBUTE))
+            .and_then(|v| v.string_value.clone());
+        Some(Self {
+            message_id: message.message_id?,
+            receipt_handle: message.receipt_handle?,
+            body: message.body.unwrap_or_default(),
+            poison_reason,
+            sent_at: attributes
+                .get(&MessageSystemAttributeName::SentTimestamp)
+                .and_then(|ms| ms.parse::<i64>().ok())
+                .and_then(chrono::DateTime::from_timestamp_millis),
+            group_id: attributes
+                .get(&MessageSystemAttributeName::MessageGroupId)
+                .cloned(),
+        })
+    }
+}
+
+/// The message attribute that carries why reportd dead-lettered a message.
+pub const POISON_REASON_ATTRIBUTE: &str = "reportd_poison_reason";
 
 /// A message to send: the report id, its FIFO group (the user id), and its FIFO
 /// deduplication id.
@@ -203,7 +242,9 @@ impl SqsQueue {
         }
     }
 
-    /// The underlying client.
+    /// The underlying client, for tests that set up queue states reportd itself never
+    /// makes (a message sent straight to the DLQ, a poison body). reportd's own calls all
+    /// go through the methods here, so each is counted in `reportd_sqs_calls_total`.
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -220,7 +261,7 @@ impl SqsQueue {
                     .message_group_id(message.group_id.clone().unwrap_or_else(|| "default".into()))
                     .message_deduplication_id(message.dedup_id.clone());
             } else if message.delay_s > 0 {
-                entry = entry.delay_seconds(message.delay_s.min(MAX_DELAY_S));
+                entry = entry.delay_seconds(message.delay_s.min(limits::MAX_DELAY_S));
             }
             let entry = entry.build().map_err(|e| QueueError::Call {
                 operation: "SendMessageBatch",
@@ -240,6 +281,82 @@ impl SqsQueue {
         Ok(accepted)
     }
 
+    /// Receives up to `max` (≤ 10) messages of the dead-letter queue, hiding them for
+    /// `hold_s` seconds, with what the DLQ tools show (poison reason, send time, group).
+    pub async fn receive_dead_letters(
+        &self,
+        max: i32,
+        wait_time_s: i32,
+        hold_s: i32,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(&self.dlq_url)
+            .max_number_of_messages(max.clamp(1, limits::MAX_BATCH as i32))
+            .wait_time_seconds(wait_time_s)
+            .visibility_timeout(hold_s)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .send()
+            .await;
+        self.count("ReceiveMessage", &output);
+        let output = output.map_err(|e| QueueError::call("ReceiveMessage", e))?;
+        Ok(output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(DeadLetter::from_sdk)
+            .collect())
+    }
+
+    /// Sends raw bodies (up to 10) to the main queue, each on a FIFO queue with its group
+    /// and a fresh deduplication id; returns the indexes SQS accepted.
+    pub async fn send_bodies(
+        &self,
+        bodies: &[(String, Option<String>)],
+    ) -> Result<Vec<usize>, QueueError> {
+        let mut request = self.client.send_message_batch().queue_url(&self.queue_url);
+        for (index, (body, group)) in bodies.iter().enumerate() {
+            // SQS refuses an empty body; a poison message may have had one.
+            let body = if body.is_empty() { " " } else { body.as_str() };
+            let mut entry = SendMessageBatchRequestEntry::builder()
+                .id(format!("b{index}"))
+                .message_body(body);
+            if self.fifo {
+                entry = entry
+                    .message_group_id(group.clone().unwrap_or_else(|| "redrive".into()))
+                    .message_deduplication_id(format!("redrive-{}", Uuid::new_v4().simple()));
+            }
+            request = request.entries(entry.build().map_err(|e| QueueError::Call {
+                operation: "SendMessageBatch",
+                message: e.to_string(),
+            })?);
+        }
+        let output = request.send().await;
+        self.count("SendMessageBatch", &output);
+        let output = output.map_err(|e| QueueError::call("SendMessageBatch", e))?;
+        Ok(output
+            .successful()
+            .iter()
+            .filter_map(|ok| ok.id().strip_prefix('b')?.parse::<usize>().ok())
+            .collect())
+    }
+
+    /// Empties the dead-letter queue.
+    pub async fn purge_dlq(&self) -> Result<(), QueueError> {
+        let output = self
+            .client
+            .purge_queue()
+            .queue_url(&self.dlq_url)
+            .send()
+            .await;
+        self.count("PurgeQueue", &output);
+        output.map_err(|e| QueueError::call("PurgeQueue", e))?;
+        Ok(())
+    }
+
     /// Long-polls for up to `max` messages.
     pub async fn receive(
         &self,
@@ -251,7 +368,7 @@ impl SqsQueue {
             .client
             .receive_message()
             .queue_url(&self.queue_url)
-            .max_number_of_messages(max.clamp(1, 10))
+            .max_number_of_messages(max.clamp(1, limits::MAX_BATCH as i32))
             .wait_time_seconds(wait_time_s)
             .set_visibility_timeout(visibility_timeout_s)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
@@ -430,7 +547,7 @@ impl SqsQueue {
             } else {
                 message.body.as_str()
             })
-            .message_attributes("reportd_poison_reason", attribute(reason)?)
+            .message_attributes(POISON_REASON_ATTRIBUTE, attribute(reason)?)
             .message_attributes(
                 "reportd_original_message_id",
                 attribute(&message.message_id)?,
@@ -440,10 +557,9 @@ impl SqsQueue {
                 .message_group_id(message.group_id.clone().unwrap_or_else(|| "poison".into()))
                 .message_deduplication_id(message.message_id.clone());
         }
-        request
-            .send()
-            .await
-            .map_err(|e| QueueError::call("SendMessage", e))?;
+        let output = request.send().await;
+        self.count("SendMessage", &output);
+        output.map_err(|e| QueueError::call("SendMessage", e))?;
         Ok(())
     }
 

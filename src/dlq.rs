@@ -10,16 +10,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{OutgoingMessage, QueueError, SqsQueue};
 use crate::db::models::JobStatus;
 use crate::db::reconcile::{self, Resent, RowFate};
 use crate::db::{self, reports, DbError, DbPool};
+use crate::queue::{limits, DeadLetter, OutgoingMessage, QueueError, SqsQueue};
 
 /// How long listed messages stay hidden while reportd looks at them.
 const HOLD_S: i32 = 30;
@@ -102,60 +101,32 @@ async fn receive_held(
         if held.len() >= limit {
             break;
         }
-        let want = (limit - held.len()).min(10) as i32;
-        let output = queue
-            .client()
-            .receive_message()
-            .queue_url(&queue.dlq_url)
-            .max_number_of_messages(want)
-            .wait_time_seconds(wait_s)
-            .visibility_timeout(hold_s)
-            .message_attribute_names("All")
-            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .send()
-            .await
-            .map_err(|e| QueueError::call("ReceiveMessage", e))?;
-        let messages = output.messages.unwrap_or_default();
+        let want = (limit - held.len()).min(limits::MAX_BATCH) as i32;
+        let messages = queue.receive_dead_letters(want, wait_s, hold_s).await?;
         if messages.is_empty() {
             break;
         }
-        held.extend(messages.into_iter().filter_map(held_message));
+        held.extend(messages.into_iter().map(held_message));
     }
     Ok(held)
 }
 
-fn held_message(message: aws_sdk_sqs::types::Message) -> Option<Held> {
-    let message_id = message.message_id?;
-    let receipt_handle = message.receipt_handle?;
-    let body = message.body.unwrap_or_default();
-    let attributes = message.attributes.unwrap_or_default();
-    let poison_reason = message
-        .message_attributes
-        .as_ref()
-        .and_then(|a| a.get("reportd_poison_reason"))
-        .and_then(|v| v.string_value.clone());
-    let sent_at = attributes
-        .get(&MessageSystemAttributeName::SentTimestamp)
-        .and_then(|ms| ms.parse::<i64>().ok())
-        .and_then(DateTime::from_timestamp_millis);
-    Some(Held {
+fn held_message(message: DeadLetter) -> Held {
+    Held {
         entry: DlqEntry {
-            message_id,
-            report_id: report_id_in(&body),
+            message_id: message.message_id,
+            report_id: report_id_in(&message.body),
             report_status: None,
             attempts: None,
             last_error: None,
-            poison_reason,
-            sent_at,
-            body: body.chars().take(256).collect(),
+            poison_reason: message.poison_reason,
+            sent_at: message.sent_at,
+            body: message.body.chars().take(256).collect(),
         },
-        receipt_handle,
-        group_id: attributes
-            .get(&MessageSystemAttributeName::MessageGroupId)
-            .cloned(),
-        full_body: body,
-    })
+        receipt_handle: message.receipt_handle,
+        group_id: message.group_id,
+        full_body: message.body,
+    }
 }
 
 /// Receives up to `limit` DLQ messages for [`HOLD_S`] seconds, with their reports.
@@ -321,37 +292,15 @@ pub async fn redrive(
 /// group and a new deduplication id), then deletes them; returns their message ids.
 async fn copy_back(queue: &SqsQueue, poison: &[Held]) -> Result<Vec<String>, DlqError> {
     let mut moved = Vec::new();
-    for chunk in poison.chunks(10) {
-        let mut request = queue
-            .client()
-            .send_message_batch()
-            .queue_url(&queue.queue_url);
-        for (index, h) in chunk.iter().enumerate() {
-            let mut entry = SendMessageBatchRequestEntry::builder()
-                .id(format!("r{index}"))
-                .message_body(if h.full_body.is_empty() {
-                    " ".to_string()
-                } else {
-                    h.full_body.clone()
-                });
-            if queue.fifo {
-                entry = entry
-                    .message_group_id(h.group_id.clone().unwrap_or_else(|| "redrive".into()))
-                    .message_deduplication_id(format!("redrive-{}", Uuid::new_v4().simple()));
-            }
-            request = request.entries(entry.build().map_err(|e| QueueError::Call {
-                operation: "SendMessageBatch",
-                message: e.to_string(),
-            })?);
-        }
-        let output = request
-            .send()
-            .await
-            .map_err(|e| QueueError::call("SendMessageBatch", e))?;
-        let sent: Vec<&Held> = output
-            .successful()
+    for chunk in poison.chunks(limits::MAX_BATCH) {
+        let bodies: Vec<(String, Option<String>)> = chunk
             .iter()
-            .filter_map(|ok| ok.id().strip_prefix('r')?.parse::<usize>().ok())
+            .map(|h| (h.full_body.clone(), h.group_id.clone()))
+            .collect();
+        let sent: Vec<&Held> = queue
+            .send_bodies(&bodies)
+            .await?
+            .into_iter()
             .filter_map(|i| chunk.get(i))
             .collect();
         delete_held(queue, sent.iter().copied()).await?;
@@ -463,13 +412,7 @@ pub async fn discard(queue: &SqsQueue, pool: &DbPool, message_id: &str) -> Resul
 
 /// Empties the DLQ.
 pub async fn purge(queue: &SqsQueue) -> Result<(), DlqError> {
-    queue
-        .client()
-        .purge_queue()
-        .queue_url(&queue.dlq_url)
-        .send()
-        .await
-        .map_err(|e| QueueError::call("PurgeQueue", e))?;
+    queue.purge_dlq().await?;
     tracing::warn!(dlq = %queue.dlq_url, "DLQ purged by an operator");
     Ok(())
 }
@@ -779,7 +722,7 @@ mod tests {
     #[test]
     fn a_body_names_a_report_only_as_id_uuid() {
         let id = Uuid::new_v4();
-        assert_eq!(report_id_in(&super::super::message_body(id)), Some(id));
+        assert_eq!(report_id_in(&crate::queue::message_body(id)), Some(id));
         assert_eq!(report_id_in("not json"), None);
         assert_eq!(report_id_in("{\"id\":\"nope\"}"), None);
         assert_eq!(report_id_in("{\"x\":1}"), None);

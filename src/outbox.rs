@@ -31,12 +31,12 @@ use actix::Addr;
 use diesel_async::AsyncPgConnection;
 use uuid::Uuid;
 
-use super::dlq::{self, DlqError, WatchReport};
-use super::{OutgoingMessage, SqsBatchers, SqsQueue};
 use crate::actors::status::{self, StatusActor};
 use crate::config::Settings;
 use crate::db::reconcile::{self, Seen};
 use crate::db::{self, DbError, DbPool, PooledConnection};
+use crate::dlq::{self, DlqError, WatchReport};
+use crate::queue::{OutgoingMessage, SqsBatchers, SqsQueue};
 
 /// Rows untouched for less than this are the fast path's (or a retry's) business.
 pub const UNSENT_AFTER: Duration = Duration::from_secs(10);
