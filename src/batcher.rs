@@ -8,6 +8,17 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+/// How a batcher groups requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatcherConfig {
+    /// Most items per call.
+    pub max_batch: usize,
+    /// Most calls running at once; while they run, the next batch gathers.
+    pub max_in_flight: usize,
+    /// Requests that may wait; beyond it callers wait (or `try_submit` refuses).
+    pub capacity: usize,
+}
+
 /// A handle to a running batcher; cheap to clone.
 pub struct Batcher<T, R> {
     tx: mpsc::Sender<(T, oneshot::Sender<R>)>,
@@ -26,11 +37,16 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// `max_batch` items and must return one result per item, in order; at most
     /// `max_in_flight` calls run at once. The request channel is bounded, so callers
     /// wait when `capacity` requests are queued.
-    pub fn spawn<F, Fut>(max_batch: usize, max_in_flight: usize, capacity: usize, call: F) -> Self
+    pub fn spawn<F, Fut>(config: BatcherConfig, call: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<R>> + Send + 'static,
     {
+        let BatcherConfig {
+            max_batch,
+            max_in_flight,
+            capacity,
+        } = config;
         let (tx, mut rx) = mpsc::channel::<(T, oneshot::Sender<R>)>(capacity);
         let call = Arc::new(call);
         let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
@@ -76,5 +92,63 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((item, reply)).await.ok()?;
         answer.await.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A batcher whose calls take 100 ms and record the size of each batch.
+    fn recording(max_batch: usize, max_in_flight: usize) -> (Batcher<u32, u32>, Arc<Mutex<Vec<usize>>>) {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let config = BatcherConfig {
+            max_batch,
+            max_in_flight,
+            capacity: 1024,
+        };
+        let batcher = Batcher::spawn(config, move |items: Vec<u32>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().map(|mut s| s.push(items.len())).ok();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                items.into_iter().map(|i| i * 2).collect()
+            }
+        });
+        (batcher, sizes)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_request_goes_out_at_once_and_gets_its_own_answer() {
+        let (batcher, sizes) = recording(10, 1);
+        let started = tokio::time::Instant::now();
+        assert_eq!(batcher.submit(21).await, Some(42));
+        assert_eq!(started.elapsed(), Duration::from_millis(100), "no waiting for company");
+        assert_eq!(*sizes.lock().unwrap(), vec![1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_arriving_during_a_call_form_the_next_batch_capped_at_max_batch() {
+        let (batcher, sizes) = recording(10, 1);
+        let answers = futures_util::future::join_all((0..25).map(|i| batcher.submit(i))).await;
+        assert_eq!(answers, (0..25).map(|i| Some(i * 2)).collect::<Vec<_>>());
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 25);
+        assert!(sizes.iter().all(|s| *s <= 10), "{sizes:?}");
+        assert!(sizes.len() <= 4, "requests were grouped: {sizes:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_submit_keeps_the_order_of_the_calls() {
+        let (batcher, _) = recording(3, 1);
+        let receivers: Vec<_> = (0..7).filter_map(|i| batcher.try_submit(i)).collect();
+        let mut answers = Vec::new();
+        for receiver in receivers {
+            answers.push(receiver.await.ok());
+        }
+        assert_eq!(answers, (0..7).map(|i| Some(i * 2)).collect::<Vec<_>>());
     }
 }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::db::models::JobStatus;
 use crate::db::reconcile::{self, Resent, RowFate};
 use crate::db::{self, reports, DbError, DbPool};
-use crate::queue::{limits, DeadLetter, OutgoingMessage, QueueError, SqsQueue};
+use crate::queue::{limits, DeadLetter, JobMessage, OutgoingMessage, QueueError, SqsQueue};
 
 /// How long listed messages stay hidden while reportd looks at them.
 const HOLD_S: i32 = 30;
@@ -84,8 +84,7 @@ struct Held {
 
 /// The report id in a body of the form `{"id": "<uuid>"}`.
 fn report_id_in(body: &str) -> Option<Uuid> {
-    let value = serde_json::from_str::<serde_json::Value>(body).ok()?;
-    Uuid::parse_str(value.get("id")?.as_str()?).ok()
+    JobMessage::parse(body).ok().map(|job| job.id)
 }
 
 /// Receives up to `limit` DLQ messages, hiding them for `hold_s` seconds. The last

@@ -20,7 +20,9 @@ use super::status::{self, StatusActor};
 use crate::db::reports::{AttemptEnd, ClaimOutcome};
 use crate::db::{DbError, DbGate};
 use crate::metrics::Metrics;
-use crate::queue::{limits, OutgoingMessage, ReceivedMessage, SqsBatchers, SqsQueue};
+use crate::queue::{
+    limits, JobMessage, OutgoingMessage, ReceivedMessage, SqsBatchers, SqsQueue,
+};
 use crate::report::{GeneratorError, JobContext, ReportGenerator};
 
 // A worker's messages: the poller hands it work (`RunJobs`), health pings it, and it
@@ -209,11 +211,6 @@ impl Outcome {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Body {
-    id: Uuid,
-}
-
 /// Processes one message from start to end. Never panics; every failure is logged and
 /// left where a person can see it (the row's `last_error`, the DLQ).
 async fn process_message(
@@ -230,10 +227,9 @@ async fn process_message(
         attempt = tracing::field::Empty,
     );
     async move {
-        let id = match serde_json::from_str::<Body>(&message.body) {
-            Ok(body) => body.id,
-            Err(e) => {
-                let reason = format!("body is not {{\"id\": \"<uuid>\"}}: {e}");
+        let id = match JobMessage::parse(&message.body) {
+            Ok(job) => job.id,
+            Err(reason) => {
                 let action = MessageAction::DeadLetter { reason };
                 carry_out(deps, keepalive, message, None, action).await;
                 return Outcome {

@@ -8,7 +8,7 @@ pub mod provision;
 
 use std::sync::Arc;
 
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, BatcherConfig};
 use crate::metrics::Metrics;
 
 use std::collections::HashMap;
@@ -211,9 +211,29 @@ impl std::fmt::Debug for SqsQueue {
     }
 }
 
-/// The body every message carries, exactly as the original design had it.
+/// The wire format of a job message, owned here and nowhere else: `{"id":"<uuid>"}`,
+/// exactly as the original design had it. Only the id travels; the job lives in its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobMessage {
+    pub id: Uuid,
+}
+
+impl JobMessage {
+    /// The message body.
+    pub fn body(self) -> String {
+        format!("{{\"id\":\"{}\"}}", self.id)
+    }
+
+    /// Reads a body; the error says what is wrong with it (a poison message's reason).
+    pub fn parse(body: &str) -> Result<Self, String> {
+        serde_json::from_str::<Self>(body)
+            .map_err(|e| format!("body is not {{\"id\": \"<uuid>\"}}: {e}"))
+    }
+}
+
+/// The body of a report's message (see [`JobMessage`]).
 pub fn message_body(report_id: Uuid) -> String {
-    format!("{{\"id\":\"{report_id}\"}}")
+    JobMessage { id: report_id }.body()
 }
 
 impl SqsQueue {
@@ -622,6 +642,14 @@ pub async fn queue_url(client: &Client, name: &str) -> Result<String, QueueError
     }
 }
 
+/// Deletes and visibility changes: off the latency path of any client, so two calls in
+/// flight are enough for batches to fill.
+const OFF_PATH: BatcherConfig = BatcherConfig {
+    max_batch: limits::MAX_BATCH,
+    max_in_flight: 2,
+    capacity: 4096,
+};
+
 /// Batched SQS calls shared by every worker and the dispatcher of one process.
 #[derive(Clone)]
 pub struct SqsBatchers {
@@ -643,7 +671,7 @@ impl SqsBatchers {
     /// eight, since a report waits for its send before a worker can start it.
     pub fn spawn(queue: &SqsQueue) -> Self {
         let q = queue.clone();
-        let delete = Batcher::spawn(10, 2, 4096, move |handles: Vec<String>| {
+        let delete = Batcher::spawn(OFF_PATH, move |handles: Vec<String>| {
             let q = q.clone();
             async move {
                 match q.delete_batch(&handles).await {
@@ -659,18 +687,21 @@ impl SqsBatchers {
             }
         });
         let q = queue.clone();
-        let visibility = Batcher::spawn(10, 2, 4096, move |entries: Vec<(String, i32)>| {
+        let visibility = Batcher::spawn(OFF_PATH, move |entries: Vec<(String, i32)>| {
             let q = q.clone();
             async move { q.change_visibility_batch(&entries).await }
         });
         let q = queue.clone();
         // A FIFO queue keeps a group's order only if its sends do not overtake each other.
         let send_in_flight = if queue.fifo { 1 } else { 8 };
-        let send = Batcher::spawn(
-            10,
-            send_in_flight,
+        let sends = BatcherConfig {
+            max_batch: limits::MAX_BATCH,
+            max_in_flight: send_in_flight,
             // Room for a burst of accepted reports; beyond it the reconciler sends them.
-            65_536,
+            capacity: 65_536,
+        };
+        let send = Batcher::spawn(
+            sends,
             move |messages: Vec<OutgoingMessage>| {
                 let q = q.clone();
                 async move {
@@ -735,5 +766,35 @@ impl SqsBatchers {
                 operation: "SendMessageBatch",
                 message,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_message_round_trips_through_its_wire_body() {
+        let id = Uuid::new_v4();
+        let body = message_body(id);
+        assert_eq!(body, format!("{{\"id\":\"{id}\"}}"));
+        assert_eq!(JobMessage::parse(&body), Ok(JobMessage { id }));
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_job_message_says_why() {
+        for body in ["not json", "{\"x\":1}", "{\"id\":\"nope\"}", ""] {
+            let reason = JobMessage::parse(body).expect_err(body);
+            assert!(reason.starts_with("body is not"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn sends_keep_their_deduplication_generation_and_renewals_never_collide() {
+        let id = Uuid::new_v4();
+        assert_eq!(OutgoingMessage::for_report(id, Some(7), 3).dedup_id, format!("{id}-3"));
+        let a = OutgoingMessage::renewal(id, None, 0);
+        let b = OutgoingMessage::renewal(id, None, 0);
+        assert_ne!(a.dedup_id, b.dedup_id);
     }
 }
