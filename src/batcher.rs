@@ -102,7 +102,10 @@ mod tests {
     use std::time::Duration;
 
     /// A batcher whose calls take 100 ms and record the size of each batch.
-    fn recording(max_batch: usize, max_in_flight: usize) -> (Batcher<u32, u32>, Arc<Mutex<Vec<usize>>>) {
+    fn recording(
+        max_batch: usize,
+        max_in_flight: usize,
+    ) -> (Batcher<u32, u32>, Arc<Mutex<Vec<usize>>>) {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let seen = sizes.clone();
         let config = BatcherConfig {
@@ -126,7 +129,11 @@ mod tests {
         let (batcher, sizes) = recording(10, 1);
         let started = tokio::time::Instant::now();
         assert_eq!(batcher.submit(21).await, Some(42));
-        assert_eq!(started.elapsed(), Duration::from_millis(100), "no waiting for company");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(100),
+            "no waiting for company"
+        );
         assert_eq!(*sizes.lock().unwrap(), vec![1]);
     }
 

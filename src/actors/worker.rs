@@ -20,9 +20,7 @@ use super::status::{self, StatusActor};
 use crate::db::reports::{AttemptEnd, ClaimOutcome};
 use crate::db::{DbError, DbGate};
 use crate::metrics::Metrics;
-use crate::queue::{
-    limits, JobMessage, OutgoingMessage, ReceivedMessage, SqsBatchers, SqsQueue,
-};
+use crate::queue::{limits, JobMessage, OutgoingMessage, ReceivedMessage, SqsBatchers, SqsQueue};
 use crate::report::{GeneratorError, JobContext, ReportGenerator};
 
 // A worker's messages: the poller hands it work (`RunJobs`), health pings it, and it

@@ -700,27 +700,24 @@ impl SqsBatchers {
             // Room for a burst of accepted reports; beyond it the reconciler sends them.
             capacity: 65_536,
         };
-        let send = Batcher::spawn(
-            sends,
-            move |messages: Vec<OutgoingMessage>| {
-                let q = q.clone();
-                async move {
-                    match q.send_batch(&messages).await {
-                        Ok(accepted) => messages
-                            .iter()
-                            .map(|m| {
-                                if accepted.contains(&m.report_id) {
-                                    Ok(())
-                                } else {
-                                    Err("SQS rejected the message".to_string())
-                                }
-                            })
-                            .collect(),
-                        Err(e) => messages.iter().map(|_| Err(e.to_string())).collect(),
-                    }
+        let send = Batcher::spawn(sends, move |messages: Vec<OutgoingMessage>| {
+            let q = q.clone();
+            async move {
+                match q.send_batch(&messages).await {
+                    Ok(accepted) => messages
+                        .iter()
+                        .map(|m| {
+                            if accepted.contains(&m.report_id) {
+                                Ok(())
+                            } else {
+                                Err("SQS rejected the message".to_string())
+                            }
+                        })
+                        .collect(),
+                    Err(e) => messages.iter().map(|_| Err(e.to_string())).collect(),
                 }
-            },
-        );
+            }
+        });
         Self {
             delete,
             visibility,
@@ -792,7 +789,10 @@ mod tests {
     #[test]
     fn sends_keep_their_deduplication_generation_and_renewals_never_collide() {
         let id = Uuid::new_v4();
-        assert_eq!(OutgoingMessage::for_report(id, Some(7), 3).dedup_id, format!("{id}-3"));
+        assert_eq!(
+            OutgoingMessage::for_report(id, Some(7), 3).dedup_id,
+            format!("{id}-3")
+        );
         let a = OutgoingMessage::renewal(id, None, 0);
         let b = OutgoingMessage::renewal(id, None, 0);
         assert_ne!(a.dedup_id, b.dedup_id);
