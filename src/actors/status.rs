@@ -405,128 +405,165 @@ fn rows_of(op: &WriteOp) -> Vec<Uuid> {
     }
 }
 
+/// A batch's writes sorted by kind, each with its position in the batch. The one
+/// exhaustive `match` over [`WriteOp`]: a new kind of write does not compile until it
+/// has a place here.
+#[derive(Default)]
+struct ByKind<'a> {
+    inserts: Vec<(usize, &'a NewReport)>,
+    marks: Vec<(usize, &'a [Uuid])>,
+    claims: Vec<(usize, Uuid, i64)>,
+    touches: Vec<(usize, (Uuid, i32))>,
+    completions: Vec<(usize, reports::Completion)>,
+    /// The rarer ends (retry, failure, release), one statement each.
+    ends: Vec<(usize, Uuid, i32, &'a AttemptEnd)>,
+}
+
+impl<'a> ByKind<'a> {
+    fn sort(writes: &[&'a WriteOp]) -> Self {
+        let mut kinds = Self::default();
+        for (i, op) in writes.iter().copied().enumerate() {
+            match op {
+                WriteOp::Insert(row) => kinds.inserts.push((i, row)),
+                WriteOp::MarkEnqueued(ids) => kinds.marks.push((i, ids)),
+                WriteOp::Claim { id, stale_after_s } => kinds.claims.push((i, *id, *stale_after_s)),
+                WriteOp::Touch { id, attempt } => kinds.touches.push((i, (*id, *attempt))),
+                WriteOp::EndAttempt {
+                    id,
+                    attempt,
+                    end: AttemptEnd::Completed { report_url },
+                } => kinds
+                    .completions
+                    .push((i, (*id, *attempt, report_url.clone()))),
+                WriteOp::EndAttempt { id, attempt, end } => {
+                    kinds.ends.push((i, *id, *attempt, end))
+                }
+            }
+        }
+        kinds
+    }
+}
+
+/// What each write of a batch did, by position.
+type Outcomes = Vec<Option<WriteOutcome>>;
+
 /// Applies writes with as few statements as the kinds of write in it: all inserts in
 /// one, all claims in one (per stale-after value), all completions, heartbeats and
-/// enqueue marks in one each; the rarer writes one by one. Grouping by kind is safe
+/// enqueue marks in one each; the rarer ends one by one. Grouping by kind is safe
 /// because the writes of one batch arrived concurrently (a sender waits for each answer
 /// before its next write), so any order of them is a valid one.
 async fn apply_all(
     conn: &mut diesel_async::AsyncPgConnection,
     writes: &[&WriteOp],
 ) -> Result<Vec<WriteOutcome>, diesel::result::Error> {
-    let ops: Vec<(usize, &WriteOp)> = writes.iter().copied().enumerate().collect();
-    let mut outcomes: Vec<(usize, WriteOutcome)> = Vec::with_capacity(ops.len());
-
-    let inserts: Vec<(usize, &NewReport)> = ops
-        .iter()
-        .filter_map(|(i, op)| match op {
-            WriteOp::Insert(row) => Some((*i, row)),
-            _ => None,
-        })
-        .collect();
-    if !inserts.is_empty() {
-        let rows: Vec<&NewReport> = inserts.iter().map(|(_, row)| *row).collect();
-        let inserted: HashSet<Uuid> = reports::insert_many(conn, &rows)
-            .await?
-            .into_iter()
-            .collect();
-        for (i, row) in &inserts {
-            outcomes.push((*i, WriteOutcome::Inserted(inserted.contains(&row.id))));
-        }
+    let kinds = ByKind::sort(writes);
+    let mut outcomes: Outcomes = vec![None; writes.len()];
+    apply_inserts(conn, &kinds.inserts, &mut outcomes).await?;
+    apply_marks(conn, &kinds.marks, &mut outcomes).await?;
+    apply_claims(conn, kinds.claims, &mut outcomes).await?;
+    apply_touches(conn, &kinds.touches, &mut outcomes).await?;
+    apply_completions(conn, &kinds.completions, &mut outcomes).await?;
+    for (i, id, attempt, end) in kinds.ends {
+        let applied = reports::end_attempt(conn, id, attempt, end).await?;
+        outcomes[i] = Some(WriteOutcome::Applied(applied));
     }
+    // `ByKind::sort` gave every write exactly one kind, so every write has an outcome.
+    outcomes
+        .into_iter()
+        .map(|o| o.ok_or(diesel::result::Error::NotFound))
+        .collect()
+}
 
-    let marks: Vec<(usize, &Vec<Uuid>)> = ops
-        .iter()
-        .filter_map(|(i, op)| match op {
-            WriteOp::MarkEnqueued(ids) => Some((*i, ids)),
-            _ => None,
-        })
-        .collect();
-    if !marks.is_empty() {
-        let all: Vec<Uuid> = marks
-            .iter()
-            .flat_map(|(_, ids)| ids.iter().copied())
-            .collect();
-        let changed: HashSet<Uuid> = reports::mark_enqueued(conn, &all)
-            .await?
-            .into_iter()
-            .collect();
-        for (i, ids) in &marks {
-            let count = ids.iter().filter(|id| changed.contains(id)).count();
-            outcomes.push((*i, WriteOutcome::Count(count)));
-        }
+async fn apply_inserts(
+    conn: &mut diesel_async::AsyncPgConnection,
+    inserts: &[(usize, &NewReport)],
+    outcomes: &mut Outcomes,
+) -> Result<(), diesel::result::Error> {
+    if inserts.is_empty() {
+        return Ok(());
     }
-
-    let mut claims: Vec<(usize, Uuid, i64)> = ops
-        .iter()
-        .filter_map(|(i, op)| match op {
-            WriteOp::Claim { id, stale_after_s } => Some((*i, *id, *stale_after_s)),
-            _ => None,
-        })
+    let rows: Vec<&NewReport> = inserts.iter().map(|(_, row)| *row).collect();
+    let inserted: HashSet<Uuid> = reports::insert_many(conn, &rows)
+        .await?
+        .into_iter()
         .collect();
+    for (i, row) in inserts {
+        outcomes[*i] = Some(WriteOutcome::Inserted(inserted.contains(&row.id)));
+    }
+    Ok(())
+}
+
+async fn apply_marks(
+    conn: &mut diesel_async::AsyncPgConnection,
+    marks: &[(usize, &[Uuid])],
+    outcomes: &mut Outcomes,
+) -> Result<(), diesel::result::Error> {
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let all: Vec<Uuid> = marks
+        .iter()
+        .flat_map(|(_, ids)| ids.iter().copied())
+        .collect();
+    let changed: HashSet<Uuid> = reports::mark_enqueued(conn, &all)
+        .await?
+        .into_iter()
+        .collect();
+    for (i, ids) in marks {
+        let count = ids.iter().filter(|id| changed.contains(id)).count();
+        outcomes[*i] = Some(WriteOutcome::Count(count));
+    }
+    Ok(())
+}
+
+async fn apply_claims(
+    conn: &mut diesel_async::AsyncPgConnection,
+    mut claims: Vec<(usize, Uuid, i64)>,
+    outcomes: &mut Outcomes,
+) -> Result<(), diesel::result::Error> {
+    // One statement per stale-after value (in practice one: the queue's).
     claims.sort_by_key(|(i, _, stale)| (*stale, *i));
     for group in claims.chunk_by(|a, b| a.2 == b.2) {
         let ids: Vec<Uuid> = group.iter().map(|(_, id, _)| *id).collect();
         let results = reports::claim_many(conn, &ids, group[0].2).await?;
         for ((i, _, _), result) in group.iter().zip(results) {
-            outcomes.push((*i, WriteOutcome::Claim(result)));
+            outcomes[*i] = Some(WriteOutcome::Claim(result));
         }
     }
+    Ok(())
+}
 
-    let touches: Vec<(usize, (Uuid, i32))> = ops
-        .iter()
-        .filter_map(|(i, op)| match op {
-            WriteOp::Touch { id, attempt } => Some((*i, (*id, *attempt))),
-            _ => None,
-        })
-        .collect();
-    if !touches.is_empty() {
-        let items: Vec<(Uuid, i32)> = touches.iter().map(|(_, item)| *item).collect();
-        let results = reports::touch_many(conn, &items).await?;
-        for ((i, _), applied) in touches.iter().zip(results) {
-            outcomes.push((*i, WriteOutcome::Applied(applied)));
-        }
+async fn apply_touches(
+    conn: &mut diesel_async::AsyncPgConnection,
+    touches: &[(usize, (Uuid, i32))],
+    outcomes: &mut Outcomes,
+) -> Result<(), diesel::result::Error> {
+    if touches.is_empty() {
+        return Ok(());
     }
+    let items: Vec<(Uuid, i32)> = touches.iter().map(|(_, item)| *item).collect();
+    let results = reports::touch_many(conn, &items).await?;
+    for ((i, _), applied) in touches.iter().zip(results) {
+        outcomes[*i] = Some(WriteOutcome::Applied(applied));
+    }
+    Ok(())
+}
 
-    let completions: Vec<(usize, reports::Completion)> = ops
-        .iter()
-        .filter_map(|(i, op)| match op {
-            WriteOp::EndAttempt {
-                id,
-                attempt,
-                end: AttemptEnd::Completed { report_url },
-            } => Some((*i, (*id, *attempt, report_url.clone()))),
-            _ => None,
-        })
-        .collect();
-    if !completions.is_empty() {
-        let items: Vec<reports::Completion> =
-            completions.iter().map(|(_, item)| item.clone()).collect();
-        let results = reports::complete_many(conn, &items).await?;
-        for ((i, _), applied) in completions.iter().zip(results) {
-            outcomes.push((*i, WriteOutcome::Applied(applied)));
-        }
+async fn apply_completions(
+    conn: &mut diesel_async::AsyncPgConnection,
+    completions: &[(usize, reports::Completion)],
+    outcomes: &mut Outcomes,
+) -> Result<(), diesel::result::Error> {
+    if completions.is_empty() {
+        return Ok(());
     }
-
-    for (i, op) in &ops {
-        let outcome = match op {
-            WriteOp::EndAttempt {
-                end: AttemptEnd::Completed { .. },
-                ..
-            }
-            | WriteOp::Insert(_)
-            | WriteOp::MarkEnqueued(_)
-            | WriteOp::Claim { .. }
-            | WriteOp::Touch { .. } => continue,
-            WriteOp::EndAttempt { id, attempt, end } => {
-                WriteOutcome::Applied(reports::end_attempt(conn, *id, *attempt, end).await?)
-            }
-        };
-        outcomes.push((*i, outcome));
+    let items: Vec<reports::Completion> =
+        completions.iter().map(|(_, item)| item.clone()).collect();
+    let results = reports::complete_many(conn, &items).await?;
+    for ((i, _), applied) in completions.iter().zip(results) {
+        outcomes[*i] = Some(WriteOutcome::Applied(applied));
     }
-    // Every write got exactly one outcome above; put them back in the writes' order.
-    outcomes.sort_by_key(|(i, _)| *i);
-    Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect())
+    Ok(())
 }
 
 /// Sends one write and waits for its commit; the mailbox bound applies (back-pressure).
@@ -626,6 +663,37 @@ mod tests {
             7,
             "the mailbox pause waiting on flush 7 ends"
         );
+    }
+
+    #[test]
+    fn every_write_of_a_batch_is_sorted_into_exactly_one_kind() {
+        let id = Uuid::new_v4();
+        let end = |end| WriteOp::EndAttempt {
+            id,
+            attempt: 1,
+            end,
+        };
+        let writes = [
+            WriteOp::Touch { id, attempt: 1 },
+            end(AttemptEnd::Completed { report_url: None }),
+            end(AttemptEnd::Released { note: None }),
+            WriteOp::Claim {
+                id,
+                stale_after_s: 40,
+            },
+            WriteOp::MarkEnqueued(vec![id]),
+            end(AttemptEnd::Requeued { error: "x".into() }),
+        ];
+        let refs: Vec<&WriteOp> = writes.iter().collect();
+        let kinds = ByKind::sort(&refs);
+        assert_eq!(kinds.touches.len(), 1);
+        assert_eq!(kinds.completions.len(), 1);
+        assert_eq!(kinds.claims.len(), 1);
+        assert_eq!(kinds.marks.len(), 1);
+        assert_eq!(kinds.inserts.len(), 0);
+        let mut ends: Vec<usize> = kinds.ends.iter().map(|e| e.0).collect();
+        ends.sort();
+        assert_eq!(ends, vec![2, 5], "positions are kept");
     }
 
     #[test]
