@@ -89,140 +89,35 @@ impl Application {
         let settings = Arc::new(settings);
         prepare_database(&settings).await?;
         let pool = db::build_pool(&settings.database.url, settings.database.pool_size)?;
-
-        let client = queue::build_client(&settings.sqs).await;
-        let queues = if settings.sqs.create_queues {
-            let report = ensure_queues(&client, &settings.sqs).await?;
-            tracing::info!("{}", report.to_string().trim_end());
-            Some(report)
-        } else {
-            None
-        };
         let metrics = Metrics::new();
-        let registry = ActorRegistry::new(
-            StormLimit {
-                max_restarts: settings.supervisor.max_restarts,
-                window: Duration::from_secs(settings.supervisor.window_s),
-            },
-            metrics.clone(),
-        );
-        let sqs = SqsQueue::connect(client, &settings.sqs)
-            .await?
-            .with_metrics(metrics.clone());
+        let (sqs, queues) = connect_queues(&settings, &metrics).await?;
+        let registry = ActorRegistry::new(storm_limit(&settings), metrics.clone());
         let batchers = SqsBatchers::spawn(&sqs);
         let depths = QueueDepths::default();
         actix::spawn(depths.clone().refresh_forever(sqs.clone(), metrics.clone()));
-
-        let status_pool = db::build_writer_pool(
-            &settings.database.url,
-            settings.database.statement_timeout_ms,
-            settings.database.lock_timeout_ms,
-        )?;
-        let status_metrics = metrics.clone();
-        let status_slot = registry.register("status", "StatusActor");
-        let status_probe = StatusProbe::default();
-        let probe = status_probe.clone();
-        let status = Supervisor::start(move |_| {
-            StatusActor::new(status_pool, status_metrics, status_slot, probe)
-        });
-
-        let dispatcher = if settings.has_role(Role::Api) {
-            let dispatcher = Dispatcher::new(
-                batchers.clone(),
-                status.clone(),
-                sqs.clone(),
-                Timings::from_settings(&settings),
-            );
+        let (status, status_probe) = start_writer(&settings, &metrics, &registry)?;
+        let dispatcher = settings.has_role(Role::Api).then(|| {
+            let timings = Timings::from_settings(&settings);
+            let dispatcher =
+                Dispatcher::new(batchers.clone(), status.clone(), sqs.clone(), timings);
             actix::spawn(dispatcher.clone().sweep_forever(pool.clone()));
-            Some(dispatcher)
-        } else {
-            None
-        };
-
+            dispatcher
+        });
         let (abort, abort_rx) = watch::channel(false);
-        let db_gate = DbGate::new(pool.clone());
-        let poller = if settings.has_role(Role::Worker) {
-            let base: Arc<dyn ReportGenerator> = match generator {
-                Some(custom) => custom,
-                None => Arc::new(CsvReportGenerator::new(
-                    pool.clone(),
-                    settings.report.output_dir.clone(),
-                    settings.server.public_url.clone(),
-                )),
+        let (poller, workers) = if settings.has_role(Role::Worker) {
+            let parts = ConsumerParts {
+                settings: &settings,
+                pool: &pool,
+                sqs: &sqs,
+                batchers: &batchers,
+                status: &status,
+                metrics: &metrics,
+                registry: &registry,
             };
-            let generator: Arc<dyn ReportGenerator> = if settings.simulate.is_active() {
-                Arc::new(SimulatedGenerator::new(base, settings.simulate.clone()))
-            } else {
-                base
-            };
-            let deps = Arc::new(WorkerDeps {
-                status: status.clone(),
-                queue: sqs.clone(),
-                batchers: batchers.clone(),
-                generator,
-                limits: fate::Limits {
-                    max_attempts: settings.jobs.max_attempts,
-                    max_receive_count: settings.sqs.max_receive_count,
-                    visibility_timeout_s: settings.sqs.visibility_timeout_s,
-                    fifo: settings.sqs.fifo,
-                    retry: settings.retry.clone(),
-                },
-                abort: abort_rx,
-                metrics: metrics.clone(),
-                db_gate: db_gate.clone(),
-            });
-            let count = settings.workers.count;
-            let sqs_settings = settings.sqs.clone();
-            let poller_queue = sqs.clone();
-            let poller_batchers = batchers.clone();
-            let poller_metrics = metrics.clone();
-            let poller_slot = registry.register("poller", "PollerActor");
-            let worker_registry = registry.clone();
-            let started_workers = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let worker_list = started_workers.clone();
-            let poller = Supervisor::start(move |ctx: &mut Context<PollerActor>| {
-                let mut poller = PollerActor::new(
-                    poller_queue,
-                    poller_batchers,
-                    &sqs_settings,
-                    poller_metrics,
-                    poller_slot,
-                    db_gate,
-                );
-                let me = ctx.address();
-                let workers: Vec<Addr<ReportWorker>> = (0..count)
-                    .map(|index| {
-                        let deps = deps.clone();
-                        let idle = me.clone().recipient();
-                        let slot =
-                            worker_registry.register(format!("worker-{index}"), "ReportWorker");
-                        Supervisor::start(move |_| ReportWorker::new(index, deps, idle, slot))
-                    })
-                    .collect();
-                if let Ok(mut list) = worker_list.lock() {
-                    *list = workers.clone();
-                }
-                poller.set_workers(workers);
-                poller
-            });
-            let workers = started_workers
-                .lock()
-                .map(|w| w.clone())
-                .unwrap_or_default();
-            Some((poller, workers))
+            let (poller, workers) = start_consumer(parts, generator, abort_rx);
+            (Some(poller), workers)
         } else {
-            None
-        };
-
-        let listener =
-            TcpListener::bind(&settings.server.bind).map_err(|source| StartupError::Bind {
-                bind: settings.server.bind.clone(),
-                source,
-            })?;
-        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-        let (poller, workers) = match poller {
-            Some((poller, workers)) => (Some(poller), workers),
-            None => (None, Vec::new()),
+            (None, Vec::new())
         };
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -232,29 +127,12 @@ impl Application {
             poller: poller.clone(),
             workers,
             queue: sqs,
-            metrics: metrics.clone(),
+            metrics,
             registry,
             depths,
             status_probe,
         });
-        let serve_api = settings.has_role(Role::Api);
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .wrap(middleware::from_fn(api::authenticate))
-                .wrap(middleware::from_fn(api::record_http_metrics))
-                .configure(|cfg| api::configure(cfg, serve_api))
-                .default_service(web::to(api::not_found))
-        })
-        .listen(listener)
-        .map_err(|source| StartupError::Bind {
-            bind: settings.server.bind.clone(),
-            source,
-        })?
-        .workers(2)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .run();
+        let (server, port) = start_http(&settings, state)?;
         tracing::info!(port, roles = ?settings.server.roles, "reportd listening");
         Ok(Self {
             port,
@@ -310,6 +188,176 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Creates or checks the queues as the config asks, and connects to both.
+async fn connect_queues(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+) -> Result<(SqsQueue, Option<EnsureReport>), StartupError> {
+    let client = queue::build_client(&settings.sqs).await;
+    let queues = if settings.sqs.create_queues {
+        let report = ensure_queues(&client, &settings.sqs).await?;
+        tracing::info!("{}", report.to_string().trim_end());
+        Some(report)
+    } else {
+        None
+    };
+    let sqs = SqsQueue::connect(client, &settings.sqs)
+        .await?
+        .with_metrics(metrics.clone());
+    Ok((sqs, queues))
+}
+
+fn storm_limit(settings: &Settings) -> StormLimit {
+    StormLimit {
+        max_restarts: settings.supervisor.max_restarts,
+        window: Duration::from_secs(settings.supervisor.window_s),
+    }
+}
+
+/// Starts the StatusActor, supervised, on a connection pool of its own.
+fn start_writer(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    registry: &ActorRegistry,
+) -> Result<(Addr<StatusActor>, StatusProbe), StartupError> {
+    let pool = db::build_writer_pool(
+        &settings.database.url,
+        settings.database.statement_timeout_ms,
+        settings.database.lock_timeout_ms,
+    )?;
+    let metrics = metrics.clone();
+    let slot = registry.register("status", "StatusActor");
+    let probe = StatusProbe::default();
+    let actor_probe = probe.clone();
+    let status = Supervisor::start(move |_| StatusActor::new(pool, metrics, slot, actor_probe));
+    Ok((status, probe))
+}
+
+/// What the consumer half is built from.
+struct ConsumerParts<'a> {
+    settings: &'a Settings,
+    pool: &'a DbPool,
+    sqs: &'a SqsQueue,
+    batchers: &'a SqsBatchers,
+    status: &'a Addr<StatusActor>,
+    metrics: &'a Arc<Metrics>,
+    registry: &'a ActorRegistry,
+}
+
+/// The built-in CSV generator unless the caller brought one, wrapped by `[simulate]`.
+fn choose_generator(
+    settings: &Settings,
+    pool: &DbPool,
+    custom: Option<Arc<dyn ReportGenerator>>,
+) -> Arc<dyn ReportGenerator> {
+    let base: Arc<dyn ReportGenerator> = custom.unwrap_or_else(|| {
+        Arc::new(CsvReportGenerator::new(
+            pool.clone(),
+            settings.report.output_dir.clone(),
+            settings.server.public_url.clone(),
+        ))
+    });
+    if settings.simulate.is_active() {
+        Arc::new(SimulatedGenerator::new(base, settings.simulate.clone()))
+    } else {
+        base
+    }
+}
+
+/// Starts the PollerActor and its ReportWorker pool, all supervised; the workers are
+/// created inside the poller's factory, since each needs the poller's address.
+fn start_consumer(
+    parts: ConsumerParts<'_>,
+    generator: Option<Arc<dyn ReportGenerator>>,
+    abort: watch::Receiver<bool>,
+) -> (Addr<PollerActor>, Vec<Addr<ReportWorker>>) {
+    let settings = parts.settings;
+    let db_gate = DbGate::new(parts.pool.clone());
+    let deps = Arc::new(WorkerDeps {
+        status: parts.status.clone(),
+        queue: parts.sqs.clone(),
+        batchers: parts.batchers.clone(),
+        generator: choose_generator(settings, parts.pool, generator),
+        limits: fate::Limits {
+            max_attempts: settings.jobs.max_attempts,
+            max_receive_count: settings.sqs.max_receive_count,
+            visibility_timeout_s: settings.sqs.visibility_timeout_s,
+            fifo: settings.sqs.fifo,
+            retry: settings.retry.clone(),
+        },
+        abort,
+        metrics: parts.metrics.clone(),
+        db_gate: db_gate.clone(),
+    });
+    let count = settings.workers.count;
+    let sqs_settings = settings.sqs.clone();
+    let (queue, batchers, metrics) = (
+        parts.sqs.clone(),
+        parts.batchers.clone(),
+        parts.metrics.clone(),
+    );
+    let poller_slot = parts.registry.register("poller", "PollerActor");
+    let registry = parts.registry.clone();
+    let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started_in_factory = started.clone();
+    let poller = Supervisor::start(move |ctx: &mut Context<PollerActor>| {
+        let mut poller = PollerActor::new(
+            queue,
+            batchers,
+            &sqs_settings,
+            metrics,
+            poller_slot,
+            db_gate,
+        );
+        let idle = ctx.address();
+        let workers: Vec<Addr<ReportWorker>> = (0..count)
+            .map(|index| {
+                let deps = deps.clone();
+                let idle = idle.clone().recipient();
+                let slot = registry.register(format!("worker-{index}"), "ReportWorker");
+                Supervisor::start(move |_| ReportWorker::new(index, deps, idle, slot))
+            })
+            .collect();
+        if let Ok(mut list) = started_in_factory.lock() {
+            *list = workers.clone();
+        }
+        poller.set_workers(workers);
+        poller
+    });
+    let workers = started.lock().map(|w| w.clone()).unwrap_or_default();
+    (poller, workers)
+}
+
+/// Binds `server.bind` and starts the HTTP server (signals are handled by
+/// `run_until_stopped`, not by actix-web); returns it with the bound port.
+fn start_http(
+    settings: &Settings,
+    state: web::Data<AppState>,
+) -> Result<(actix_web::dev::Server, u16), StartupError> {
+    let bind_error = |source| StartupError::Bind {
+        bind: settings.server.bind.clone(),
+        source,
+    };
+    let listener = TcpListener::bind(&settings.server.bind).map_err(bind_error)?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let serve_api = settings.has_role(Role::Api);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(middleware::from_fn(api::authenticate))
+            .wrap(middleware::from_fn(api::record_http_metrics))
+            .configure(|cfg| api::configure(cfg, serve_api))
+            .default_service(web::to(api::not_found))
+    })
+    .listen(listener)
+    .map_err(bind_error)?
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .run();
+    Ok((server, port))
 }
 
 /// Stops receiving, waits for the in-flight long poll and for running jobs (up to the
