@@ -301,6 +301,32 @@ impl SqsQueue {
         Ok(accepted)
     }
 
+    /// One counted `ReceiveMessage` call on `queue_url` (main queue or DLQ), asking for
+    /// `attributes` (and, on the DLQ, every message attribute: the poison reason).
+    async fn receive_from(
+        &self,
+        queue_url: &str,
+        max: i32,
+        wait_time_s: i32,
+        visibility_timeout_s: Option<i32>,
+        attributes: &[MessageSystemAttributeName],
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
+        let output = self
+            .client
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(max.clamp(1, limits::MAX_BATCH as i32))
+            .wait_time_seconds(wait_time_s)
+            .set_visibility_timeout(visibility_timeout_s)
+            .set_message_system_attribute_names(Some(attributes.to_vec()))
+            .set_message_attribute_names((queue_url == self.dlq_url).then(|| vec!["All".into()]))
+            .send()
+            .await;
+        self.count("ReceiveMessage", &output);
+        let output = output.map_err(|e| QueueError::call("ReceiveMessage", e))?;
+        Ok(output.messages.unwrap_or_default())
+    }
+
     /// Receives up to `max` (≤ 10) messages of the dead-letter queue, hiding them for
     /// `hold_s` seconds, with what the DLQ tools show (poison reason, send time, group).
     pub async fn receive_dead_letters(
@@ -309,23 +335,14 @@ impl SqsQueue {
         wait_time_s: i32,
         hold_s: i32,
     ) -> Result<Vec<DeadLetter>, QueueError> {
-        let output = self
-            .client
-            .receive_message()
-            .queue_url(&self.dlq_url)
-            .max_number_of_messages(max.clamp(1, limits::MAX_BATCH as i32))
-            .wait_time_seconds(wait_time_s)
-            .visibility_timeout(hold_s)
-            .message_attribute_names("All")
-            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .send()
-            .await;
-        self.count("ReceiveMessage", &output);
-        let output = output.map_err(|e| QueueError::call("ReceiveMessage", e))?;
-        Ok(output
-            .messages
-            .unwrap_or_default()
+        let attributes = [
+            MessageSystemAttributeName::SentTimestamp,
+            MessageSystemAttributeName::MessageGroupId,
+        ];
+        let messages = self
+            .receive_from(&self.dlq_url, max, wait_time_s, Some(hold_s), &attributes)
+            .await?;
+        Ok(messages
             .into_iter()
             .filter_map(DeadLetter::from_sdk)
             .collect())
@@ -384,22 +401,20 @@ impl SqsQueue {
         wait_time_s: i32,
         visibility_timeout_s: Option<i32>,
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
-        let output = self
-            .client
-            .receive_message()
-            .queue_url(&self.queue_url)
-            .max_number_of_messages(max.clamp(1, limits::MAX_BATCH as i32))
-            .wait_time_seconds(wait_time_s)
-            .set_visibility_timeout(visibility_timeout_s)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .send()
-            .await;
-        self.count("ReceiveMessage", &output);
-        let output = output.map_err(|e| QueueError::call("ReceiveMessage", e))?;
-        Ok(output
-            .messages
-            .unwrap_or_default()
+        let attributes = [
+            MessageSystemAttributeName::ApproximateReceiveCount,
+            MessageSystemAttributeName::MessageGroupId,
+        ];
+        let messages = self
+            .receive_from(
+                &self.queue_url,
+                max,
+                wait_time_s,
+                visibility_timeout_s,
+                &attributes,
+            )
+            .await?;
+        Ok(messages
             .into_iter()
             .filter_map(|m| {
                 let attributes = m.attributes.unwrap_or_default();
