@@ -227,21 +227,36 @@ fn parse_date(
             ))
         }
     };
-    if let Ok(datetime) = DateTime::parse_from_rfc3339(raw) {
-        return Ok(datetime.with_timezone(&Utc));
+    let parsed = match DateTime::parse_from_rfc3339(raw) {
+        Ok(datetime) => Some(datetime.with_timezone(&Utc)),
+        Err(_) => NaiveDate::parse_from_str(raw, "%Y-%m-%d").ok().map(|date| {
+            let time = if end_of_day {
+                NaiveTime::from_hms_micro_opt(23, 59, 59, 999_999).unwrap_or(NaiveTime::MIN)
+            } else {
+                NaiveTime::MIN
+            };
+            Utc.from_utc_datetime(&date.and_time(time))
+        }),
+    };
+    match parsed {
+        Some(at) if is_plain_instant(at) => Ok(at),
+        Some(_) => Err(ApiError::invalid(
+            field,
+            format!("{field} `{raw}` is outside the years 0001–9999 or names a leap second"),
+        )),
+        None => Err(ApiError::invalid(
+            field,
+            format!("{field} `{raw}` is not an ISO-8601 date (2024-01-31) or date-time (2024-01-31T12:00:00Z)"),
+        )),
     }
-    if let Ok(date) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
-        let time = if end_of_day {
-            NaiveTime::from_hms_micro_opt(23, 59, 59, 999_999).unwrap_or(NaiveTime::MIN)
-        } else {
-            NaiveTime::MIN
-        };
-        return Ok(Utc.from_utc_datetime(&date.and_time(time)));
-    }
-    Err(ApiError::invalid(
-        field,
-        format!("{field} `{raw}` is not an ISO-8601 date (2024-01-31) or date-time (2024-01-31T12:00:00Z)"),
-    ))
+}
+
+/// An instant the API takes: years 1 to 9999 (what the reports' dates and the listing
+/// cursor can mean), and no leap second (`23:59:60`, which chrono keeps as a 61st second
+/// and PostgreSQL refuses).
+fn is_plain_instant(at: DateTime<Utc>) -> bool {
+    use chrono::{Datelike, Timelike};
+    (1..=9999).contains(&at.year()) && at.nanosecond() < 1_000_000_000
 }
 
 fn type_name(value: &Value) -> &'static str {
@@ -417,7 +432,9 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     let text = String::from_utf8(decoded).map_err(|_| bad())?;
     let (micros, id) = text.split_once('|').ok_or_else(bad)?;
     let micros: i64 = micros.parse().map_err(|_| bad())?;
-    let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    let created_at = DateTime::from_timestamp_micros(micros)
+        .filter(|at| is_plain_instant(*at))
+        .ok_or_else(bad)?;
     let id = Uuid::parse_str(id).map_err(|_| bad())?;
     Ok((created_at, id))
 }
@@ -479,4 +496,47 @@ fn not_retryable(id: Uuid, status: &str, stranded_after: std::time::Duration) ->
         ),
     )
     .with_field("id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(raw: &str) -> Result<DateTime<Utc>, ApiError> {
+        let mut object = Map::new();
+        object.insert("startDate".into(), Value::String(raw.into()));
+        parse_date(&object, "startDate", false)
+    }
+
+    #[test]
+    fn dates_outside_years_1_to_9999_and_leap_seconds_are_refused() {
+        for raw in [
+            "-5000-01-01",
+            "+10000-01-01",
+            "2024-06-30T23:59:60Z",
+            "0000-01-01",
+        ] {
+            assert!(date(raw).is_err(), "{raw} accepted");
+        }
+        for raw in [
+            "2024-01-31",
+            "0001-01-01",
+            "9999-12-31T23:59:59Z",
+            "2024-01-31T12:00:00+02:00",
+        ] {
+            assert!(date(raw).is_ok(), "{raw} refused");
+        }
+    }
+
+    #[test]
+    fn a_cursor_round_trips_and_one_out_of_range_is_refused() {
+        let id = Uuid::new_v4();
+        let at = Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap();
+        assert_eq!(decode_cursor(&encode_cursor(at, id)).ok(), Some((at, id)));
+        use base64::Engine;
+        let far = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{}|{id}", i64::MAX / 2));
+        assert!(decode_cursor(&far).is_err());
+        assert!(decode_cursor("not base64!").is_err());
+    }
 }
