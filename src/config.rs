@@ -95,7 +95,21 @@ pub struct ServerSettings {
     pub public_url: String,
     /// Which halves of the daemon run in this process.
     pub roles: Vec<Role>,
+    /// Seconds a client gets to send a request's headers, and again its body. A slow or
+    /// stalled sender otherwise holds a connection (and, mid-body, a handler) forever;
+    /// past this it gets 408 and the connection is closed.
+    pub request_timeout_s: u64,
+    /// Open connections each HTTP worker thread accepts; beyond it new connections wait
+    /// in the listen backlog, so a connection flood cannot exhaust file descriptors.
+    pub max_connections: usize,
 }
+
+/// Longest accepted `server.request_timeout_s`: an hour is already generous for a body
+/// of at most `api.max_body_bytes`.
+pub const MAX_REQUEST_TIMEOUT_S: u64 = 3600;
+
+/// Most accepted `server.max_connections` (per HTTP worker thread).
+pub const MAX_CONNECTIONS: usize = 1_000_000;
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -103,6 +117,8 @@ impl Default for ServerSettings {
             bind: "127.0.0.1:8080".into(),
             public_url: "http://127.0.0.1:8080".into(),
             roles: vec![Role::Api, Role::Worker],
+            request_timeout_s: 30,
+            max_connections: 25_000,
         }
     }
 }
@@ -424,8 +440,84 @@ fn describe_figment_error(error: figment::Error) -> String {
         (figment::error::Kind::UnknownField(field, _), _) => {
             format!("unknown section `{field}`{source}")
         }
+        (kind, Some(key)) if is_secret_key(&key) => {
+            format!(
+                "invalid value for `{key}`: {}{source}",
+                describe_without_value(kind)
+            )
+        }
         (kind, Some(key)) => format!("invalid value for `{key}`: {kind}{source}"),
         (kind, None) => format!("{kind}{source}"),
+    }
+}
+
+/// Keys whose values are secrets. An error about one names the key and what was
+/// expected, never the value: a token put where a list belongs is still a token.
+const SECRET_KEYS: &[&str] = &["api.tokens", "database.url"];
+
+/// Whether `key` (a dotted path, e.g. `api.tokens.1` for a list element) is or lies
+/// under a secret key.
+fn is_secret_key(key: &str) -> bool {
+    SECRET_KEYS.iter().any(|secret| {
+        key.strip_prefix(secret)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
+/// figment's description of an error with the offending value left out: figment's own
+/// `Display` quotes it (`found string "s3cret"`).
+fn describe_without_value(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(actual, expected) => {
+            format!(
+                "invalid type: found {}, expected {expected}",
+                type_of(actual)
+            )
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("invalid {}, expected {expected}", type_of(actual))
+        }
+        Kind::InvalidLength(length, expected) => {
+            format!("invalid length {length}, expected {expected}")
+        }
+        Kind::UnknownVariant(_, expected) => {
+            format!("unknown variant, expected one of {expected:?}")
+        }
+        Kind::MissingField(field) => format!("missing field `{field}`"),
+        Kind::DuplicateField(field) => format!("duplicate field `{field}`"),
+        Kind::Unsupported(actual) | Kind::UnsupportedKey(actual, _) => {
+            format!("unsupported {}", type_of(actual))
+        }
+        // Free-form messages and out-of-range numbers may carry the value itself.
+        Kind::Message(_)
+        | Kind::UnknownField(..)
+        | Kind::ISizeOutOfRange(_)
+        | Kind::USizeOutOfRange(_) => "invalid value".into(),
+    }
+}
+
+/// The type of a deserialized value, without the value.
+fn type_of(actual: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) => "a character",
+        Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Unit => "unit",
+        Actual::Option => "an option",
+        Actual::NewtypeStruct => "a new-type struct",
+        Actual::Seq => "a sequence",
+        Actual::Map => "a map",
+        Actual::Enum
+        | Actual::UnitVariant
+        | Actual::NewtypeVariant
+        | Actual::TupleVariant
+        | Actual::StructVariant => "an enum variant",
+        Actual::Other(_) => "a value",
     }
 }
 
@@ -479,6 +571,24 @@ impl Settings {
             return invalid(
                 "server.roles",
                 "at least one of \"api\", \"worker\" is needed".into(),
+            );
+        }
+        if !(1..=MAX_REQUEST_TIMEOUT_S).contains(&self.server.request_timeout_s) {
+            return invalid(
+                "server.request_timeout_s",
+                format!(
+                    "{} is outside 1..={MAX_REQUEST_TIMEOUT_S} seconds (0 would mean no limit)",
+                    self.server.request_timeout_s
+                ),
+            );
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.server.max_connections) {
+            return invalid(
+                "server.max_connections",
+                format!(
+                    "{} is outside 1..={MAX_CONNECTIONS}",
+                    self.server.max_connections
+                ),
             );
         }
         match url::Url::parse(&self.database.url) {
@@ -647,6 +757,24 @@ impl Settings {
 
     /// The resolved configuration as TOML with secrets redacted (`config check`).
     pub fn to_redacted_toml(&self) -> String {
+        let shown = self.redacted();
+        match toml::to_string(&shown) {
+            Ok(text) => text,
+            // Only a number above i64::MAX (TOML's integer range, reachable from the
+            // environment) fails; show everything as comments rather than nothing. The
+            // Debug output is redacted too.
+            Err(e) => {
+                let mut out = format!("# could not render the configuration as TOML: {e}\n");
+                for line in format!("{shown:#?}").lines() {
+                    out.push_str(&format!("# {line}\n"));
+                }
+                out
+            }
+        }
+    }
+
+    /// A copy with the database URL redacted and every API token replaced.
+    fn redacted(&self) -> Settings {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
         shown.api.tokens = shown
@@ -655,77 +783,63 @@ impl Settings {
             .iter()
             .map(|_| "<redacted>".to_string())
             .collect();
-        // Serializing plain structs of strings, numbers and lists cannot fail; keep a
-        // readable fallback rather than a panic all the same.
-        match toml_string(&shown) {
-            Ok(s) => s,
-            Err(e) => format!("# could not render the configuration: {e}\n{shown:#?}"),
-        }
+        shown
     }
 }
 
-fn toml_string(settings: &Settings) -> Result<String, String> {
-    let value = figment::value::Value::serialize(settings).map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    let Some(sections) = value.as_dict() else {
-        return Err("not a table".into());
-    };
-    for (section, body) in sections {
-        out.push_str(&format!("[{section}]\n"));
-        if let Some(fields) = body.as_dict() {
-            for (key, value) in fields {
-                // An unset optional key (e.g. no `sqs.endpoint_url`) is left out.
-                if matches!(value, figment::value::Value::Empty(..)) {
-                    continue;
-                }
-                out.push_str(&format!("{key} = {}\n", render_value(value)));
-            }
-        }
-        out.push('\n');
-    }
-    Ok(out)
-}
+/// What [`redact_url`] puts in place of a secret.
+const REDACTED: &str = "***";
 
-fn render_value(value: &figment::value::Value) -> String {
-    use figment::value::Value;
-    match value {
-        Value::String(_, s) => format!("{s:?}"),
-        Value::Array(_, items) => {
-            let inner: Vec<String> = items.iter().map(render_value).collect();
-            format!("[{}]", inner.join(", "))
-        }
-        Value::Dict(_, dict) => {
-            let inner: Vec<String> = dict
-                .iter()
-                .map(|(k, v)| format!("{k} = {}", render_value(v)))
-                .collect();
-            format!("{{ {} }}", inner.join(", "))
-        }
-        Value::Bool(_, b) => b.to_string(),
-        Value::Num(_, n) => {
-            if let Some(u) = n.to_u128() {
-                u.to_string()
-            } else if let Some(i) = n.to_i128() {
-                i.to_string()
-            } else {
-                n.to_f64().map(|f| format!("{f:?}")).unwrap_or_default()
-            }
-        }
-        Value::Char(_, c) => format!("{:?}", c.to_string()),
-        Value::Empty(_, _) => "\"\"".into(),
-    }
-}
+/// A query parameter is a secret when its name contains one of these (case-insensitive),
+/// so `sslpassword`, `api_key` and `access_token` are caught as well as `password`.
+const SECRET_PARAMS: &[&str] = &["password", "passwd", "pass", "secret", "token", "key"];
 
-/// Replaces the password of a URL with `***`.
+/// Replaces the password of a URL's userinfo, and the value of every query parameter
+/// named like a secret (see [`SECRET_PARAMS`]), with `***`. An unparsable URL is
+/// replaced whole, since there is no telling where its secret is.
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(_) => raw.to_string(),
-        Err(_) => "<unparsable url>".to_string(),
+    let Ok(mut parsed) = url::Url::parse(raw) else {
+        return "<unparsable url>".to_string();
+    };
+    let mut changed = false;
+    if parsed.password().is_some() {
+        changed |= parsed.set_password(Some(REDACTED)).is_ok();
     }
+    if let Some(query) = parsed.query() {
+        let redacted = redact_query(query);
+        if redacted != query {
+            parsed.set_query(Some(&redacted));
+            changed = true;
+        }
+    }
+    // An untouched URL is returned as written, not as the parser normalises it.
+    if changed {
+        parsed.to_string()
+    } else {
+        raw.to_string()
+    }
+}
+
+/// A raw (still percent-encoded) query string with secret values replaced; every other
+/// parameter is kept byte for byte.
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if is_secret_param(name) => format!("{name}={REDACTED}"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Whether a raw query parameter name names a secret (decoded first, so `pass%77ord`
+/// counts).
+fn is_secret_param(raw_name: &str) -> bool {
+    let name: String = url::form_urlencoded::parse(raw_name.as_bytes())
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .collect();
+    SECRET_PARAMS.iter().any(|secret| name.contains(secret))
 }
 
 fn parse_http_url(raw: &str) -> Result<url::Url, String> {
@@ -809,5 +923,162 @@ impl figment::Provider for EnvOverrides {
         &self,
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         Ok(figment::Profile::Default.collect(self.0.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_the_userinfo_password() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/reports"),
+            "postgres://app:***@db:5432/reports"
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_secret_query_parameters_whatever_their_case() {
+        let shown = redact_url(
+            "postgres://app@db/reports?sslmode=require&password=p1&PassWord=p2&passwd=p3\
+             &pass=p4&client_secret=p5&access_token=p6&api_KEY=p7&application_name=reportd",
+        );
+        for secret in ["p1", "p2", "p3", "p4", "p5", "p6", "p7"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert_eq!(
+            shown,
+            "postgres://app@db/reports?sslmode=require&password=***&PassWord=***&passwd=***\
+             &pass=***&client_secret=***&access_token=***&api_KEY=***&application_name=reportd"
+        );
+    }
+
+    #[test]
+    fn redact_url_decodes_a_parameter_name_before_judging_it() {
+        assert_eq!(
+            redact_url("postgres://db/r?pass%77ord=x%20y"),
+            "postgres://db/r?pass%77ord=***"
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_both_userinfo_and_query_secrets_at_once() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h/db?password=qpw"),
+            "postgres://u:***@h/db?password=***"
+        );
+    }
+
+    #[test]
+    fn redact_url_returns_a_url_without_secrets_exactly_as_written() {
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/reportd",
+            "postgres://u@h/db?sslmode=disable&application_name=a%20b",
+            "postgres://u@h/db?flag",
+        ] {
+            assert_eq!(redact_url(url), url);
+        }
+    }
+
+    #[test]
+    fn redact_url_replaces_an_unparsable_url_whole() {
+        assert_eq!(redact_url("not a url with pw"), "<unparsable url>");
+    }
+
+    #[test]
+    fn secret_keys_cover_their_list_elements_but_not_lookalikes() {
+        assert!(is_secret_key("api.tokens"));
+        assert!(is_secret_key("api.tokens.3"));
+        assert!(is_secret_key("database.url"));
+        assert!(!is_secret_key("api.tokens_file"));
+        assert!(!is_secret_key("database.pool_size"));
+        assert!(!is_secret_key("api"));
+    }
+
+    #[test]
+    fn a_type_error_on_a_secret_key_names_the_types_but_not_the_value() {
+        use figment::error::{Actual, Kind};
+        let kind = Kind::InvalidType(Actual::Str("s3cret".into()), "a sequence".into());
+        assert_eq!(
+            describe_without_value(&kind),
+            "invalid type: found a string, expected a sequence"
+        );
+        let kind = Kind::InvalidValue(Actual::Unsigned(4242), "a string".into());
+        assert!(!describe_without_value(&kind).contains("4242"));
+        let kind = Kind::Message("bad value s3cret".into());
+        assert!(!describe_without_value(&kind).contains("s3cret"));
+    }
+
+    #[test]
+    fn figment_errors_on_secret_keys_leave_the_value_out() {
+        let env: HashMap<String, String> =
+            [("REPORTD_API__TOKENS".to_string(), "s3cret".to_string())].into();
+        let message = Settings::from_toml_str("", &env)
+            .expect_err("a string is not a list")
+            .to_string();
+        assert!(message.contains("api.tokens"), "{message}");
+        assert!(message.contains("expected a sequence"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+    }
+
+    #[test]
+    fn figment_errors_on_other_keys_still_quote_the_value() {
+        let env: HashMap<String, String> =
+            [("REPORTD_WORKERS__COUNT".to_string(), "lots".to_string())].into();
+        let message = Settings::from_toml_str("", &env)
+            .expect_err("not a number")
+            .to_string();
+        assert!(message.contains("\"lots\""), "{message}");
+    }
+
+    #[test]
+    fn request_timeout_and_max_connections_must_be_positive_and_bounded() {
+        let mut settings = Settings::default();
+        for (timeout, ok) in [(0, false), (1, true), (MAX_REQUEST_TIMEOUT_S, true)] {
+            settings.server.request_timeout_s = timeout;
+            assert_eq!(
+                settings.validate().is_ok(),
+                ok,
+                "request_timeout_s {timeout}"
+            );
+        }
+        settings.server.request_timeout_s = MAX_REQUEST_TIMEOUT_S + 1;
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                key: "server.request_timeout_s",
+                ..
+            })
+        ));
+        settings.server.request_timeout_s = 30;
+        for (connections, ok) in [(0, false), (1, true), (MAX_CONNECTIONS, true)] {
+            settings.server.max_connections = connections;
+            assert_eq!(
+                settings.validate().is_ok(),
+                ok,
+                "max_connections {connections}"
+            );
+        }
+        settings.server.max_connections = MAX_CONNECTIONS + 1;
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                key: "server.max_connections",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn redacted_toml_falls_back_to_redacted_comments_when_toml_cannot_hold_a_value() {
+        let mut settings = Settings::default();
+        // TOML integers stop at i64::MAX; the environment can still set a larger u64.
+        settings.shutdown.grace_s = u64::MAX;
+        settings.database.url = "postgres://u:hunter2@h/db".into();
+        let shown = settings.to_redacted_toml();
+        assert!(shown.starts_with("# could not render"), "{shown}");
+        assert!(shown.lines().all(|l| l.starts_with('#')), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

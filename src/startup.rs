@@ -351,6 +351,10 @@ fn start_http(
             .configure(|cfg| api::configure(cfg, serve_api))
             .default_service(web::to(api::not_found))
     })
+    // A client gets `server.request_timeout_s` for its headers (the body's own deadline
+    // is in `api::limit_body`), and connections are capped per worker thread.
+    .client_request_timeout(Duration::from_secs(settings.server.request_timeout_s))
+    .max_connections(settings.server.max_connections)
     .listen(listener)
     .map_err(bind_error)?
     .workers(2)

@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::app::{spawn_app, wait_until, AppOptions};
+use common::app::{spawn_app, spawn_process, test_settings, wait_until, AppOptions};
 use common::proxy::SqsProxy;
 use reportd::config::Role;
 use serde_json::{json, Value};
@@ -424,4 +424,361 @@ async fn openapi_document_lists_every_route_and_every_route_is_served() {
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
     app.stop().await;
+}
+
+/// One request written straight to the socket (for what reqwest will not send: a NUL in a
+/// header, a body that never comes), and the answer read within `wait`: status, headers
+/// (names lower-cased) and body. Gives up after `wait` with what arrived.
+async fn raw_exchange(address: &str, request: &[u8], wait: Duration) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    stream.write_all(request).await.expect("write the request");
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 8192];
+    while !RawResponse::parse(&received).is_some_and(|r| r.complete) {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    RawResponse::parse(&received).unwrap_or_else(|| {
+        panic!(
+            "no answer within {wait:?}; got {:?}",
+            String::from_utf8_lossy(&received)
+        )
+    })
+}
+
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+    /// The whole body (by its Content-Length) has arrived.
+    complete: bool,
+}
+
+impl RawResponse {
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let text = String::from_utf8_lossy(bytes);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let mut lines = head.lines();
+        let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let length = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        Some(Self {
+            status,
+            complete: body.len() >= length,
+            headers,
+            body: body.to_string(),
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Label values of `label` over the series of `metric` in a Prometheus text page.
+fn label_values(page: &str, metric: &str, label: &str) -> HashSet<String> {
+    let prefix = format!("{metric}{{");
+    let key = format!("{label}=\"");
+    page.lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .filter_map(|labels| {
+            let start = labels.find(&key)? + key.len();
+            let end = labels[start..].find('"')? + start;
+            Some(labels[start..end].to_string())
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn invented_methods_and_unknown_paths_add_no_http_metric_series() {
+    let app = spawn_app(api_only()).await;
+    for n in 0..25 {
+        let method = reqwest::Method::from_bytes(format!("FOO{n}").as_bytes()).expect("a token");
+        let response = app
+            .http
+            .request(method, app.url("/reports"))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status().as_u16(), 405);
+        let (status, _) = app.get_json(&format!("/no/such/path/{n}")).await;
+        assert_eq!(status, 404);
+        let (status, _) = app
+            .get_json(&format!("/reports/{}", uuid::Uuid::new_v4()))
+            .await;
+        assert_eq!(status, 404);
+    }
+    let page = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("text");
+    let methods = label_values(&page, "reportd_http_requests_total", "method");
+    let standard: HashSet<String> = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert!(
+        methods.is_subset(&standard),
+        "invented methods leaked into labels: {methods:?}"
+    );
+    assert!(methods.contains("other"), "{methods:?}");
+    let mut known: HashSet<String> = reportd::api::openapi::ROUTES
+        .iter()
+        .map(|(path, _)| path.to_string())
+        .collect();
+    known.insert("unmatched".into());
+    let routes = label_values(&page, "reportd_http_requests_total", "route");
+    assert!(
+        routes.is_subset(&known),
+        "raw paths leaked into labels: {routes:?}"
+    );
+    let latency_routes = label_values(&page, "reportd_http_request_seconds_count", "route");
+    assert!(latency_routes.is_subset(&known), "{latency_routes:?}");
+    let series = page
+        .lines()
+        .filter(|l| l.starts_with("reportd_http_requests_total{"))
+        .count();
+    assert!(series <= 4, "75 odd requests made {series} series:\n{page}");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_405_answers_with_the_json_error_shape_and_an_allow_header() {
+    let app = spawn_app(api_only()).await;
+    for (method, path, allowed) in [
+        (reqwest::Method::DELETE, "/reports", vec!["GET", "POST"]),
+        (reqwest::Method::PUT, "/health", vec!["GET"]),
+        (reqwest::Method::GET, "/dlq/redrive", vec!["POST"]),
+    ] {
+        let response = app
+            .http
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status().as_u16(), 405, "{method} {path}");
+        let allow = response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut listed: Vec<&str> = allow.split(',').map(str::trim).collect();
+        listed.sort_unstable();
+        assert_eq!(listed, allowed, "{method} {path}: Allow: {allow}");
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+        assert!(body["error"]["field"].is_null(), "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(method.as_str())),
+            "{body}"
+        );
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_401_carries_a_bearer_challenge_and_the_scheme_is_case_insensitive() {
+    let app = spawn_app(AppOptions {
+        tokens: vec!["s3cret".into()],
+        ..api_only()
+    })
+    .await;
+    for authorization in [None, Some("Bearer wrong"), Some("Basic czNjcmV0")] {
+        let mut request = app.http.get(app.url("/reports"));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.expect("GET");
+        assert_eq!(response.status().as_u16(), 401, "{authorization:?}");
+        assert_eq!(
+            response
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer realm=\"reportd\""),
+            "{authorization:?}"
+        );
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(body["error"]["code"], "unauthorized");
+        assert_eq!(body["error"]["field"], "Authorization");
+    }
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let response = app
+            .http
+            .get(app.url("/reports"))
+            .header("authorization", format!("{scheme} s3cret"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(response.status().as_u16(), 200, "scheme {scheme}");
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_declared_body_above_max_body_bytes_gets_413_before_it_is_sent() {
+    let app = spawn_app(AppOptions {
+        max_body_bytes: 1024,
+        ..api_only()
+    })
+    .await;
+    let retry = format!("/reports/{}/retry", uuid::Uuid::new_v4());
+    for path in ["/reports", retry.as_str(), "/dlq/redrive"] {
+        // Headers only: an answer that waited for the body would never come.
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1025\r\n\r\n"
+        );
+        let response = raw_exchange(&app.address, request.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(response.status, 413, "{path}: {}", response.body);
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        let body = response.json();
+        assert_eq!(body["error"]["code"], "payload_too_large", "{path}: {body}");
+        assert_eq!(body["error"]["field"], "body", "{path}: {body}");
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_chunked_body_growing_past_max_body_bytes_gets_413_on_every_post_route() {
+    let app = spawn_app(AppOptions {
+        max_body_bytes: 1024,
+        ..api_only()
+    })
+    .await;
+    let big = format!("{{\"ids\": [\"{}\"]}}", "x".repeat(2000));
+    for path in ["/reports", "/dlq/redrive"] {
+        // Chunked: no Content-Length announces the size.
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+            big.len()
+        );
+        let response = raw_exchange(&app.address, request.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(response.status, 413, "{path}: {}", response.body);
+        let body = response.json();
+        assert_eq!(body["error"]["code"], "payload_too_large", "{path}: {body}");
+        assert_eq!(body["error"]["field"], "body", "{path}: {body}");
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_body_not_sent_within_request_timeout_s_gets_408() {
+    let (settings, tmp) = test_settings(&api_only()).await;
+    let mut settings = common::jobs::on_free_port(&settings);
+    settings.server.request_timeout_s = 1;
+    let process = spawn_process(&settings, tmp.path(), "slow-body").await;
+    let stalled = [
+        "POST /reports HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"userId\"",
+        "POST /reports HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{\"userId\"\r\n",
+    ];
+    for request in stalled {
+        let started = std::time::Instant::now();
+        let response = raw_exchange(
+            &process.address,
+            request.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(response.status, 408, "{request:?}: {}", response.body);
+        assert_eq!(response.json()["error"]["code"], "request_timeout");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "too early: {:?}",
+            started.elapsed()
+        );
+    }
+    process.terminate(Duration::from_secs(30));
+}
+
+#[actix_web::test]
+async fn malformed_requests_are_logged_as_client_warnings_never_as_errors() {
+    let (settings, tmp) = test_settings(&api_only()).await;
+    let settings = common::jobs::on_free_port(&settings);
+    let process = spawn_process(&settings, tmp.path(), "malformed").await;
+    let nul_in_header = b"GET /reports HTTP/1.1\r\nHost: t\r\nX-Bad: a\x00b\r\n\r\n".to_vec();
+    let long_url = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(100_000)).into_bytes();
+    for request in [nul_in_header, long_url] {
+        let response = raw_exchange(&process.address, &request, Duration::from_secs(5)).await;
+        assert_eq!(response.status, 400);
+    }
+    let malformed_json = reqwest::Client::new()
+        .post(format!("{}/reports", process.address))
+        .header("content-type", "application/json")
+        .body("{\"userId\": 1,")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(malformed_json.status().as_u16(), 400);
+    wait_until(
+        "both dropped connections to be logged",
+        Duration::from_secs(10),
+        || async { process.log_text().matches("dropped a connection").count() >= 2 },
+    )
+    .await;
+    let log = process.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("dropped a connection"))
+        .collect();
+    assert!(warnings.iter().all(|l| l.contains("WARN")), "{warnings:?}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "client faults logged as errors:\n{}",
+        errors.join("\n")
+    );
+    process.terminate(Duration::from_secs(30));
+}
+
+#[actix_web::test]
+async fn headers_not_sent_within_request_timeout_s_get_408() {
+    let (settings, tmp) = test_settings(&api_only()).await;
+    let mut settings = common::jobs::on_free_port(&settings);
+    settings.server.request_timeout_s = 1;
+    let process = spawn_process(&settings, tmp.path(), "slow-head").await;
+    let started = std::time::Instant::now();
+    // The blank line that ends the head never comes.
+    let response = raw_exchange(
+        &process.address,
+        b"GET /health/live HTTP/1.1\r\nHost: t\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(response.status, 408);
+    // actix-web's own default would answer after 5 s.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        "answered after {elapsed:?}"
+    );
+    process.terminate(Duration::from_secs(30));
 }

@@ -71,3 +71,45 @@ fn help_lists_the_commands() {
         );
     }
 }
+
+#[test]
+fn config_check_redacts_a_password_in_the_database_url_query() {
+    let output = reportd(
+        &["config", "check"],
+        "[database]\nurl = \"postgres://app@db.internal/reports?Password=hunter2&sslmode=require\"\n",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(
+        stdout.contains("db.internal/reports?Password=***&sslmode=require"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_token_given_where_a_list_belongs_is_refused_without_echoing_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "").expect("write config");
+    let output = Command::new(env!("CARGO_BIN_EXE_reportd"))
+        .arg("--config")
+        .arg(&path)
+        .args(["config", "check"])
+        .env_remove("DATABASE_URL")
+        .env("REPORTD_API__TOKENS", "s3cret")
+        .output()
+        .expect("run reportd");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stderr.contains("api.tokens"), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret") && !stdout.contains("s3cret"),
+        "{stderr}{stdout}"
+    );
+}

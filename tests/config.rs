@@ -38,6 +38,8 @@ fn checked_in_config_toml_loads_with_the_documented_local_defaults() {
         "postgres://postgres@127.0.0.1:5432/reportd"
     );
     assert_eq!(settings.server.roles, vec![Role::Api, Role::Worker]);
+    assert_eq!(settings.server.request_timeout_s, 30);
+    assert_eq!(settings.server.max_connections, 25_000);
     assert!(settings.has_role(Role::Api) && settings.has_role(Role::Worker));
     assert_eq!(settings.log.format, LogFormat::Pretty);
     assert!(settings.api.tokens.is_empty());
@@ -217,6 +219,21 @@ fn bad_configs_are_rejected_naming_the_offending_key() {
             "server.roles",
         ),
         ("no roles", "[server]\nroles = []\n", "server.roles"),
+        (
+            "no request timeout",
+            "[server]\nrequest_timeout_s = 0\n",
+            "server.request_timeout_s",
+        ),
+        (
+            "request timeout above an hour",
+            "[server]\nrequest_timeout_s = 3601\n",
+            "server.request_timeout_s",
+        ),
+        (
+            "no connections",
+            "[server]\nmax_connections = 0\n",
+            "server.max_connections",
+        ),
         (
             "unknown log format",
             "[log]\nformat = \"xml\"\n",
@@ -430,4 +447,87 @@ fn redacted_toml_parses_back_to_the_same_non_secret_settings() {
     let reparsed = Settings::from_toml_str(&shown, &no_env())
         .unwrap_or_else(|e| panic!("redacted output does not parse back: {e}\n{shown}"));
     assert_eq!(reparsed, settings, "{shown}");
+}
+
+/// Secrets put where a value of another type belongs must not be echoed by the error:
+/// the message names the key and the expected type only.
+#[test]
+fn a_secret_of_the_wrong_type_is_reported_by_key_and_type_without_its_value() {
+    let cases = [
+        ("REPORTD_API__TOKENS", "s3cret", "api.tokens", "sequence"),
+        (
+            "REPORTD_API__TOKENS",
+            "[s3cret, 424242]",
+            "api.tokens",
+            "string",
+        ),
+        (
+            "REPORTD_DATABASE__URL",
+            "[hunter2]",
+            "database.url",
+            "string",
+        ),
+        ("REPORTD_DATABASE__URL", "8675309", "database.url", "string"),
+        // DATABASE_URL is always a string: a validation error, which must not echo it either.
+        ("DATABASE_URL", "[hunter2]", "database.url", "not a URL"),
+    ];
+    for (var, value, key, expected) in cases {
+        let message = Settings::from_toml_str("", &env(&[(var, value)]))
+            .expect_err("a type error")
+            .to_string();
+        assert!(message.contains(key), "{var}={value}: {message}");
+        assert!(message.contains(expected), "{var}={value}: {message}");
+        for secret in ["s3cret", "424242", "hunter2", "8675309"] {
+            assert!(!message.contains(secret), "{var}={value} echoed: {message}");
+        }
+    }
+    let from_file = Settings::from_toml_str("[api]\ntokens = \"s3cret\"\n", &no_env())
+        .expect_err("a type error")
+        .to_string();
+    assert!(
+        from_file.contains("api.tokens") && !from_file.contains("s3cret"),
+        "{from_file}"
+    );
+}
+
+#[test]
+fn a_password_in_the_database_url_query_is_redacted_in_printed_config_and_debug() {
+    let url = "postgres://app:userinfo-pw@db/reports?sslmode=require&password=query-pw&sslpassword=ssl-pw";
+    let settings = Settings::from_toml_str("", &env(&[("DATABASE_URL", url)])).unwrap();
+    let shown = settings.to_redacted_toml();
+    let debug = format!("{settings:?}");
+    for secret in ["userinfo-pw", "query-pw", "ssl-pw"] {
+        assert!(
+            !shown.contains(secret),
+            "{secret} in config check:\n{shown}"
+        );
+        assert!(!debug.contains(secret), "{secret} in Debug: {debug}");
+    }
+    assert!(
+        shown
+            .contains("postgres://app:***@db/reports?sslmode=require&password=***&sslpassword=***"),
+        "{shown}"
+    );
+    assert_eq!(
+        settings.database.url, url,
+        "the settings themselves keep the secret"
+    );
+}
+
+#[test]
+fn redacted_toml_shows_the_server_limits() {
+    let settings = Settings::from_toml_str(
+        "[server]\nrequest_timeout_s = 12\nmax_connections = 500\n",
+        &no_env(),
+    )
+    .unwrap();
+    let shown = settings.to_redacted_toml();
+    assert!(
+        shown.lines().any(|l| l == "request_timeout_s = 12"),
+        "{shown}"
+    );
+    assert!(
+        shown.lines().any(|l| l == "max_connections = 500"),
+        "{shown}"
+    );
 }

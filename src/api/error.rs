@@ -1,8 +1,12 @@
 //! The API's error type: every error answers `{"error": {"code", "message", "field"}}`.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
+
+/// The challenge every 401 carries (RFC 7235 §3.1 requires one): the scheme the client
+/// must use and the protection space it applies to.
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"reportd\"";
 
 /// An error answered to a client.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,6 +48,50 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
+
+    /// 401: no valid bearer token. The answer carries [`BEARER_CHALLENGE`].
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message).with_field("Authorization")
+    }
+
+    /// 413: the body is (or says it is) larger than `api.max_body_bytes`.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
+        .with_field("body")
+    }
+
+    /// 408: the body did not arrive within `server.request_timeout_s`.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message).with_field("body")
+    }
+
+    /// An answer actix-web built itself (a 405, an extractor's 400), in the same shape:
+    /// the code is derived from the status.
+    pub fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
+        Self::new(status, code_for_status(status), message)
+    }
+}
+
+/// The `code` of an error answer actix-web built, named after its status.
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::LENGTH_REQUIRED => "length_required",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    }
 }
 
 impl From<crate::db::DbError> for ApiError {
@@ -65,8 +113,53 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, BEARER_CHALLENGE));
+        }
+        response.json(json!({
             "error": { "code": self.code, "message": self.message, "field": self.field }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_401_carries_the_bearer_challenge() {
+        let response = ApiError::unauthorized("no token").error_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers().get(header::WWW_AUTHENTICATE),
+            Some(&header::HeaderValue::from_static(
+                "Bearer realm=\"reportd\""
+            ))
+        );
+    }
+
+    #[test]
+    fn other_errors_carry_no_challenge() {
+        let response = ApiError::invalid("userId", "bad").error_response();
+        assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn codes_derived_from_a_status_are_stable_snake_case_names() {
+        assert_eq!(
+            code_for_status(StatusCode::METHOD_NOT_ALLOWED),
+            "method_not_allowed"
+        );
+        assert_eq!(
+            code_for_status(StatusCode::PAYLOAD_TOO_LARGE),
+            "payload_too_large"
+        );
+        assert_eq!(
+            code_for_status(StatusCode::REQUEST_TIMEOUT),
+            "request_timeout"
+        );
+        assert_eq!(code_for_status(StatusCode::IM_A_TEAPOT), "bad_request");
+        assert_eq!(code_for_status(StatusCode::BAD_GATEWAY), "internal");
     }
 }
