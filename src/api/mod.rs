@@ -203,9 +203,7 @@ fn resource(
         InitError = (),
     >,
 > {
-    web::resource(path)
-        .wrap(actix_web::middleware::from_fn(limit_body))
-        .wrap(actix_web::middleware::from_fn(json_errors))
+    web::resource(path).wrap(actix_web::middleware::from_fn(limit_body))
 }
 
 pub(crate) fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
@@ -311,9 +309,8 @@ pub async fn limit_body<B: MessageBody + 'static>(
         let deadline = tokio::time::Instant::now() + timeout;
         req.set_payload(bounded_payload(payload, limit, deadline, timeout));
     }
-    next.call(req)
-        .await
-        .map(ServiceResponse::map_into_left_body)
+    // One middleware for both rules (a layer less on every request).
+    json_errors(next.call(req).await?, limit)
 }
 
 /// A request body as a stream, the form `dev::Payload` is built from.
@@ -330,11 +327,17 @@ fn bounded_payload(
     timeout: std::time::Duration,
 ) -> actix_web::dev::Payload {
     use actix_web::error::PayloadError;
-    // The state is None once the stream has ended in an error: nothing follows one.
-    let chunks = futures_util::stream::unfold(Some((payload, 0usize)), move |state| async move {
-        let (mut payload, received) = state?;
-        match tokio::time::timeout_at(deadline, payload.next()).await {
-            Err(_) => {
+    // The state is None once the stream has ended in an error: nothing follows one. One
+    // deadline for the whole body, polled only while a chunk is pending: a body that is
+    // already buffered (the usual small JSON) never registers a timer.
+    let late = Box::pin(tokio::time::sleep_until(deadline));
+    let start = Some((payload, 0usize, late));
+    let chunks = futures_util::stream::unfold(start, move |state| async move {
+        let (mut payload, received, mut late) = state?;
+        let next = tokio::select! {
+            biased;
+            next = payload.next() => next,
+            () = &mut late => {
                 let late = std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
@@ -342,16 +345,18 @@ fn bounded_payload(
                         timeout.as_secs()
                     ),
                 );
-                Some((Err(PayloadError::Io(late)), None))
+                return Some((Err(PayloadError::Io(late)), None));
             }
-            Ok(None) => None,
-            Ok(Some(Err(e))) => Some((Err(e), None)),
-            Ok(Some(Ok(chunk))) if received + chunk.len() > limit => {
+        };
+        match next {
+            None => None,
+            Some(Err(e)) => Some((Err(e), None)),
+            Some(Ok(chunk)) if received + chunk.len() > limit => {
                 Some((Err(PayloadError::Overflow), None))
             }
-            Ok(Some(Ok(chunk))) => {
+            Some(Ok(chunk)) => {
                 let received = received + chunk.len();
-                Some((Ok(chunk), Some((payload, received))))
+                Some((Ok(chunk), Some((payload, received, late))))
             }
         }
     });
@@ -362,15 +367,10 @@ fn bounded_payload(
 /// Gives the error answers actix-web builds itself the JSON error shape every handler
 /// uses: a 405 from a resource without the request's method (its `Allow` header is
 /// kept), an extractor's 400 or 413. Answers already in JSON pass untouched.
-pub async fn json_errors<B: MessageBody + 'static>(
-    req: ServiceRequest,
-    next: actix_web::middleware::Next<B>,
+fn json_errors<B: MessageBody + 'static>(
+    response: ServiceResponse<B>,
+    limit: usize,
 ) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
-    let limit = req
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.settings.api.max_body_bytes)
-        .unwrap_or(usize::MAX);
-    let response = next.call(req).await?;
     let status = response.status();
     let is_json = response
         .headers()
