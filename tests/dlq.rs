@@ -225,6 +225,37 @@ async fn bad_redrive_requests_name_the_field() {
 }
 
 #[actix_web::test]
+async fn a_redrive_posted_as_a_form_or_plain_text_is_refused_with_415() {
+    // A cross-site form can send text/plain or a form encoding, never application/json:
+    // with no token configured, this is what keeps a web page from redriving the DLQ.
+    let app = spawn_app(AppOptions::default()).await;
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let response = app
+            .http
+            .post(app.url("/dlq/redrive"))
+            .header("Content-Type", content_type)
+            .body("{\"all\":true}")
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status().as_u16(), 415, "{content_type}");
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(answer["error"]["code"].is_string(), "{answer}");
+    }
+    let oversized = format!("{{\"ids\": [\"{}\"]}}", "x".repeat(300 * 1024));
+    let response = app
+        .http
+        .post(app.url("/dlq/redrive"))
+        .header("Content-Type", "application/json")
+        .body(oversized)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 413);
+    app.stop().await;
+}
+
+#[actix_web::test]
 async fn the_dlq_cli_lists_and_purges_with_confirmation() {
     let app = spawn_app(AppOptions::default()).await;
     app.queue

@@ -37,10 +37,16 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 }
 
 /// `POST /dlq/redrive` with `{"ids": [...]}` (report or message ids) or `{"all": true}`.
+///
+/// Only `application/json` is taken (415 otherwise), so a cross-site form post cannot
+/// redrive the DLQ; the body is bounded by `api.max_body_bytes` like every POST's.
 pub async fn redrive(
-    body: web::Bytes,
+    req: actix_web::HttpRequest,
+    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    super::require_json(&req)?;
+    let body = super::read_limited(body, state.settings.api.max_body_bytes).await?;
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             "body",
