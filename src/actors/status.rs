@@ -353,8 +353,8 @@ async fn execute_batch(pool: &DbPool, batch: Vec<(WriteOp, Reply)>) {
             }
             Err(error) if db::is_lock_timeout(&error) => {
                 let ids: Vec<Uuid> = these.iter().flat_map(|op| rows_of(op)).collect();
-                let busy = match reports::lock_rows(&mut conn, &ids).await {
-                    Ok((_, busy)) if !busy.is_empty() => busy,
+                let busy = match reports::busy_rows(&mut conn, &ids).await {
+                    Ok(busy) if !busy.is_empty() => busy,
                     _ => break,
                 };
                 tracing::warn!(

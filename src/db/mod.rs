@@ -105,7 +105,7 @@ impl DbError {
 /// connections.
 fn is_transient_message(message: &str) -> bool {
     const TRANSIENT: [&str; 6] = [
-        "canceling statement due to lock timeout",
+        LOCK_TIMEOUT_MESSAGE,
         "canceling statement due to statement timeout",
         "terminating connection",
         "the database system is",
@@ -119,8 +119,11 @@ fn is_transient_message(message: &str) -> bool {
 /// session (SQLSTATE 55P03; diesel passes only the message on).
 pub fn is_lock_timeout(error: &diesel::result::Error) -> bool {
     matches!(error, diesel::result::Error::DatabaseError(_, info)
-        if info.message().contains("canceling statement due to lock timeout"))
+        if info.message().contains(LOCK_TIMEOUT_MESSAGE))
 }
+
+/// PostgreSQL's message for SQLSTATE 55P03 raised by `lock_timeout`.
+const LOCK_TIMEOUT_MESSAGE: &str = "canceling statement due to lock timeout";
 
 /// Builds the StatusActor's own small pool: its connections run with
 /// `statement_timeout` and `lock_timeout`, and neither the generators nor the API's

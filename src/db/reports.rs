@@ -197,16 +197,13 @@ struct IdRow {
     id: Uuid,
 }
 
-/// Of `ids`, the rows that could be locked at once (`FOR UPDATE SKIP LOCKED`), and the
-/// rows that exist but are locked by another session. After a batch hit its lock
-/// timeout, this tells the StatusActor which writes met a row held elsewhere (an
-/// operator's `SELECT … FOR UPDATE`, a long transaction), so only those wait.
-pub async fn lock_rows(
-    conn: &mut AsyncPgConnection,
-    ids: &[Uuid],
-) -> QueryResult<(HashSet<Uuid>, HashSet<Uuid>)> {
+/// Of `ids`, the rows that exist but are locked by another session. After a batch hit
+/// its lock timeout, this tells the StatusActor which writes met a row held elsewhere
+/// (an operator's `SELECT … FOR UPDATE`, a long transaction), so only those wait. Run
+/// outside a transaction: the `FOR UPDATE SKIP LOCKED` probe holds no lock afterwards.
+pub async fn busy_rows(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<HashSet<Uuid>> {
     if ids.is_empty() {
-        return Ok(Default::default());
+        return Ok(HashSet::new());
     }
     let locked: HashSet<Uuid> = diesel::sql_query(
         "SELECT id FROM report_queue WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED",
@@ -223,7 +220,7 @@ pub async fn lock_rows(
         .copied()
         .collect();
     if missing.is_empty() {
-        return Ok((locked, HashSet::new()));
+        return Ok(HashSet::new());
     }
     // A plain read never waits for row locks: it tells a busy row from a missing one.
     let busy: HashSet<Uuid> = rq::report_queue
@@ -233,7 +230,7 @@ pub async fn lock_rows(
         .await?
         .into_iter()
         .collect();
-    Ok((locked, busy))
+    Ok(busy)
 }
 
 /// Records that these attempts are still alive (visibility heartbeats), so that a
