@@ -552,8 +552,19 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks the rules that types alone cannot express.
+    /// Checks what serde cannot: ranges, formats and the rules between keys. The error
+    /// names the first key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_database()?;
+        self.validate_sqs()?;
+        self.validate_jobs()?;
+        self.validate_api()?;
+        self.validate_simulate()
+    }
+
+    /// `[server]`.
+    fn validate_server(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
         if self.server.bind.parse::<SocketAddr>().is_err() {
             return invalid(
@@ -591,6 +602,12 @@ impl Settings {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// `[database]`.
+    fn validate_database(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
         match url::Url::parse(&self.database.url) {
             Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {}
             Ok(u) => {
@@ -607,6 +624,27 @@ impl Settings {
         if self.database.pool_size == 0 {
             return invalid("database.pool_size", "must be at least 1".into());
         }
+        if self.database.lock_timeout_ms == 0 || self.database.statement_timeout_ms == 0 {
+            return invalid(
+                "database.statement_timeout_ms",
+                "statement_timeout_ms and lock_timeout_ms must be at least 1 ms (0 would mean no limit)".into(),
+            );
+        }
+        if self.database.lock_timeout_ms > self.database.statement_timeout_ms {
+            return invalid(
+                "database.lock_timeout_ms",
+                format!(
+                    "{} is above database.statement_timeout_ms ({})",
+                    self.database.lock_timeout_ms, self.database.statement_timeout_ms
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// `[sqs]`, and its receive count against `jobs.max_attempts`.
+    fn validate_sqs(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
         if let Some(endpoint) = &self.sqs.endpoint_url {
             if let Err(e) = parse_http_url(endpoint) {
                 return invalid("sqs.endpoint_url", e);
@@ -657,6 +695,27 @@ impl Settings {
                 format!("{} is outside 0..=20 seconds", self.sqs.wait_time_s),
             );
         }
+        if !(1..=10).contains(&self.sqs.receive_batch) {
+            return invalid(
+                "sqs.receive_batch",
+                format!("{} is outside 1..=10", self.sqs.receive_batch),
+            );
+        }
+        if !(60..=1_209_600).contains(&self.sqs.message_retention_s) {
+            return invalid(
+                "sqs.message_retention_s",
+                format!(
+                    "{} is outside 60..=1209600 seconds",
+                    self.sqs.message_retention_s
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// `[jobs]`, `[workers]`, `[retry]` and `[supervisor]`.
+    fn validate_jobs(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
         if !(1..=100).contains(&self.jobs.max_attempts) {
             return invalid(
                 "jobs.max_attempts",
@@ -673,50 +732,11 @@ impl Settings {
                 ),
             );
         }
-        if self.database.lock_timeout_ms == 0 || self.database.statement_timeout_ms == 0 {
-            return invalid(
-                "database.statement_timeout_ms",
-                "statement_timeout_ms and lock_timeout_ms must be at least 1 ms (0 would mean no limit)".into(),
-            );
-        }
-        if self.database.lock_timeout_ms > self.database.statement_timeout_ms {
-            return invalid(
-                "database.lock_timeout_ms",
-                format!(
-                    "{} is above database.statement_timeout_ms ({})",
-                    self.database.lock_timeout_ms, self.database.statement_timeout_ms
-                ),
-            );
-        }
-        if !(1..=10).contains(&self.sqs.receive_batch) {
-            return invalid(
-                "sqs.receive_batch",
-                format!("{} is outside 1..=10", self.sqs.receive_batch),
-            );
-        }
-        if !(60..=1_209_600).contains(&self.sqs.message_retention_s) {
-            return invalid(
-                "sqs.message_retention_s",
-                format!(
-                    "{} is outside 60..=1209600 seconds",
-                    self.sqs.message_retention_s
-                ),
-            );
-        }
         if self.workers.count == 0 || self.workers.count > 10_000 {
             return invalid(
                 "workers.count",
                 format!("{} is outside 1..=10000", self.workers.count),
             );
-        }
-        if self.api.max_range_days < 0 {
-            return invalid("api.max_range_days", "must not be negative".into());
-        }
-        if self.api.max_body_bytes == 0 {
-            return invalid("api.max_body_bytes", "must be at least 1".into());
-        }
-        if self.api.tokens.iter().any(|t| t.trim().is_empty()) {
-            return invalid("api.tokens", "a token must not be empty".into());
         }
         if self.retry.backoff_base_s == 0 || self.retry.backoff_max_s < self.retry.backoff_base_s {
             return invalid(
@@ -733,6 +753,27 @@ impl Settings {
         if self.supervisor.window_s == 0 {
             return invalid("supervisor.window_s", "must be at least 1 second".into());
         }
+        Ok(())
+    }
+
+    /// `[api]`.
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.api.max_range_days < 0 {
+            return invalid("api.max_range_days", "must not be negative".into());
+        }
+        if self.api.max_body_bytes == 0 {
+            return invalid("api.max_body_bytes", "must be at least 1".into());
+        }
+        if self.api.tokens.iter().any(|t| t.trim().is_empty()) {
+            return invalid("api.tokens", "a token must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// `[simulate]`.
+    fn validate_simulate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
         if let Some([min, max]) = self.simulate.duration_ms {
             if min > max {
                 return invalid(

@@ -171,7 +171,7 @@ async fn delete_held<'a>(
     for chunk in handles.chunks(10) {
         for (handle, reason) in queue.delete_batch_in(&queue.dlq_url, chunk).await? {
             tracing::warn!(
-                reason,
+                reason = %reason,
                 handle,
                 "DLQ message not deleted; it may be acted on again (harmless)"
             );
@@ -189,6 +189,83 @@ pub async fn list(
     let held = scan(queue, pool, limit).await?;
     release(queue, &held).await;
     Ok(held.into_iter().map(|h| h.entry).collect())
+}
+
+/// How long a finished listing answers the readers that waited for it.
+const SHARE_LISTING_FOR: Duration = Duration::from_secs(1);
+
+/// The API's DLQ operations, one at a time in this process.
+///
+/// Looking into an SQS queue without consuming it means receiving its messages (which
+/// hides them) and releasing them. Two listings at once would each see only what the
+/// other did not hold, and a redrive during a listing would report held messages as not
+/// found. So the operations take turns, and readers that waited behind a listing get
+/// its result when it is less than [`SHARE_LISTING_FOR`] old instead of scanning again.
+/// Another process looking at the same DLQ (the CLI, the watcher of a worker process)
+/// can still hold messages for a few seconds.
+#[derive(Default)]
+pub struct DlqGate {
+    last_listing: tokio::sync::Mutex<Option<Listing>>,
+}
+
+struct Listing {
+    taken: std::time::Instant,
+    limit: usize,
+    entries: Vec<DlqEntry>,
+}
+
+impl Listing {
+    /// Whether this listing can answer a request for `limit` messages at `now`.
+    fn answers(&self, limit: usize, now: std::time::Instant) -> bool {
+        limit <= self.limit && now.saturating_duration_since(self.taken) < SHARE_LISTING_FOR
+    }
+}
+
+impl DlqGate {
+    /// [`list`], shared with the readers that asked at the same time.
+    pub async fn list(
+        &self,
+        queue: &SqsQueue,
+        pool: &DbPool,
+        limit: usize,
+    ) -> Result<Vec<DlqEntry>, DlqError> {
+        let mut last = self.last_listing.lock().await;
+        let now = std::time::Instant::now();
+        if let Some(listing) = last.as_ref().filter(|l| l.answers(limit, now)) {
+            return Ok(listing.entries.iter().take(limit).cloned().collect());
+        }
+        let entries = list(queue, pool, limit).await?;
+        *last = Some(Listing {
+            taken: std::time::Instant::now(),
+            limit,
+            entries: entries.clone(),
+        });
+        Ok(entries)
+    }
+
+    /// [`redrive`], never during a listing; later listings scan again.
+    pub async fn redrive(
+        &self,
+        queue: &SqsQueue,
+        pool: &DbPool,
+        selection: &Selection,
+    ) -> Result<RedriveReport, DlqError> {
+        let mut last = self.last_listing.lock().await;
+        *last = None;
+        redrive(queue, pool, selection).await
+    }
+
+    /// [`discard`], never during a listing; later listings scan again.
+    pub async fn discard(
+        &self,
+        queue: &SqsQueue,
+        pool: &DbPool,
+        message_id: &str,
+    ) -> Result<bool, DlqError> {
+        let mut last = self.last_listing.lock().await;
+        *last = None;
+        discard(queue, pool, message_id).await
+    }
 }
 
 /// Which messages to send back.
@@ -592,6 +669,20 @@ mod tests {
             sent_at: None,
             body: String::new(),
         }
+    }
+
+    #[test]
+    fn a_listing_answers_smaller_or_equal_requests_for_one_second() {
+        let taken = std::time::Instant::now();
+        let listing = Listing {
+            taken,
+            limit: 100,
+            entries: Vec::new(),
+        };
+        assert!(listing.answers(100, taken));
+        assert!(listing.answers(10, taken + Duration::from_millis(999)));
+        assert!(!listing.answers(101, taken), "asks for more than it holds");
+        assert!(!listing.answers(10, taken + SHARE_LISTING_FOR), "too old");
     }
 
     #[test]

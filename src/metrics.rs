@@ -52,39 +52,33 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// Registers a metric made from constant names and help texts. A failure here is a
+/// programming error (a malformed or repeated name) that every test starting the daemon
+/// would hit, never something the environment can cause.
+fn register<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("a valid metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("a unique metric name");
+    metric
+}
+
 impl Metrics {
     /// A fresh registry with every metric registered. The names and labels are constants,
     /// so the `expect`s below can only fire on a programming error, which every test hits.
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric name");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric name");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
+        let counter = |name: &str, help: &str| register(&registry, IntCounter::new(name, help));
+        let gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help));
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
+            let opts = HistogramOpts::new(name, help).buckets(buckets);
+            register(&registry, Histogram::with_opts(opts))
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
         let metrics = Self {
             jobs_accepted: counter("reportd_jobs_accepted_total", "Reports accepted by the API"),
@@ -130,29 +124,21 @@ impl Metrics {
                 "HTTP requests",
                 &["route", "method", "status"],
             ),
-            http_seconds: {
-                let h = HistogramVec::new(
+            http_seconds: register(
+                &registry,
+                HistogramVec::new(
                     HistogramOpts::new("reportd_http_request_seconds", "HTTP latency")
                         .buckets(SECONDS_BUCKETS.to_vec()),
                     &["route"],
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(h.clone()))
-                    .expect("unique metric");
-                h
-            },
-            queue_depth: {
-                let g = IntGaugeVec::new(
+                ),
+            ),
+            queue_depth: register(
+                &registry,
+                IntGaugeVec::new(
                     Opts::new("reportd_queue_depth", "SQS approximate queue depth"),
                     &["queue", "state"],
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique metric");
-                g
-            },
+                ),
+            ),
             actor_restarts: counter_vec(
                 "reportd_actor_restarts_total",
                 "Actor restarts by kind",

@@ -214,7 +214,7 @@ impl Dispatcher {
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
-                Ok(Err(e)) => Err(e),
+                Ok(Err(failure)) => Err(failure.message),
                 Err(_) => Err("the send batcher is gone".to_string()),
             };
             this.in_flight().remove(&id);

@@ -131,6 +131,7 @@ impl Application {
             registry,
             depths,
             status_probe,
+            dlq: Default::default(),
         });
         let (server, port) = start_http(&settings, state)?;
         tracing::info!(port, roles = ?settings.server.roles, "reportd listening");

@@ -78,6 +78,10 @@ async fn bad_requests_are_answered_with_a_json_error_naming_the_field() {
         BadRequest { body: String::new(), ..bad("empty body", json!(null), "body") },
         BadRequest { body: "{\"userId\": 1,".into(), ..bad("malformed JSON", json!(null), "body") },
         BadRequest {
+            body: format!("{{\"userId\": 1, \"startDate\": \"{ok_start}\", \"endDate\": \"{ok_start}\", \"userId\": 2}}"),
+            ..bad("duplicate key", json!(null), "body")
+        },
+        BadRequest {
             content_type: "text/plain",
             status: 415,
             ..bad("wrong content type", json!({"userId": 1, "startDate": ok_start, "endDate": ok_start}), "Content-Type")
@@ -98,6 +102,8 @@ async fn bad_requests_are_answered_with_a_json_error_naming_the_field() {
         get("bad status filter", "/reports?status=done", 400, "status"),
         get("bad userId filter", "/reports?userId=-1", 400, "userId"),
         get("unknown query parameter", "/reports?sort=asc", 400, "sort"),
+        get("repeated query parameter", "/reports?limit=5&limit=500", 400, "limit"),
+        get("repeated status filter", "/reports?status=failed&status=completed", 400, "status"),
     ];
     assert!(cases.len() >= 20);
     let mut failures = Vec::new();

@@ -300,3 +300,31 @@ async fn the_dlq_cli_lists_and_purges_with_confirmation() {
     .await;
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn ten_concurrent_listings_of_a_one_message_dlq_each_see_the_message() {
+    let app = spawn_app(AppOptions::default()).await;
+    app.queue
+        .client()
+        .send_message()
+        .queue_url(&app.queue.dlq_url)
+        .message_body("not json")
+        .send()
+        .await
+        .expect("send to the DLQ");
+    wait_for_dlq(&app, "the message", |_| true).await;
+    let listings = futures_util::future::join_all((0..10).map(|_| dlq_items(&app))).await;
+    for (index, items) in listings.iter().enumerate() {
+        assert_eq!(items.len(), 1, "listing {index} saw {items:?}");
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_repeated_limit_on_the_dlq_listing_is_refused_by_name() {
+    let app = spawn_app(AppOptions::default()).await;
+    let (status, body) = app.get_json("/dlq?limit=1&limit=2").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "limit");
+    app.stop().await;
+}

@@ -220,3 +220,63 @@ async fn after_n_jobs_the_metrics_counters_equal_n() {
     assert!(text.contains("reportd_status_batch_size_count"));
     app.stop().await;
 }
+
+/// The running job's id as `/health` shows it to this request, once a worker holds one.
+async fn health_job(app: &TestApp, token: Option<&str>) -> Value {
+    let mut request = app.http.get(app.url("/health"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let health: Value = request
+        .send()
+        .await
+        .expect("GET /health")
+        .json()
+        .await
+        .expect("JSON");
+    health["actors"]
+        .as_array()
+        .and_then(|actors| actors.iter().find(|a| a["kind"] == "ReportWorker"))
+        .map(|worker| worker["job"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[actix_web::test]
+async fn with_tokens_health_shows_job_ids_and_error_text_only_to_token_holders() {
+    let app = spawn_app(AppOptions {
+        tokens: vec!["s3cret".into()],
+        workers: 1,
+        simulate: SimulateSettings {
+            duration_ms: Some([4_000, 4_000]),
+            ..zero_work()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let response = app
+        .http
+        .post(app.url("/reports"))
+        .bearer_auth("s3cret")
+        .json(&serde_json::json!({"userId": 1, "startDate": "2024-01-01", "endDate": "2024-01-01"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 202);
+    let id = response.json::<Value>().await.expect("JSON")["id"].clone();
+    wait_until(
+        "a worker to hold the job",
+        Duration::from_secs(20),
+        || async { health_job(&app, Some("s3cret")).await == id },
+    )
+    .await;
+    assert_eq!(
+        health_job(&app, None).await,
+        Value::Null,
+        "no token: no job id"
+    );
+    assert_eq!(health_job(&app, Some("wrong")).await, Value::Null);
+    let (status, health) = app.get_json("/health").await;
+    assert_eq!(status, 200, "a probe still reads the state: {health}");
+    assert!(health["redacted"].is_string(), "{health}");
+    app.stop().await;
+}

@@ -5,8 +5,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::input::{self, BodyShape};
 use super::AppState;
-use crate::dlq::{self, DlqError, Selection};
+use crate::dlq::{DlqError, Selection};
 
 /// Most messages `GET /dlq` lists.
 const MAX_LIMIT: i64 = 1000;
@@ -21,20 +22,21 @@ impl From<DlqError> for ApiError {
 /// `GET /dlq?limit=`: the DLQ's messages, without consuming them.
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut limit = 100;
-    for (key, value) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
-        match key.as_ref() {
-            "limit" => limit = super::parse_limit(&value, MAX_LIMIT)?,
-            other => {
-                return Err(ApiError::invalid(
-                    other,
-                    format!("unknown query parameter `{other}`; allowed: limit"),
-                ))
-            }
-        }
+    for (_, value) in input::query_pairs(req.query_string(), &["limit"])? {
+        limit = super::parse_limit(&value, MAX_LIMIT)?;
     }
-    let entries = dlq::list(&state.queue, &state.pool, limit as usize).await?;
+    let entries = state
+        .dlq
+        .list(&state.queue, &state.pool, limit as usize)
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "items": entries })))
 }
+
+/// The body of `POST /dlq/redrive`.
+const REDRIVE: BodyShape = BodyShape {
+    allowed: &["ids", "all"],
+    expected: "{\"ids\": [...]} or {\"all\": true}",
+};
 
 /// `POST /dlq/redrive` with `{"ids": [...]}` (report or message ids) or `{"all": true}`.
 ///
@@ -45,32 +47,8 @@ pub async fn redrive(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    super::require_json(&req)?;
-    let body = super::read_limited(body, state.settings.api.max_body_bytes).await?;
-    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid(
-            "body",
-            "expected {\"ids\": [...]} or {\"all\": true}",
-        ));
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?
-    };
-    let Value::Object(object) = value else {
-        return Err(ApiError::invalid(
-            "body",
-            "expected {\"ids\": [...]} or {\"all\": true}",
-        ));
-    };
-    if let Some(unknown) = object
-        .keys()
-        .find(|k| !["ids", "all"].contains(&k.as_str()))
-    {
-        return Err(ApiError::invalid(
-            unknown,
-            format!("unknown field `{unknown}`; allowed: ids, all"),
-        ));
-    }
+    let object =
+        input::json_object(&req, body, state.settings.api.max_body_bytes, &REDRIVE).await?;
     let all = match object.get("all") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -99,7 +77,10 @@ pub async fn redrive(
             "name at least one id, or set \"all\": true",
         ));
     }
-    let report = dlq::redrive(&state.queue, &state.pool, &Selection { ids, all }).await?;
+    let report = state
+        .dlq
+        .redrive(&state.queue, &state.pool, &Selection { ids, all })
+        .await?;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -109,7 +90,11 @@ pub async fn discard(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let message_id = path.into_inner();
-    if dlq::discard(&state.queue, &state.pool, &message_id).await? {
+    if state
+        .dlq
+        .discard(&state.queue, &state.pool, &message_id)
+        .await?
+    {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::new(

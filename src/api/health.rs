@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
@@ -162,7 +162,7 @@ async fn dependencies(state: &AppState) -> (Value, bool) {
 }
 
 /// `GET /health/ready`: database and SQS reachable, the poller receiving without errors.
-pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+pub async fn ready(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let (deps, deps_ok) = dependencies(&state).await;
     let (poller_ok, poller_error) = match poller_stats(&state).await {
         None => (true, None),
@@ -173,93 +173,142 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         Some(None) => (false, Some("poller did not answer".to_string())),
     };
     let ok = deps_ok && poller_ok;
-    respond(
-        ok,
-        json!({"status": if ok { "ok" } else { "unavailable" }, "dependencies": deps, "pollerError": poller_error}),
-    )
+    let body = json!({"status": if ok { "ok" } else { "unavailable" }, "dependencies": deps, "pollerError": poller_error});
+    respond(ok, redacted_for(&req, &state, body))
 }
 
 /// `GET /health`: every actor and dependency.
-pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+pub async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let views = state.registry.snapshot();
-    let mut actors = Vec::new();
-    let mut healthy = true;
+    let (status, status_ok) = status_actor_entry(&state, &views).await;
+    let mut actors = vec![status];
+    let mut healthy = status_ok;
+    if let Some((poller, poller_ok)) = poller_entry(&state, &views).await {
+        actors.push(poller);
+        healthy &= poller_ok;
+    }
+    let (workers, workers_ok) = worker_entries(&state, &views).await;
+    actors.extend(workers);
+    healthy &= workers_ok;
+    let (deps, deps_ok) = dependencies(&state).await;
+    healthy &= deps_ok;
+    let body = json!({
+        "status": if healthy { "ok" } else { "unhealthy" },
+        "roles": state.settings.server.roles,
+        "actors": actors,
+        "dependencies": deps,
+        "queueDepths": state.depths.latest(),
+    });
+    respond(healthy, redacted_for(&req, &state, body))
+}
 
-    let (stats, writer) = status_stats(&state).await;
-    let view = view_of(&views, "status");
+/// The StatusActor's entry and whether it is healthy.
+async fn status_actor_entry(state: &AppState, views: &[ActorView]) -> (Value, bool) {
+    let (stats, writer) = status_stats(state).await;
+    let view = view_of(views, "status");
     let status_state = match writer {
         WriterState::Busy => "busy",
         WriterState::Stuck => "stuck",
         WriterState::Running => actor_state(true, view),
     };
-    let status = Some(stats);
-    healthy &= status_state == "running";
-    actors.push(json!({
+    let entry = json!({
         "name": "status", "kind": "StatusActor", "state": status_state,
         "restarts": view.map_or(0, |v| v.restarts),
         "lastRestartCause": view.and_then(|v| v.last_restart_cause.clone()),
         "heartbeatAgeS": view.map(|v| v.heartbeat_age_s),
-        "pendingWrites": status.as_ref().map(|s| s.pending),
-        "lastFlushMs": status.as_ref().map(|s| s.last_flush_ms),
-        "lastBatchSize": status.as_ref().map(|s| s.last_batch_size),
-        "flushRunningS": status.as_ref().and_then(|s| s.flush_running_s),
-    }));
+        "pendingWrites": stats.pending,
+        "lastFlushMs": stats.last_flush_ms,
+        "lastBatchSize": stats.last_batch_size,
+        "flushRunningS": stats.flush_running_s,
+    });
+    (entry, status_state == "running")
+}
 
-    if let Some(poller) = poller_stats(&state).await {
-        let view = view_of(&views, "poller");
-        let mut poller_state = actor_state(poller.is_some(), view);
-        if let Some(stats) = &poller {
-            if stats.stopped {
-                poller_state = "stopped";
-            } else if !poller_ticking(&state, stats) {
-                poller_state = "stalled";
+/// The PollerActor's entry and whether it is healthy; None without the worker role.
+async fn poller_entry(state: &AppState, views: &[ActorView]) -> Option<(Value, bool)> {
+    let poller = poller_stats(state).await?;
+    let view = view_of(views, "poller");
+    let poller_state = match &poller {
+        Some(stats) if stats.stopped => "stopped",
+        Some(stats) if !poller_ticking(state, stats) => "stalled",
+        _ => actor_state(poller.is_some(), view),
+    };
+    let receiving = poller.as_ref().is_some_and(|s| s.consecutive_errors == 0);
+    let ok = matches!(poller_state, "running" | "stopped") && receiving;
+    let entry = json!({
+        "name": "poller", "kind": "PollerActor", "state": poller_state,
+        "restarts": view.map_or(0, |v| v.restarts),
+        "lastRestartCause": view.and_then(|v| v.last_restart_cause.clone()),
+        "heartbeatAgeS": view.map(|v| v.heartbeat_age_s),
+        "lastReceiveAgeS": poller.as_ref().and_then(|s| s.last_receive_age_s),
+        "consecutiveErrors": poller.as_ref().map(|s| s.consecutive_errors),
+        "lastError": poller.as_ref().and_then(|s| s.last_error.clone()),
+        "idleWorkers": poller.as_ref().map(|s| s.idle_workers),
+        "busyWorkers": poller.as_ref().map(|s| s.busy_workers),
+        "waitingForDatabase": poller.as_ref().map(|s| s.waiting_for_database),
+    });
+    Some((entry, ok))
+}
+
+/// One entry per ReportWorker, and whether all of them are healthy.
+async fn worker_entries(state: &AppState, views: &[ActorView]) -> (Vec<Value>, bool) {
+    let answers = join_all(state.workers.iter().map(|w| ask(w, Ping))).await;
+    let mut healthy = true;
+    let entries = answers
+        .iter()
+        .enumerate()
+        .map(|(index, answer)| {
+            let name = format!("worker-{index}");
+            let view = view_of(views, &name);
+            let worker_state = actor_state(answer.is_some(), view);
+            healthy &= worker_state == "running";
+            json!({
+                "name": name, "kind": "ReportWorker", "state": worker_state,
+                "restarts": view.map_or(0, |v| v.restarts),
+                "lastRestartCause": view.and_then(|v| v.last_restart_cause.clone()),
+                "heartbeatAgeS": view.map(|v| v.heartbeat_age_s),
+                "job": view.and_then(|v| v.job),
+                "jobAgeS": view.and_then(|v| v.job_age_s),
+            })
+        })
+        .collect();
+    (entries, healthy)
+}
+
+/// Fields that name jobs or carry raw error text (an SQS error names the queue URL, and
+/// with it the AWS account). Probes need neither, so callers without a token get them as
+/// `null` when tokens are configured.
+const TOKEN_ONLY_FIELDS: &[&str] = &[
+    "job",
+    "lastError",
+    "lastRestartCause",
+    "error",
+    "pollerError",
+];
+
+fn redacted_for(req: &HttpRequest, state: &AppState, mut body: Value) -> Value {
+    if !super::is_trusted(req, &state.settings.api.tokens) {
+        redact(&mut body);
+        body["redacted"] = json!("job ids and error text need a bearer token");
+    }
+    body
+}
+
+/// Sets every [`TOKEN_ONLY_FIELDS`] field, at any depth, to null.
+fn redact(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            for (key, field) in object.iter_mut() {
+                if TOKEN_ONLY_FIELDS.contains(&key.as_str()) {
+                    *field = Value::Null;
+                } else {
+                    redact(field);
+                }
             }
         }
-        let ok = poller_state == "running" || poller_state == "stopped";
-        let receiving = poller.as_ref().is_some_and(|s| s.consecutive_errors == 0);
-        healthy &= ok && receiving;
-        actors.push(json!({
-            "name": "poller", "kind": "PollerActor", "state": poller_state,
-            "restarts": view.map_or(0, |v| v.restarts),
-            "lastRestartCause": view.and_then(|v| v.last_restart_cause.clone()),
-            "heartbeatAgeS": view.map(|v| v.heartbeat_age_s),
-            "lastReceiveAgeS": poller.as_ref().and_then(|s| s.last_receive_age_s),
-            "consecutiveErrors": poller.as_ref().map(|s| s.consecutive_errors),
-            "lastError": poller.as_ref().and_then(|s| s.last_error.clone()),
-            "idleWorkers": poller.as_ref().map(|s| s.idle_workers),
-            "busyWorkers": poller.as_ref().map(|s| s.busy_workers),
-            "waitingForDatabase": poller.as_ref().map(|s| s.waiting_for_database),
-        }));
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
     }
-
-    let answers = join_all(state.workers.iter().map(|w| ask(w, Ping))).await;
-    for (index, answer) in answers.iter().enumerate() {
-        let name = format!("worker-{index}");
-        let view = view_of(&views, &name);
-        let worker_state = actor_state(answer.is_some(), view);
-        healthy &= worker_state == "running";
-        actors.push(json!({
-            "name": name, "kind": "ReportWorker", "state": worker_state,
-            "restarts": view.map_or(0, |v| v.restarts),
-            "lastRestartCause": view.and_then(|v| v.last_restart_cause.clone()),
-            "heartbeatAgeS": view.map(|v| v.heartbeat_age_s),
-            "job": view.and_then(|v| v.job),
-            "jobAgeS": view.and_then(|v| v.job_age_s),
-        }));
-    }
-
-    let (deps, deps_ok) = dependencies(&state).await;
-    healthy &= deps_ok;
-    respond(
-        healthy,
-        json!({
-            "status": if healthy { "ok" } else { "unhealthy" },
-            "roles": state.settings.server.roles,
-            "actors": actors,
-            "dependencies": deps,
-            "queueDepths": state.depths.latest(),
-        }),
-    )
 }
 
 fn respond(ok: bool, body: Value) -> HttpResponse {
@@ -267,5 +316,36 @@ fn respond(ok: bool, body: Value) -> HttpResponse {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_nulls_job_ids_and_error_text_at_any_depth_and_keeps_the_rest() {
+        let mut body = json!({
+            "status": "unhealthy",
+            "actors": [
+                {"name": "worker-0", "state": "running", "job": "6f1c…", "jobAgeS": 3.0},
+                {"name": "poller", "lastError": "https://sqs…/123456789012/q", "consecutiveErrors": 2},
+            ],
+            "dependencies": {"sqs": {"reachable": false, "error": "account 123456789012"}},
+            "queueDepths": {"main": {"error": "raw"}},
+        });
+        redact(&mut body);
+        assert_eq!(
+            body,
+            json!({
+                "status": "unhealthy",
+                "actors": [
+                    {"name": "worker-0", "state": "running", "job": null, "jobAgeS": 3.0},
+                    {"name": "poller", "lastError": null, "consecutiveErrors": 2},
+                ],
+                "dependencies": {"sqs": {"reachable": false, "error": null}},
+                "queueDepths": {"main": {"error": null}},
+            })
+        );
     }
 }

@@ -3,6 +3,7 @@
 pub mod dlq;
 pub mod error;
 pub mod health;
+mod input;
 pub mod openapi;
 pub mod reports;
 
@@ -46,6 +47,8 @@ pub struct AppState {
     pub depths: QueueDepths,
     /// The StatusActor's flush figures, readable while its mailbox is full.
     pub status_probe: crate::actors::status::StatusProbe,
+    /// The DLQ operations, one at a time (see [`crate::dlq::DlqGate`]).
+    pub dlq: crate::dlq::DlqGate,
 }
 
 /// The last queue depths read from SQS, refreshed every few seconds in the background
@@ -459,17 +462,7 @@ pub async fn authenticate<B: MessageBody + 'static>(
             .await
             .map(ServiceResponse::map_into_left_body);
     }
-    let presented = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    let allowed = presented.is_some_and(|p| {
-        tokens
-            .iter()
-            .any(|t| constant_time_eq(t.as_bytes(), p.as_bytes()))
-    });
-    if allowed {
+    if presents_a_token(req.headers(), &tokens) {
         return next
             .call(req)
             .await
@@ -479,6 +472,25 @@ pub async fn authenticate<B: MessageBody + 'static>(
         ApiError::unauthorized("a valid `Authorization: Bearer <token>` header is required");
     let response = actix_web::ResponseError::error_response(&error);
     Ok(req.into_response(response).map_into_right_body())
+}
+
+/// Whether the request's `Authorization` header carries one of `tokens`.
+fn presents_a_token(headers: &header::HeaderMap, tokens: &[String]) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    presented.is_some_and(|p| {
+        tokens
+            .iter()
+            .any(|t| constant_time_eq(t.as_bytes(), p.as_bytes()))
+    })
+}
+
+/// Whether the caller may see what only token holders see (job ids, raw error text):
+/// always when no tokens are configured, else with a valid token.
+pub(crate) fn is_trusted(req: &HttpRequest, tokens: &[String]) -> bool {
+    tokens.is_empty() || presents_a_token(req.headers(), tokens)
 }
 
 /// The token of an `Authorization` header value in the `Bearer` scheme. Scheme names

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::input::{self, BodyShape};
 use super::AppState;
 use crate::actors::status;
 use crate::db::models::{JobStatus, NewReport, ReportRecord};
@@ -29,9 +30,9 @@ pub async fn submit(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    super::require_json(&req)?;
-    let bytes = super::read_limited(body, state.settings.api.max_body_bytes).await?;
-    let payload = parse_submission(&bytes, state.settings.api.max_range_days)?;
+    let object =
+        input::json_object(&req, body, state.settings.api.max_body_bytes, &SUBMISSION).await?;
+    let payload = parse_submission(&object, state.settings.api.max_range_days)?;
     let key = idempotency_key(&req)?;
     accept(&state, payload, key).await
 }
@@ -134,34 +135,20 @@ fn accepted_body(public_url: &str, id: Uuid, status: &str) -> Value {
     })
 }
 
+/// The body of `POST /reports`.
+const SUBMISSION: BodyShape = BodyShape {
+    allowed: &["userId", "startDate", "endDate"],
+    expected: "a JSON object with userId, startDate, endDate",
+};
+
 /// Validates a submission, naming the field at fault.
-pub fn parse_submission(bytes: &[u8], max_range_days: i64) -> Result<ReportPayload, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid(
-            "body",
-            "the body is empty; expected a JSON object with userId, startDate, endDate",
-        ));
-    }
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::invalid("body", format!("malformed JSON: {e}")))?;
-    let Value::Object(object) = value else {
-        return Err(ApiError::invalid(
-            "body",
-            "expected a JSON object with userId, startDate, endDate",
-        ));
-    };
-    if let Some(unknown) = object
-        .keys()
-        .find(|k| !["userId", "startDate", "endDate"].contains(&k.as_str()))
-    {
-        return Err(ApiError::invalid(
-            unknown,
-            format!("unknown field `{unknown}`; allowed: userId, startDate, endDate"),
-        ));
-    }
-    let user_id = parse_user_id(&object)?;
-    let start_date = parse_date(&object, "startDate", false)?;
-    let end_date = parse_date(&object, "endDate", true)?;
+pub fn parse_submission(
+    object: &Map<String, Value>,
+    max_range_days: i64,
+) -> Result<ReportPayload, ApiError> {
+    let user_id = parse_user_id(object)?;
+    let start_date = parse_date(object, "startDate", false)?;
+    let end_date = parse_date(object, "endDate", true)?;
     if start_date > end_date {
         return Err(ApiError::invalid(
             "startDate",
@@ -374,9 +361,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 
 /// Parses the listing's query string, naming the parameter at fault.
 pub fn parse_list_query(query: &str) -> Result<reports::ListFilter, ApiError> {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
+    let pairs = input::query_pairs(query, &["status", "userId", "limit", "cursor"])?;
     let mut filter = reports::ListFilter {
         limit: DEFAULT_LIMIT,
         ..Default::default()
@@ -398,12 +383,11 @@ pub fn parse_list_query(query: &str) -> Result<reports::ListFilter, ApiError> {
             }
             "limit" => filter.limit = super::parse_limit(&value, MAX_LIMIT)?,
             "cursor" => filter.after = Some(decode_cursor(&value)?),
+            // query_pairs passed only the names above.
             other => {
                 return Err(ApiError::invalid(
                     other,
-                    format!(
-                        "unknown query parameter `{other}`; allowed: status, userId, limit, cursor"
-                    ),
+                    format!("unknown query parameter `{other}`"),
                 ))
             }
         }

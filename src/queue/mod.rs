@@ -31,37 +31,107 @@ pub enum QueueError {
     #[error("SQS {operation} failed: {message}")]
     Call {
         operation: &'static str,
+        /// SQS's error code (`ReceiptHandleIsInvalid`, …), when SQS answered with one.
+        code: Option<String>,
         message: String,
     },
     #[error("queue {0} does not exist (run `reportd queues ensure`)")]
     Missing(String),
 }
 
-impl QueueError {
-    fn call<E: std::error::Error + Send + Sync + 'static>(
-        operation: &'static str,
-        err: aws_sdk_sqs::error::SdkError<E>,
-    ) -> Self {
-        use aws_sdk_sqs::error::DisplayErrorContext;
+/// Why one entry of a batched call failed, as SQS put it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFailure {
+    /// SQS's error code, when SQS answered (not for a timeout or a lost connection).
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl CallFailure {
+    /// A failure that did not come from SQS (no code).
+    pub fn local(message: impl Into<String>) -> Self {
+        Self {
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    /// The failure as the error of one `operation`.
+    pub fn into_error(self, operation: &'static str) -> QueueError {
         QueueError::Call {
             operation,
+            code: self.code,
+            message: self.message,
+        }
+    }
+}
+
+impl std::fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<QueueError> for CallFailure {
+    fn from(error: QueueError) -> Self {
+        let code = match &error {
+            QueueError::Call { code, .. } => code.clone(),
+            QueueError::Missing(_) => None,
+        };
+        Self {
+            code,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl QueueError {
+    fn call<E>(operation: &'static str, err: aws_sdk_sqs::error::SdkError<E>) -> Self
+    where
+        E: std::error::Error + aws_sdk_sqs::error::ProvideErrorMetadata + Send + Sync + 'static,
+    {
+        use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
+        QueueError::Call {
+            operation,
+            code: err.code().map(str::to_string),
             message: format!("{}", DisplayErrorContext(&err)),
         }
     }
 
-    /// Whether the message says the receipt handle no longer refers to a message
+    /// A failure reportd found itself (a request it could not build, an answer it could
+    /// not read): no SQS code.
+    pub(crate) fn unbuilt(operation: &'static str, error: impl std::fmt::Display) -> Self {
+        QueueError::Call {
+            operation,
+            code: None,
+            message: error.to_string(),
+        }
+    }
+
+    /// Whether SQS said the receipt handle no longer refers to a message held by us
     /// (already deleted, or re-received elsewhere): benign after a finished job.
     pub fn is_stale_receipt(&self) -> bool {
         match self {
-            QueueError::Call { message, .. } => {
-                message.contains("ReceiptHandleIsInvalid")
-                    || message.contains("InvalidParameterValue")
-                    || message.contains("does not exist")
-                    || message.contains("MessageNotInflight")
-            }
-            QueueError::Missing(_) => false,
+            QueueError::Call {
+                code: Some(code), ..
+            } => is_stale_receipt_code(code),
+            QueueError::Call { code: None, .. } | QueueError::Missing(_) => false,
         }
     }
+}
+
+/// The SQS error codes that mean "this receipt handle is no longer yours". SQS's query
+/// protocol spells codes `AWS.SimpleQueueService.MessageNotInflight`, its JSON protocol
+/// and LocalStack may add `Exception`; the name in the middle is what counts.
+fn is_stale_receipt_code(code: &str) -> bool {
+    let name = code.strip_prefix("AWS.SimpleQueueService.").unwrap_or(code);
+    let name = name.strip_suffix("Exception").unwrap_or(name);
+    // `InvalidParameterValue` is what SQS answers for a handle whose message was
+    // deleted ("Message does not exist or is not available for visibility timeout change").
+    matches!(
+        name,
+        "ReceiptHandleIsInvalid" | "InvalidParameterValue" | "MessageNotInflight"
+    )
 }
 
 /// Builds an SQS client. With an `endpoint_url` (LocalStack) and no AWS credentials in
@@ -188,6 +258,14 @@ impl OutgoingMessage {
     }
 }
 
+/// One failed entry of a batch call.
+fn entry_failure(code: &str, message: Option<&str>) -> CallFailure {
+    CallFailure {
+        code: Some(code.to_string()),
+        message: format!("{code}: {}", message.unwrap_or_default()),
+    }
+}
+
 /// The queue pair reportd works with.
 #[derive(Clone)]
 pub struct SqsQueue {
@@ -283,10 +361,9 @@ impl SqsQueue {
             } else if message.delay_s > 0 {
                 entry = entry.delay_seconds(message.delay_s.min(limits::MAX_DELAY_S));
             }
-            let entry = entry.build().map_err(|e| QueueError::Call {
-                operation: "SendMessageBatch",
-                message: e.to_string(),
-            })?;
+            let entry = entry
+                .build()
+                .map_err(|e| QueueError::unbuilt("SendMessageBatch", e))?;
             request = request.entries(entry);
         }
         let output = request.send().await;
@@ -366,10 +443,11 @@ impl SqsQueue {
                     .message_group_id(group.clone().unwrap_or_else(|| "redrive".into()))
                     .message_deduplication_id(format!("redrive-{}", Uuid::new_v4().simple()));
             }
-            request = request.entries(entry.build().map_err(|e| QueueError::Call {
-                operation: "SendMessageBatch",
-                message: e.to_string(),
-            })?);
+            request = request.entries(
+                entry
+                    .build()
+                    .map_err(|e| QueueError::unbuilt("SendMessageBatch", e))?,
+            );
         }
         let output = request.send().await;
         self.count("SendMessageBatch", &output);
@@ -439,7 +517,7 @@ impl SqsQueue {
     pub async fn delete_batch(
         &self,
         receipt_handles: &[String],
-    ) -> Result<Vec<(String, String)>, QueueError> {
+    ) -> Result<Vec<(String, CallFailure)>, QueueError> {
         self.delete_batch_in(&self.queue_url, receipt_handles).await
     }
 
@@ -448,17 +526,14 @@ impl SqsQueue {
         &self,
         queue_url: &str,
         receipt_handles: &[String],
-    ) -> Result<Vec<(String, String)>, QueueError> {
+    ) -> Result<Vec<(String, CallFailure)>, QueueError> {
         let mut request = self.client.delete_message_batch().queue_url(queue_url);
         for (index, handle) in receipt_handles.iter().enumerate() {
             let entry = DeleteMessageBatchRequestEntry::builder()
                 .id(format!("d{index}"))
                 .receipt_handle(handle)
                 .build()
-                .map_err(|e| QueueError::Call {
-                    operation: "DeleteMessageBatch",
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| QueueError::unbuilt("DeleteMessageBatch", e))?;
             request = request.entries(entry);
         }
         let output = request.send().await;
@@ -470,10 +545,7 @@ impl SqsQueue {
             .filter_map(|f| {
                 let index: usize = f.id().strip_prefix('d')?.parse().ok()?;
                 let handle = receipt_handles.get(index)?.clone();
-                Some((
-                    handle,
-                    format!("{}: {}", f.code(), f.message().unwrap_or_default()),
-                ))
+                Some((handle, entry_failure(f.code(), f.message())))
             })
             .collect())
     }
@@ -501,7 +573,7 @@ impl SqsQueue {
     pub async fn change_visibility_batch(
         &self,
         entries: &[(String, i32)],
-    ) -> Vec<Result<(), String>> {
+    ) -> Vec<Result<(), CallFailure>> {
         self.change_visibility_batch_in(&self.queue_url, entries)
             .await
     }
@@ -511,7 +583,7 @@ impl SqsQueue {
         &self,
         queue_url: &str,
         entries: &[(String, i32)],
-    ) -> Vec<Result<(), String>> {
+    ) -> Vec<Result<(), CallFailure>> {
         let mut request = self
             .client
             .change_message_visibility_batch()
@@ -524,14 +596,18 @@ impl SqsQueue {
                 .build()
             {
                 Ok(entry) => request = request.entries(entry),
-                Err(e) => return entries.iter().map(|_| Err(e.to_string())).collect(),
+                Err(e) => {
+                    let failure = CallFailure::local(e.to_string());
+                    return entries.iter().map(|_| Err(failure.clone())).collect();
+                }
             }
         }
         let output = request.send().await;
         self.count("ChangeMessageVisibilityBatch", &output);
         match output {
             Ok(output) => {
-                let mut results: Vec<Result<(), String>> = entries.iter().map(|_| Ok(())).collect();
+                let mut results: Vec<Result<(), CallFailure>> =
+                    entries.iter().map(|_| Ok(())).collect();
                 for failed in output.failed() {
                     if let Some(index) = failed
                         .id()
@@ -539,19 +615,16 @@ impl SqsQueue {
                         .and_then(|i| i.parse::<usize>().ok())
                     {
                         if let Some(slot) = results.get_mut(index) {
-                            *slot = Err(format!(
-                                "{}: {}",
-                                failed.code(),
-                                failed.message().unwrap_or_default()
-                            ));
+                            *slot = Err(entry_failure(failed.code(), failed.message()));
                         }
                     }
                 }
                 results
             }
             Err(e) => {
-                let message = QueueError::call("ChangeMessageVisibilityBatch", e).to_string();
-                entries.iter().map(|_| Err(message.clone())).collect()
+                let failure =
+                    CallFailure::from(QueueError::call("ChangeMessageVisibilityBatch", e));
+                entries.iter().map(|_| Err(failure.clone())).collect()
             }
         }
     }
@@ -568,10 +641,7 @@ impl SqsQueue {
                 .data_type("String")
                 .string_value(value)
                 .build()
-                .map_err(|e| QueueError::Call {
-                    operation: "SendMessage",
-                    message: e.to_string(),
-                })
+                .map_err(|e| QueueError::unbuilt("SendMessage", e))
         };
         let mut request = self
             .client
@@ -669,11 +739,11 @@ const OFF_PATH: BatcherConfig = BatcherConfig {
 #[derive(Clone)]
 pub struct SqsBatchers {
     /// `DeleteMessageBatch` by receipt handle.
-    pub delete: Batcher<String, Result<(), String>>,
+    pub delete: Batcher<String, Result<(), CallFailure>>,
     /// `ChangeMessageVisibilityBatch` by (receipt handle, seconds).
-    pub visibility: Batcher<(String, i32), Result<(), String>>,
+    pub visibility: Batcher<(String, i32), Result<(), CallFailure>>,
     /// `SendMessageBatch`: whether SQS accepted each message.
-    pub send: Batcher<OutgoingMessage, Result<(), String>>,
+    pub send: Batcher<OutgoingMessage, Result<(), CallFailure>>,
 }
 
 impl SqsBatchers {
@@ -697,7 +767,10 @@ impl SqsBatchers {
                             None => Ok(()),
                         })
                         .collect(),
-                    Err(e) => handles.iter().map(|_| Err(e.to_string())).collect(),
+                    Err(e) => {
+                        let failure = CallFailure::from(e);
+                        handles.iter().map(|_| Err(failure.clone())).collect()
+                    }
                 }
             }
         });
@@ -725,11 +798,14 @@ impl SqsBatchers {
                             if accepted.contains(&m.report_id) {
                                 Ok(())
                             } else {
-                                Err("SQS rejected the message".to_string())
+                                Err(CallFailure::local("SQS rejected the message"))
                             }
                         })
                         .collect(),
-                    Err(e) => messages.iter().map(|_| Err(e.to_string())).collect(),
+                    Err(e) => {
+                        let failure = CallFailure::from(e);
+                        messages.iter().map(|_| Err(failure.clone())).collect()
+                    }
                 }
             }
         });
@@ -745,11 +821,8 @@ impl SqsBatchers {
         self.delete
             .submit(receipt_handle.to_string())
             .await
-            .unwrap_or_else(|| Err("the delete batcher is gone".into()))
-            .map_err(|message| QueueError::Call {
-                operation: "DeleteMessageBatch",
-                message,
-            })
+            .unwrap_or_else(|| Err(CallFailure::local("the delete batcher is gone")))
+            .map_err(|failure| failure.into_error("DeleteMessageBatch"))
     }
 
     /// Sets one message's visibility (batched with others').
@@ -761,11 +834,8 @@ impl SqsBatchers {
         self.visibility
             .submit((receipt_handle.to_string(), seconds))
             .await
-            .unwrap_or_else(|| Err("the visibility batcher is gone".into()))
-            .map_err(|message| QueueError::Call {
-                operation: "ChangeMessageVisibilityBatch",
-                message,
-            })
+            .unwrap_or_else(|| Err(CallFailure::local("the visibility batcher is gone")))
+            .map_err(|failure| failure.into_error("ChangeMessageVisibilityBatch"))
     }
 
     /// Sends one message (batched with others').
@@ -773,17 +843,50 @@ impl SqsBatchers {
         self.send
             .submit(message)
             .await
-            .unwrap_or_else(|| Err("the send batcher is gone".into()))
-            .map_err(|message| QueueError::Call {
-                operation: "SendMessageBatch",
-                message,
-            })
+            .unwrap_or_else(|| Err(CallFailure::local("the send batcher is gone")))
+            .map_err(|failure| failure.into_error("SendMessageBatch"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_receipt_codes_are_recognised_in_every_spelling() {
+        for code in [
+            "ReceiptHandleIsInvalid",
+            "InvalidParameterValue",
+            "InvalidParameterValueException",
+            "AWS.SimpleQueueService.MessageNotInflight",
+            "MessageNotInflight",
+        ] {
+            assert!(is_stale_receipt_code(code), "{code}");
+        }
+        for code in [
+            "ThrottlingException",
+            "AWS.SimpleQueueService.NonExistentQueue",
+            "RequestThrottled",
+            "",
+        ] {
+            assert!(!is_stale_receipt_code(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn only_a_call_failure_with_a_stale_code_is_a_stale_receipt() {
+        let with_code = |code: Option<&str>| QueueError::Call {
+            operation: "DeleteMessageBatch",
+            code: code.map(str::to_string),
+            message: "Message does not exist".into(),
+        };
+        assert!(with_code(Some("ReceiptHandleIsInvalid")).is_stale_receipt());
+        assert!(
+            !with_code(None).is_stale_receipt(),
+            "text alone decides nothing"
+        );
+        assert!(!QueueError::Missing("q".into()).is_stale_receipt());
+    }
 
     #[test]
     fn a_job_message_round_trips_through_its_wire_body() {

@@ -182,10 +182,7 @@ pub async fn queue_arn(client: &Client, url: &str) -> Result<String, QueueError>
     attributes_of(client, url)
         .await?
         .remove("QueueArn")
-        .ok_or_else(|| QueueError::Call {
-            operation: "GetQueueAttributes",
-            message: format!("no QueueArn for {url}"),
-        })
+        .ok_or_else(|| QueueError::unbuilt("GetQueueAttributes", format!("no QueueArn for {url}")))
 }
 
 /// Reads a queue's RedrivePolicy as `(dlq_arn, max_receive_count)` (tests, health).
@@ -194,9 +191,11 @@ pub async fn redrive_of(client: &Client, url: &str) -> Result<Option<(String, u3
     let Some(raw) = attributes.get("RedrivePolicy") else {
         return Ok(None);
     };
-    let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| QueueError::Call {
-        operation: "GetQueueAttributes",
-        message: format!("RedrivePolicy is not JSON: {e}"),
+    let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| {
+        QueueError::unbuilt(
+            "GetQueueAttributes",
+            format!("RedrivePolicy is not JSON: {e}"),
+        )
     })?;
     let arn = v
         .get("deadLetterTargetArn")
