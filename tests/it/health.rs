@@ -1,6 +1,6 @@
 //! Supervision, the health endpoints and metrics, against real PostgreSQL and LocalStack.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Queue provisioning against a real LocalStack SQS (see tests/common).
 
-mod common;
+use crate::common;
 
 use std::future::Future;
 

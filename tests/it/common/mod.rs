@@ -11,8 +11,7 @@
 //! `scripts/dev-services` starts both. A test that needs a service that is not there
 //! fails with a message naming the service; it never silently skips.
 //!
-//! Each test binary includes this module with `mod common;` and uses only some of it.
-#![allow(dead_code)]
+//! The test binary (`tests/it/main.rs`) includes this module once as `mod common`.
 pub mod app;
 pub mod jobs;
 pub mod proxy;

@@ -1,6 +1,6 @@
 //! Dead-letter operations against real PostgreSQL and LocalStack SQS.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

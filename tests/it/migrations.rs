@@ -1,6 +1,6 @@
 //! Migrations against a real PostgreSQL (see tests/common for the server and overrides).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

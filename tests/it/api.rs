@@ -1,6 +1,6 @@
 //! The producer API against real PostgreSQL and LocalStack SQS.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

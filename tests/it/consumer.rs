@@ -1,7 +1,7 @@
 //! The consumer (PollerActor → ReportWorker pool → StatusActor) against real PostgreSQL
 //! and LocalStack SQS, including crashes and signals of real `reportd` processes.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The StatusActor under a burst of writes, against a real PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

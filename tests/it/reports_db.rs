@@ -1,6 +1,6 @@
 //! The batched `report_queue` writes against a real PostgreSQL.
 
-mod common;
+use crate::common;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use reportd::db::models::{JobStatus, NewReport};

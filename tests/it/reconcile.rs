@@ -1,7 +1,7 @@
 //! The reconciler, redrive and retry against real PostgreSQL and LocalStack SQS: every
 //! job that is not finished keeps a live message, and every re-send is sent once.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

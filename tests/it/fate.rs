@@ -2,7 +2,7 @@
 //! host trouble never strand, dead-letter or fail a job that did nothing wrong. Real
 //! PostgreSQL, LocalStack SQS, and real `reportd` processes where deploys are the point.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! (`CARGO_BIN_EXE_reportd`, `CARGO_BIN_EXE_reportd-bench`), so it builds nothing new.
 //! It needs PostgreSQL and LocalStack like the other tests, and names the missing one.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
