@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// How a batcher groups requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatcherConfig {
+pub(crate) struct BatcherConfig {
     /// Most items per call.
     pub max_batch: usize,
     /// Most calls running at once; while they run, the next batch gathers.
@@ -20,7 +20,7 @@ pub struct BatcherConfig {
 }
 
 /// A handle to a running batcher; cheap to clone.
-pub struct Batcher<T, R> {
+pub(crate) struct Batcher<T, R> {
     tx: mpsc::Sender<(T, oneshot::Sender<R>)>,
 }
 
@@ -37,7 +37,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// `max_batch` items and must return one result per item, in order; at most
     /// `max_in_flight` calls run at once. The request channel is bounded, so callers
     /// wait when `capacity` requests are queued.
-    pub fn spawn<F, Fut>(config: BatcherConfig, call: F) -> Self
+    pub(crate) fn spawn<F, Fut>(config: BatcherConfig, call: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<R>> + Send + 'static,
@@ -81,14 +81,14 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 
     /// Queues one item without waiting, so items queue in exactly the order of the calls
     /// (FIFO sends rely on it). `None` when the queue is full or the batcher gone.
-    pub fn try_submit(&self, item: T) -> Option<oneshot::Receiver<R>> {
+    pub(crate) fn try_submit(&self, item: T) -> Option<oneshot::Receiver<R>> {
         let (reply, answer) = oneshot::channel();
         self.tx.try_send((item, reply)).ok()?;
         Some(answer)
     }
 
     /// Queues one item and waits for its result; `None` if the batcher is gone.
-    pub async fn submit(&self, item: T) -> Option<R> {
+    pub(crate) async fn submit(&self, item: T) -> Option<R> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((item, reply)).await.ok()?;
         answer.await.ok()

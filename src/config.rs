@@ -15,6 +15,8 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::sqs_limits as limits;
+
 /// Everything reportd reads from its configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
@@ -106,10 +108,10 @@ pub struct ServerSettings {
 
 /// Longest accepted `server.request_timeout_s`: an hour is already generous for a body
 /// of at most `api.max_body_bytes`.
-pub const MAX_REQUEST_TIMEOUT_S: u64 = 3600;
+pub(crate) const MAX_REQUEST_TIMEOUT_S: u64 = 3600;
 
 /// Most accepted `server.max_connections` (per HTTP worker thread).
-pub const MAX_CONNECTIONS: usize = 1_000_000;
+pub(crate) const MAX_CONNECTIONS: usize = 1_000_000;
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -210,7 +212,7 @@ impl Default for SqsSettings {
             wait_time_s: 20,
             max_receive_count: 10,
             receive_batch: 10,
-            message_retention_s: 1_209_600,
+            message_retention_s: limits::MAX_RETENTION_S,
         }
     }
 }
@@ -348,12 +350,12 @@ impl Default for JobSettings {
 
 /// Shortest `sqs.visibility_timeout_s`: heartbeats go every third of it, and a row is
 /// stale after several missed beats, so below this one slow call loses a live job.
-pub const MIN_VISIBILITY_TIMEOUT_S: u32 = 6;
+pub(crate) const MIN_VISIBILITY_TIMEOUT_S: u32 = 6;
 
 /// Receives that `sqs.max_receive_count` must leave above `jobs.max_attempts`: SQS's own
 /// redrive is only a safety net for messages reportd cannot handle, never the rule that
 /// ends a job.
-pub const RECEIVE_HEADROOM: u32 = 5;
+pub(crate) const RECEIVE_HEADROOM: u32 = 5;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -680,33 +682,48 @@ impl Settings {
                 format!("`{name}` ends in `.fifo` but sqs.fifo is false"),
             );
         }
-        if !(MIN_VISIBILITY_TIMEOUT_S..=43_200).contains(&self.sqs.visibility_timeout_s) {
+        if !(MIN_VISIBILITY_TIMEOUT_S..=limits::MAX_VISIBILITY_TIMEOUT_S)
+            .contains(&self.sqs.visibility_timeout_s)
+        {
             return invalid(
                 "sqs.visibility_timeout_s",
                 format!(
-                    "{} is outside {MIN_VISIBILITY_TIMEOUT_S}..=43200 seconds (heartbeats need a margin)",
-                    self.sqs.visibility_timeout_s
+                    "{} is outside {MIN_VISIBILITY_TIMEOUT_S}..={} seconds (heartbeats need a margin)",
+                    self.sqs.visibility_timeout_s,
+                    limits::MAX_VISIBILITY_TIMEOUT_S
                 ),
             );
         }
-        if self.sqs.wait_time_s > 20 {
+        if self.sqs.wait_time_s > limits::MAX_WAIT_TIME_S {
             return invalid(
                 "sqs.wait_time_s",
-                format!("{} is outside 0..=20 seconds", self.sqs.wait_time_s),
+                format!(
+                    "{} is outside 0..={} seconds",
+                    self.sqs.wait_time_s,
+                    limits::MAX_WAIT_TIME_S
+                ),
             );
         }
-        if !(1..=10).contains(&self.sqs.receive_batch) {
+        if !(1..=limits::MAX_RECEIVE_BATCH).contains(&self.sqs.receive_batch) {
             return invalid(
                 "sqs.receive_batch",
-                format!("{} is outside 1..=10", self.sqs.receive_batch),
+                format!(
+                    "{} is outside 1..={}",
+                    self.sqs.receive_batch,
+                    limits::MAX_RECEIVE_BATCH
+                ),
             );
         }
-        if !(60..=1_209_600).contains(&self.sqs.message_retention_s) {
+        if !(limits::MIN_RETENTION_S..=limits::MAX_RETENTION_S)
+            .contains(&self.sqs.message_retention_s)
+        {
             return invalid(
                 "sqs.message_retention_s",
                 format!(
-                    "{} is outside 60..=1209600 seconds",
-                    self.sqs.message_retention_s
+                    "{} is outside {}..={} seconds",
+                    self.sqs.message_retention_s,
+                    limits::MIN_RETENTION_S,
+                    limits::MAX_RETENTION_S
                 ),
             );
         }
@@ -744,7 +761,7 @@ impl Settings {
                 "backoff_base_s must be ≥ 1 and backoff_max_s ≥ backoff_base_s".into(),
             );
         }
-        if self.retry.backoff_max_s > 43_200 {
+        if self.retry.backoff_max_s > limits::MAX_VISIBILITY_TIMEOUT_S {
             return invalid(
                 "retry.backoff_max_s",
                 "must be at most 43200 seconds".into(),

@@ -31,11 +31,11 @@ const WATCH_HOLD_S: i32 = 5;
 const WATCH_MAX_MESSAGES: usize = 30;
 /// Re-sends after which the watcher stops giving a dead-lettered job a new message:
 /// something about it makes SQS give up on it every time.
-pub const MAX_SEND_GENERATION: i32 = 10;
+pub(crate) const MAX_SEND_GENERATION: i32 = 10;
 
 /// A DLQ failure.
 #[derive(Debug, thiserror::Error)]
-pub enum DlqError {
+pub(crate) enum DlqError {
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error(transparent)]
@@ -51,7 +51,7 @@ impl From<diesel::result::Error> for DlqError {
 /// One message of the DLQ as a person sees it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DlqEntry {
+pub(crate) struct DlqEntry {
     pub message_id: String,
     /// The report the message names, if its body is `{"id": "<uuid>"}`.
     pub report_id: Option<Uuid>,
@@ -70,7 +70,7 @@ pub struct DlqEntry {
 
 impl DlqEntry {
     /// A message with no report row behind it: only redriven when asked for by id.
-    pub fn is_poison(&self) -> bool {
+    pub(crate) fn is_poison(&self) -> bool {
         self.report_status.is_none()
     }
 }
@@ -181,7 +181,7 @@ async fn delete_held<'a>(
 }
 
 /// The DLQ's messages (up to `limit`), without consuming them.
-pub async fn list(
+pub(crate) async fn list(
     queue: &SqsQueue,
     pool: &DbPool,
     limit: usize,
@@ -204,7 +204,7 @@ const SHARE_LISTING_FOR: Duration = Duration::from_secs(1);
 /// Another process looking at the same DLQ (the CLI, the watcher of a worker process)
 /// can still hold messages for a few seconds.
 #[derive(Default)]
-pub struct DlqGate {
+pub(crate) struct DlqGate {
     last_listing: tokio::sync::Mutex<Option<Listing>>,
 }
 
@@ -223,7 +223,7 @@ impl Listing {
 
 impl DlqGate {
     /// [`list`], shared with the readers that asked at the same time.
-    pub async fn list(
+    pub(crate) async fn list(
         &self,
         queue: &SqsQueue,
         pool: &DbPool,
@@ -244,7 +244,7 @@ impl DlqGate {
     }
 
     /// [`redrive`], never during a listing; later listings scan again.
-    pub async fn redrive(
+    pub(crate) async fn redrive(
         &self,
         queue: &SqsQueue,
         pool: &DbPool,
@@ -256,7 +256,7 @@ impl DlqGate {
     }
 
     /// [`discard`], never during a listing; later listings scan again.
-    pub async fn discard(
+    pub(crate) async fn discard(
         &self,
         queue: &SqsQueue,
         pool: &DbPool,
@@ -270,7 +270,7 @@ impl DlqGate {
 
 /// Which messages to send back.
 #[derive(Debug, Clone, Default)]
-pub struct Selection {
+pub(crate) struct Selection {
     /// Report ids or message ids. Poison messages are redriven only when named here.
     pub ids: Vec<String>,
     /// Every message that has a report row.
@@ -310,7 +310,7 @@ impl Selection {
 /// `failed`: a completed job's stale copy, or a live job's (the reconciler's business).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SkippedMessage {
+pub(crate) struct SkippedMessage {
     pub report_id: Uuid,
     pub message_id: String,
     /// The report's status when the redrive looked.
@@ -320,7 +320,7 @@ pub struct SkippedMessage {
 /// What a redrive did.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RedriveReport {
+pub(crate) struct RedriveReport {
     /// Report ids sent back to the main queue (or message ids, for poison messages).
     pub moved: Vec<String>,
     /// Poison messages left in the DLQ because they were not asked for by id.
@@ -337,7 +337,7 @@ pub struct RedriveReport {
 /// row the reconciler sends, and at worst a duplicate (which the consumer drops), never
 /// a lost job. Only messages seen by this redrive's scan are touched, and only those
 /// whose row it reset (or poison messages named by id, whose body is copied back).
-pub async fn redrive(
+pub(crate) async fn redrive(
     queue: &SqsQueue,
     pool: &DbPool,
     selection: &Selection,
@@ -467,7 +467,11 @@ async fn send_reset_chunk(
 }
 
 /// Deletes one DLQ message by its message id; false when it is not there.
-pub async fn discard(queue: &SqsQueue, pool: &DbPool, message_id: &str) -> Result<bool, DlqError> {
+pub(crate) async fn discard(
+    queue: &SqsQueue,
+    pool: &DbPool,
+    message_id: &str,
+) -> Result<bool, DlqError> {
     let held = scan(queue, pool, 10_000).await?;
     let (target, rest): (Vec<Held>, Vec<Held>) = held
         .into_iter()
@@ -487,7 +491,7 @@ pub async fn discard(queue: &SqsQueue, pool: &DbPool, message_id: &str) -> Resul
 }
 
 /// Empties the DLQ.
-pub async fn purge(queue: &SqsQueue) -> Result<(), DlqError> {
+pub(crate) async fn purge(queue: &SqsQueue) -> Result<(), DlqError> {
     queue.purge_dlq().await?;
     tracing::warn!(dlq = %queue.dlq_url, "DLQ purged by an operator");
     Ok(())
@@ -495,7 +499,7 @@ pub async fn purge(queue: &SqsQueue) -> Result<(), DlqError> {
 
 /// What the watcher does with a DLQ message, given its report's row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadLetterVerdict {
+pub(crate) enum DeadLetterVerdict {
     /// Poison, or a finished job's message: it belongs in the DLQ, a person decides.
     Leave,
     /// A stale copy: the job runs right now, its new message is about to be sent, or the
@@ -519,7 +523,7 @@ const EARLIER_SEND_SLACK: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 /// no longer has — unless the job is running (fresh heartbeat), already has a new
 /// message on the way (`enqueued_at` NULL), or was re-sent after this copy was sent
 /// (`sent_at` is the copy's SQS `SentTimestamp`).
-pub fn dead_letter_verdict(
+pub(crate) fn dead_letter_verdict(
     row: Option<&RowFate>,
     sent_at: Option<DateTime<Utc>>,
     stranded_after: Duration,
@@ -542,7 +546,7 @@ pub fn dead_letter_verdict(
 
 /// What one watcher pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WatchReport {
+pub(crate) struct WatchReport {
     /// DLQ copies of running (or about to be re-sent) jobs, deleted.
     pub deleted_copies: usize,
     /// Jobs given a new message (the reconciler sends it).
@@ -554,7 +558,7 @@ pub struct WatchReport {
 /// Looks at up to [`WATCH_MAX_MESSAGES`] DLQ messages and gives every non-terminal job
 /// among them a live message again (see [`dead_letter_verdict`]); releases the rest.
 /// `conn` is the reconciler's (it holds the pass lock).
-pub async fn watch(
+pub(crate) async fn watch(
     queue: &SqsQueue,
     conn: &mut AsyncPgConnection,
     stranded_after: Duration,

@@ -2,7 +2,8 @@
 //!
 //! - [`config`]: typed settings from `config.toml` + `REPORTD_*` env vars.
 //! - [`db`]: PostgreSQL pool, migrations and the `report_queue` queries.
-//! - [`queue`]: the SQS adapter: client, provisioning, limits, batched calls.
+//! - [`queue`]: the SQS adapter: client, provisioning, batched calls.
+//! - `sqs_limits`: the limits SQS sets, for the adapter and for config validation.
 //! - [`actors`]: `StatusActor` (the single DB writer), `PollerActor` and the
 //!   `ReportWorker` pool (the consumer), and the fate rules the workers apply.
 //! - [`outbox`]: the dispatcher that sends accepted reports after their commit, and the
@@ -17,14 +18,15 @@
 
 pub mod actors;
 pub mod api;
-pub mod batcher;
+pub(crate) mod batcher;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod dlq;
+pub(crate) mod dlq;
 pub mod metrics;
-pub mod outbox;
+pub(crate) mod outbox;
 pub mod queue;
 pub mod report;
+pub(crate) mod sqs_limits;
 pub mod startup;
 pub mod telemetry;

@@ -150,14 +150,14 @@ impl Metrics {
     }
 
     /// Counts one SQS call.
-    pub fn sqs_call(&self, operation: &str, ok: bool) {
+    pub(crate) fn sqs_call(&self, operation: &str, ok: bool) {
         self.sqs_calls
             .with_label_values(&[operation, if ok { "ok" } else { "error" }])
             .inc();
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buffer = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             return format!("# encoding failed: {e}\n");

@@ -39,7 +39,7 @@ use crate::dlq::{self, DlqError, WatchReport};
 use crate::queue::{OutgoingMessage, SqsBatchers, SqsQueue};
 
 /// Rows untouched for less than this are the fast path's (or a retry's) business.
-pub const UNSENT_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const UNSENT_AFTER: Duration = Duration::from_secs(10);
 /// Pause between passes while all is well.
 const PASS_EVERY: Duration = Duration::from_secs(1);
 /// Longest pause between passes while SQS or the database fail.
@@ -47,14 +47,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often each process looks for stranded rows and into the DLQ: SQS's redrive is a
 /// rare safety net, every look hides a few DLQ messages from listings for a moment, and
 /// a row is stranded only after minutes.
-pub const DLQ_CHECK_EVERY: Duration = Duration::from_secs(30);
+pub(crate) const DLQ_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// Rows one pass handles per rule, so that a pass stays short.
 const PASS_LIMIT: i64 = 500;
 
 /// How long rows may stay untouched before the reconciler (or a retry) treats them as
 /// having lost their message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timings {
+pub(crate) struct Timings {
     /// An `in-progress` row heart-beats every third of a visibility timeout; one silent
     /// for three timeouts (and 30 s for a slow database) lost its worker.
     pub stranded_after: Duration,
@@ -65,7 +65,7 @@ pub struct Timings {
 
 impl Timings {
     /// The timings for a visibility timeout and a longest retry delay (seconds).
-    pub fn new(visibility_timeout_s: u32, backoff_max_s: u32) -> Self {
+    pub(crate) fn new(visibility_timeout_s: u32, backoff_max_s: u32) -> Self {
         let vt = u64::from(visibility_timeout_s);
         Self {
             stranded_after: Duration::from_secs(3 * vt + 30),
@@ -74,7 +74,7 @@ impl Timings {
     }
 
     /// The timings of these settings (`sqs.visibility_timeout_s`, `retry.backoff_max_s`).
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub(crate) fn from_settings(settings: &Settings) -> Self {
         Self::new(
             settings.sqs.visibility_timeout_s,
             settings.retry.backoff_max_s,
@@ -84,7 +84,7 @@ impl Timings {
 
 /// The main queue's backlog, as far as the stranded in-queue rule cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backlog {
+pub(crate) struct Backlog {
     pub visible: u64,
     pub delayed: u64,
 }
@@ -92,7 +92,9 @@ pub struct Backlog {
 impl Backlog {
     /// Reads `ApproximateNumberOfMessages(Delayed)`; None when either is missing, which
     /// counts as "maybe a backlog".
-    pub fn from_attributes(attributes: &std::collections::HashMap<String, String>) -> Option<Self> {
+    pub(crate) fn from_attributes(
+        attributes: &std::collections::HashMap<String, String>,
+    ) -> Option<Self> {
         let number = |key: &str| attributes.get(key)?.parse::<u64>().ok();
         Some(Self {
             visible: number("ApproximateNumberOfMessages")?,
@@ -105,13 +107,13 @@ impl Backlog {
 /// the queue (visible or delayed); otherwise they may just be waiting behind a backlog.
 /// Messages in flight do not count: a job's own message is in flight only while a
 /// worker holds it or during its retry delay, which `queued_stranded_after` outlasts.
-pub fn may_treat_queued_as_stranded(backlog: Option<Backlog>) -> bool {
+pub(crate) fn may_treat_queued_as_stranded(backlog: Option<Backlog>) -> bool {
     backlog.is_some_and(|b| b.visible == 0 && b.delayed == 0)
 }
 
 /// The pause before the next pass: [`PASS_EVERY`] after a pass that worked, doubling up
 /// to [`MAX_BACKOFF`] while passes fail.
-pub fn next_delay(previous: Duration, pass_failed: bool) -> Duration {
+pub(crate) fn next_delay(previous: Duration, pass_failed: bool) -> Duration {
     if pass_failed {
         (previous * 2).clamp(PASS_EVERY, MAX_BACKOFF)
     } else {
@@ -121,7 +123,7 @@ pub fn next_delay(previous: Duration, pass_failed: bool) -> Duration {
 
 /// A reconciler failure (the pass is retried with backoff).
 #[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
+pub(crate) enum ReconcileError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("every send of the pass failed, the first with: {0}")]
@@ -136,7 +138,7 @@ impl From<diesel::result::Error> for ReconcileError {
 
 /// What one reconciler pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PassReport {
+pub(crate) struct PassReport {
     /// False when another process held the pass lock (nothing was done).
     pub ran: bool,
     /// Rows sent (never-sent or re-sent) and marked.
@@ -163,7 +165,7 @@ impl PassReport {
 
 /// Sends committed reports to SQS, and keeps every non-terminal row's message alive.
 #[derive(Clone)]
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     batchers: SqsBatchers,
     status: Addr<StatusActor>,
     /// The queues, for the main queue's depth and the DLQ watcher.
@@ -175,7 +177,7 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(
+    pub(crate) fn new(
         batchers: SqsBatchers,
         status: Addr<StatusActor>,
         queue: SqsQueue,
@@ -199,7 +201,7 @@ impl Dispatcher {
     /// Sends send number `generation` of a committed report in the background (the HTTP
     /// answer does not wait). The message is queued for sending before this returns, so
     /// reports of one user reach a FIFO queue in the order they were accepted.
-    pub fn enqueue(&self, id: Uuid, user_id: Option<i64>, generation: i32) {
+    pub(crate) fn enqueue(&self, id: Uuid, user_id: Option<i64>, generation: i32) {
         let message = OutgoingMessage::for_report(id, user_id, generation);
         let Some(sent) = self.batchers.send.try_submit(message) else {
             tracing::warn!(report_id = %id, "send queue full; the reconciler will send it");
@@ -227,7 +229,7 @@ impl Dispatcher {
     /// Runs the reconciler until the process stops: a pass every second while all is
     /// well, backing off to 30 s while SQS or the database fail; the stranded-row checks
     /// and the DLQ watcher at most every [`DLQ_CHECK_EVERY`].
-    pub async fn sweep_forever(self, pool: DbPool) {
+    pub(crate) async fn sweep_forever(self, pool: DbPool) {
         let mut delay = PASS_EVERY;
         let mut next_slow_checks = Instant::now();
         loop {
@@ -252,7 +254,7 @@ impl Dispatcher {
     }
 
     /// One pass, if no other process is running one (see the module doc).
-    pub async fn sweep_once(
+    pub(crate) async fn sweep_once(
         &self,
         pool: &DbPool,
         slow_checks: bool,

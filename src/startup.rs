@@ -46,7 +46,7 @@ pub enum StartupError {
 }
 
 /// Creates the database if missing and applies migrations, as the config asks.
-pub async fn prepare_database(settings: &Settings) -> Result<Vec<String>, DbError> {
+pub(crate) async fn prepare_database(settings: &Settings) -> Result<Vec<String>, DbError> {
     if settings.database.create_if_missing
         && db::create_database_if_missing(&settings.database.url).await?
     {

@@ -24,15 +24,15 @@ use crate::config::RetrySettings;
 use crate::db::reports::AttemptEnd;
 
 /// Receives left (at most) when a handed-back message is replaced by a fresh copy.
-pub const RENEW_WHEN_RECEIVES_LEFT: u32 = 2;
+pub(crate) const RENEW_WHEN_RECEIVES_LEFT: u32 = 2;
 
 /// Seconds a message waits after a claim that could not reach the database (or found
 /// its row locked) before it is received again.
-pub const CLAIM_RETRY_DELAY_S: u32 = 5;
+pub(crate) const CLAIM_RETRY_DELAY_S: u32 = 5;
 
 /// The limits the rules apply.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// `jobs.max_attempts`: failures that end a job.
     pub max_attempts: u32,
     /// `sqs.max_receive_count`: receives before SQS's own redrive.
@@ -46,7 +46,7 @@ pub struct Limits {
 
 /// What a claim found, as far as the rules care.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ClaimSeen {
+pub(crate) enum ClaimSeen {
     /// Ours to run: attempt number `attempt`, with `failures` counted so far (including
     /// a previous attempt whose worker was lost).
     Claimed { attempt: i32, failures: i32 },
@@ -62,7 +62,7 @@ pub enum ClaimSeen {
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq)]
-pub enum AttemptResult {
+pub(crate) enum AttemptResult {
     Completed {
         report_url: Option<String>,
     },
@@ -82,7 +82,7 @@ pub enum AttemptResult {
 
 /// What to do with the message.
 #[derive(Debug, Clone, PartialEq)]
-pub enum MessageAction {
+pub(crate) enum MessageAction {
     /// The job is settled: delete the message.
     Delete,
     /// Visible again after `delay_s`.
@@ -97,7 +97,7 @@ pub enum MessageAction {
 
 /// Whether the rest of a FIFO group may go on after this message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Group {
+pub(crate) enum Group {
     Continue,
     /// Hand the rest back behind this message, with the same delay.
     Stop,
@@ -105,7 +105,7 @@ pub enum Group {
 
 /// What to write and what to do with the message.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// The attempt's end to record (compare-and-set on the attempt), if any.
     pub end: Option<AttemptEnd>,
     pub message: MessageAction,
@@ -114,13 +114,13 @@ pub struct Decision {
 
 /// Before running: run the job, or settle the message at once.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ClaimDecision {
+pub(crate) enum ClaimDecision {
     Run,
     Settle(Decision),
 }
 
 /// The decision after a claim.
-pub fn on_claim(claim: &ClaimSeen, receive_count: u32, limits: &Limits) -> ClaimDecision {
+pub(crate) fn on_claim(claim: &ClaimSeen, receive_count: u32, limits: &Limits) -> ClaimDecision {
     let settle = |end, message, group| {
         ClaimDecision::Settle(Decision {
             end,
@@ -165,7 +165,7 @@ pub fn on_claim(claim: &ClaimSeen, receive_count: u32, limits: &Limits) -> Claim
 }
 
 /// The decision after an attempt that had counted `failures` before it began.
-pub fn after_attempt(
+pub(crate) fn after_attempt(
     result: &AttemptResult,
     failures: i32,
     receive_count: u32,
@@ -235,7 +235,7 @@ pub fn after_attempt(
 
 /// Hands a message back to SQS to be received again after `delay_s`: hidden, or — when
 /// it has few receives left before SQS's redrive — replaced by a fresh copy.
-pub fn hand_back(delay_s: u32, receive_count: u32, limits: &Limits) -> MessageAction {
+pub(crate) fn hand_back(delay_s: u32, receive_count: u32, limits: &Limits) -> MessageAction {
     let left = limits.max_receive_count.saturating_sub(receive_count);
     if left <= RENEW_WHEN_RECEIVES_LEFT {
         MessageAction::Renew { delay_s }
@@ -249,7 +249,7 @@ fn out_of_tries(failures: i32, limits: &Limits) -> bool {
 }
 
 /// The delay before try `failures + 1`: `base × 2^(failures−1)`, capped.
-pub fn backoff_s(retry: &RetrySettings, failures: i32) -> u32 {
+pub(crate) fn backoff_s(retry: &RetrySettings, failures: i32) -> u32 {
     let exponent = u32::try_from(failures.saturating_sub(1))
         .unwrap_or(0)
         .min(20);
@@ -260,13 +260,13 @@ pub fn backoff_s(retry: &RetrySettings, failures: i32) -> u32 {
 }
 
 /// How often a running job's message visibility and row are renewed.
-pub fn beat_interval_s(visibility_timeout_s: u32) -> u32 {
+pub(crate) fn beat_interval_s(visibility_timeout_s: u32) -> u32 {
     (visibility_timeout_s / 3).max(1)
 }
 
 /// How long a row's heartbeat may be silent before its job counts as lost: four beats,
 /// so one slow or missed beat never lets a second worker take a live job.
-pub fn stale_after_s(visibility_timeout_s: u32) -> i64 {
+pub(crate) fn stale_after_s(visibility_timeout_s: u32) -> i64 {
     i64::from(beat_interval_s(visibility_timeout_s)) * 4
 }
 

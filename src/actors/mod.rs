@@ -4,8 +4,8 @@
 //! - [`poller::PollerActor`]: long-polls SQS for as many messages as there are idle workers.
 //! - [`worker::ReportWorker`]: runs one job (or one FIFO group) at a time.
 
-pub mod fate;
-pub mod poller;
+pub(crate) mod fate;
+pub(crate) mod poller;
 pub mod registry;
 pub mod status;
-pub mod worker;
+pub(crate) mod worker;

@@ -22,11 +22,11 @@ use crate::queue::{limits, ReceivedMessage, SqsBatchers, SqsQueue};
 /// Stops the poller's receives (shutdown).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct StopPolling;
+pub(crate) struct StopPolling;
 
 /// Figures of the poller for the health endpoint.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct PollerStats {
+pub(crate) struct PollerStats {
     pub idle_workers: usize,
     pub busy_workers: usize,
     pub polling: bool,
@@ -45,7 +45,7 @@ pub struct PollerStats {
 /// Asks the poller for its figures.
 #[derive(Message)]
 #[rtype(result = "PollerStats")]
-pub struct GetPollerStats;
+pub(crate) struct GetPollerStats;
 
 /// Most receives out at once (each for up to 10 messages).
 const MAX_RECEIVES_IN_FLIGHT: usize = 3;
@@ -54,7 +54,7 @@ const MAX_RECEIVES_IN_FLIGHT: usize = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Feeds the worker pool from SQS.
-pub struct PollerActor {
+pub(crate) struct PollerActor {
     queue: SqsQueue,
     batchers: SqsBatchers,
     /// The pool, by index.
@@ -90,7 +90,7 @@ pub struct PollerActor {
 }
 
 impl PollerActor {
-    pub fn new(
+    pub(crate) fn new(
         queue: SqsQueue,
         batchers: SqsBatchers,
         settings: &SqsSettings,
@@ -123,7 +123,7 @@ impl PollerActor {
     }
 
     /// Gives the poller its workers (they need the poller's address first).
-    pub fn set_workers(&mut self, workers: Vec<Addr<ReportWorker>>) {
+    pub(crate) fn set_workers(&mut self, workers: Vec<Addr<ReportWorker>>) {
         self.idle = (0..workers.len()).rev().collect();
         self.workers = workers;
     }
@@ -241,7 +241,10 @@ impl PollerActor {
 
 /// Standard queues: one message per worker. FIFO: one worker per message group, keeping
 /// the receive's order within the group.
-pub fn group_messages(messages: Vec<ReceivedMessage>, fifo: bool) -> Vec<Vec<ReceivedMessage>> {
+pub(crate) fn group_messages(
+    messages: Vec<ReceivedMessage>,
+    fifo: bool,
+) -> Vec<Vec<ReceivedMessage>> {
     if !fifo {
         return messages.into_iter().map(|m| vec![m]).collect();
     }
@@ -261,7 +264,7 @@ pub fn group_messages(messages: Vec<ReceivedMessage>, fifo: bool) -> Vec<Vec<Rec
 }
 
 /// 200 ms doubling per consecutive error, capped at [`MAX_BACKOFF`].
-pub fn error_backoff(consecutive_errors: u32) -> Duration {
+pub(crate) fn error_backoff(consecutive_errors: u32) -> Duration {
     let exponent = consecutive_errors.saturating_sub(1).min(10);
     (Duration::from_millis(200) * (1u32 << exponent)).min(MAX_BACKOFF)
 }

@@ -38,7 +38,7 @@ pub struct ActorRegistry {
 
 /// One actor as `/health` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct ActorView {
+pub(crate) struct ActorView {
     pub name: String,
     pub kind: &'static str,
     pub restarts: u32,
@@ -87,7 +87,7 @@ impl ActorRegistry {
     }
 
     /// Every actor, in registration order.
-    pub fn snapshot(&self) -> Vec<ActorView> {
+    pub(crate) fn snapshot(&self) -> Vec<ActorView> {
         let now = Instant::now();
         self.lock()
             .iter()
@@ -134,12 +134,12 @@ impl ActorSlot {
     }
 
     /// The job the actor works on, or none.
-    pub fn set_job(&self, job: Option<Uuid>) {
+    pub(crate) fn set_job(&self, job: Option<Uuid>) {
         self.with(|e| e.job = job.map(|id| (id, Instant::now())));
     }
 
     /// Counts a restart and logs its cause; warns on a restart storm.
-    pub fn restarted(&self, cause: &str) {
+    pub(crate) fn restarted(&self, cause: &str) {
         let limit = self.registry.limit;
         let mut storm = false;
         let mut name = String::new();

@@ -75,7 +75,7 @@ pub enum WriteOutcome {
 /// (never applied) when it is still queued at `deadline`.
 #[derive(Message)]
 #[rtype(result = "Result<WriteOutcome, DbError>")]
-pub struct Write {
+pub(crate) struct Write {
     pub op: WriteOp,
     pub deadline: std::time::Instant,
 }
@@ -96,10 +96,10 @@ pub struct StatusStats {
 /// Asks the StatusActor for its figures (also proves its mailbox moves).
 #[derive(Message)]
 #[rtype(result = "StatusStats")]
-pub struct GetStatusStats;
+pub(crate) struct GetStatusStats;
 
 /// How long a write may wait for its flush before it is answered `Expired` unapplied.
-pub const WRITE_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long a caller waits for an answer: past the deadline plus one flush, bounded by
 /// the writer's statement timeout, so a write is either answered or never applied.
@@ -184,7 +184,7 @@ pub struct StatusActor {
 
 impl StatusActor {
     /// Mailbox bound: senders wait (back-pressure) when this many writes are queued.
-    pub const MAILBOX_CAPACITY: usize = 1024;
+    pub(crate) const MAILBOX_CAPACITY: usize = 1024;
 
     pub fn new(pool: DbPool, metrics: Arc<Metrics>, slot: ActorSlot, probe: StatusProbe) -> Self {
         Self {
@@ -617,7 +617,7 @@ pub async fn touch(addr: &Addr<StatusActor>, id: Uuid, attempt: i32) -> Result<b
 }
 
 /// Ends an attempt (compare-and-set); false when the row is no longer that attempt's.
-pub async fn end_attempt(
+pub(crate) async fn end_attempt(
     addr: &Addr<StatusActor>,
     id: Uuid,
     attempt: i32,
@@ -627,7 +627,10 @@ pub async fn end_attempt(
 }
 
 /// Records that SQS accepted these reports' messages; returns how many rows changed.
-pub async fn mark_enqueued(addr: &Addr<StatusActor>, ids: Vec<Uuid>) -> Result<usize, DbError> {
+pub(crate) async fn mark_enqueued(
+    addr: &Addr<StatusActor>,
+    ids: Vec<Uuid>,
+) -> Result<usize, DbError> {
     match write(addr, WriteOp::MarkEnqueued(ids)).await? {
         WriteOutcome::Count(count) => Ok(count),
         other => Err(mismatch(other)),

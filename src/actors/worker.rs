@@ -29,24 +29,24 @@ use crate::report::{GeneratorError, JobContext, ReportGenerator};
 /// Hands a worker the messages it must run, in order (several only for one FIFO group).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct RunJobs {
+pub(crate) struct RunJobs {
     pub messages: Vec<ReceivedMessage>,
 }
 
 /// A worker tells the poller it has finished its messages and is free.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct WorkerIdle {
+pub(crate) struct WorkerIdle {
     pub worker: usize,
 }
 
 /// Asks a worker whether its mailbox moves (health); answered with nothing.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Ping;
+pub(crate) struct Ping;
 
 /// What every worker of a process shares.
-pub struct WorkerDeps {
+pub(crate) struct WorkerDeps {
     pub status: Addr<StatusActor>,
     pub queue: SqsQueue,
     pub batchers: SqsBatchers,
@@ -61,7 +61,7 @@ pub struct WorkerDeps {
 }
 
 /// One slot of the worker pool.
-pub struct ReportWorker {
+pub(crate) struct ReportWorker {
     /// Position in the pool; the poller's name for this worker.
     index: usize,
     deps: Arc<WorkerDeps>,
@@ -76,7 +76,7 @@ pub struct ReportWorker {
 }
 
 impl ReportWorker {
-    pub fn new(
+    pub(crate) fn new(
         index: usize,
         deps: Arc<WorkerDeps>,
         poller: Recipient<WorkerIdle>,
@@ -151,7 +151,7 @@ impl Handler<RunJobs> for ReportWorker {
 /// Runs a receive's messages one after another (several only for one FIFO group). When
 /// one stops the group, the rest are handed back behind it, so none runs out of order.
 /// Returns the cause when the generator panicked (the worker then restarts).
-pub async fn run_in_order(
+pub(crate) async fn run_in_order(
     deps: &WorkerDeps,
     slot: &ActorSlot,
     messages: Vec<ReceivedMessage>,
@@ -636,7 +636,7 @@ fn truncate(text: &str, max: usize) -> &str {
 /// attempt's row (`updated_at`), renewed every third of the visibility timeout on two
 /// independent tasks. Dropped with the last reference (the worker's, or a background
 /// delete's), which stops both tasks.
-pub struct Keepalive {
+pub(crate) struct Keepalive {
     /// Receipt handles of the messages still held.
     held: Arc<Mutex<Vec<String>>>,
     /// The attempt whose row is touched, while one runs.

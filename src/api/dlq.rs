@@ -20,7 +20,10 @@ impl From<DlqError> for ApiError {
 }
 
 /// `GET /dlq?limit=`: the DLQ's messages, without consuming them.
-pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let mut limit = 100;
     for (_, value) in input::query_pairs(req.query_string(), &["limit"])? {
         limit = super::parse_limit(&value, MAX_LIMIT)?;
@@ -42,7 +45,7 @@ const REDRIVE: BodyShape = BodyShape {
 ///
 /// Only `application/json` is taken (415 otherwise), so a cross-site form post cannot
 /// redrive the DLQ; the body is bounded by `api.max_body_bytes` like every POST's.
-pub async fn redrive(
+pub(crate) async fn redrive(
     req: actix_web::HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
@@ -85,7 +88,7 @@ pub async fn redrive(
 }
 
 /// `DELETE /dlq/{messageId}`: discards one message (logged).
-pub async fn discard(
+pub(crate) async fn discard(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {

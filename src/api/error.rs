@@ -6,12 +6,12 @@ use serde_json::json;
 
 /// The challenge every 401 carries (RFC 7235 §3.1 requires one): the scheme the client
 /// must use and the protection space it applies to.
-pub const BEARER_CHALLENGE: &str = "Bearer realm=\"reportd\"";
+pub(crate) const BEARER_CHALLENGE: &str = "Bearer realm=\"reportd\"";
 
 /// An error answered to a client.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code}: {message}")]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     /// Stable, machine-readable code (`invalid_field`, `not_found`, ...).
     pub code: &'static str,
@@ -21,7 +21,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -30,32 +30,32 @@ impl ApiError {
         }
     }
 
-    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+    pub(crate) fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
     }
 
     /// 400 for a field that breaks a rule.
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_field", message).with_field(field)
     }
 
-    pub fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
     /// 503: a dependency is away; the client may retry.
-    pub fn unavailable(message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
     /// 401: no valid bearer token. The answer carries [`BEARER_CHALLENGE`].
-    pub fn unauthorized(message: impl Into<String>) -> Self {
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message).with_field("Authorization")
     }
 
     /// 413: the body is (or says it is) larger than `api.max_body_bytes`.
-    pub fn payload_too_large(limit: usize) -> Self {
+    pub(crate) fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
@@ -65,19 +65,19 @@ impl ApiError {
     }
 
     /// 408: the body did not arrive within `server.request_timeout_s`.
-    pub fn request_timeout(message: impl Into<String>) -> Self {
+    pub(crate) fn request_timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message).with_field("body")
     }
 
     /// An answer actix-web built itself (a 405, an extractor's 400), in the same shape:
     /// the code is derived from the status.
-    pub fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
         Self::new(status, code_for_status(status), message)
     }
 }
 
 /// The `code` of an error answer actix-web built, named after its status.
-pub fn code_for_status(status: StatusCode) -> &'static str {
+pub(crate) fn code_for_status(status: StatusCode) -> &'static str {
     match status {
         StatusCode::BAD_REQUEST => "bad_request",
         StatusCode::UNAUTHORIZED => "unauthorized",

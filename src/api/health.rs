@@ -108,7 +108,7 @@ fn actor_state(answered: bool, view: Option<&ActorView>) -> &'static str {
 
 /// `GET /health/live`: 503 when the poll loop stopped ticking or an actor is stuck.
 /// Does not depend on SQS or the database being reachable.
-pub async fn live(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn live(state: web::Data<AppState>) -> HttpResponse {
     let status_ok = status_stats(&state).await.1 != WriterState::Stuck;
     let (poller_ok, poller) = match poller_stats(&state).await {
         None => (true, json!(null)),
@@ -162,7 +162,7 @@ async fn dependencies(state: &AppState) -> (Value, bool) {
 }
 
 /// `GET /health/ready`: database and SQS reachable, the poller receiving without errors.
-pub async fn ready(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn ready(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let (deps, deps_ok) = dependencies(&state).await;
     let (poller_ok, poller_error) = match poller_stats(&state).await {
         None => (true, None),
@@ -178,7 +178,7 @@ pub async fn ready(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
 }
 
 /// `GET /health`: every actor and dependency.
-pub async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let views = state.registry.snapshot();
     let (status, status_ok) = status_actor_entry(&state, &views).await;
     let mut actors = vec![status];

@@ -1,11 +1,11 @@
 //! The actix-web HTTP API, one module per resource.
 
-pub mod dlq;
-pub mod error;
-pub mod health;
+pub(crate) mod dlq;
+pub(crate) mod error;
+pub(crate) mod health;
 mod input;
 pub mod openapi;
-pub mod reports;
+pub(crate) mod reports;
 
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ use crate::queue::SqsQueue;
 use error::ApiError;
 
 /// What the handlers share.
-pub struct AppState {
+pub(crate) struct AppState {
     pub settings: Arc<Settings>,
     pub pool: DbPool,
     pub status: Addr<StatusActor>,
@@ -54,13 +54,13 @@ pub struct AppState {
 /// The last queue depths read from SQS, refreshed every few seconds in the background
 /// so that health checks never wait on SQS for them.
 #[derive(Clone, Default)]
-pub struct QueueDepths {
+pub(crate) struct QueueDepths {
     inner: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
 }
 
 impl QueueDepths {
     /// The latest reading (with its error, if the last refresh failed).
-    pub fn latest(&self) -> serde_json::Value {
+    pub(crate) fn latest(&self) -> serde_json::Value {
         self.inner
             .lock()
             .map(|v| v.clone().unwrap_or(serde_json::Value::Null))
@@ -68,7 +68,7 @@ impl QueueDepths {
     }
 
     /// Refreshes every 5 s until the process stops; also sets the depth gauges.
-    pub async fn refresh_forever(self, queue: SqsQueue, metrics: Arc<Metrics>) {
+    pub(crate) async fn refresh_forever(self, queue: SqsQueue, metrics: Arc<Metrics>) {
         loop {
             let mut reading = serde_json::Map::new();
             for (name, url) in [
@@ -113,7 +113,7 @@ impl QueueDepths {
 }
 
 /// Counts every request by route pattern, method and status, with its latency.
-pub async fn record_http_metrics<B: MessageBody + 'static>(
+pub(crate) async fn record_http_metrics<B: MessageBody + 'static>(
     req: ServiceRequest,
     next: actix_web::middleware::Next<B>,
 ) -> Result<ServiceResponse<B>, actix_web::Error> {
@@ -161,7 +161,7 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
@@ -288,7 +288,7 @@ fn declares_too_much(headers: &header::HeaderMap, limit: usize) -> bool {
 /// `request_timeout_s` after the headers fails with a timeout. actix-web's own
 /// `client_request_timeout` covers the headers only, so without this a client sending
 /// a byte a minute would hold its handler forever.
-pub async fn limit_body<B: MessageBody + 'static>(
+pub(crate) async fn limit_body<B: MessageBody + 'static>(
     mut req: ServiceRequest,
     next: actix_web::middleware::Next<B>,
 ) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
@@ -434,7 +434,7 @@ pub(crate) fn parse_limit(value: &str, max: i64) -> Result<i64, ApiError> {
 }
 
 /// Unknown routes answer JSON too.
-pub async fn not_found() -> Result<HttpResponse, ApiError> {
+pub(crate) async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found("no such endpoint (see /openapi.json)"))
 }
 

@@ -25,7 +25,7 @@ const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
 /// `POST /reports`.
-pub async fn submit(
+pub(crate) async fn submit(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
@@ -38,7 +38,7 @@ pub async fn submit(
 }
 
 /// `GET /generate`: the original article's demo — a report for a random user, now..now.
-pub async fn generate(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn generate(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let now = Utc::now();
     let payload = ReportPayload {
         user_id: rand::rng().random_range(1..=1000),
@@ -142,7 +142,7 @@ const SUBMISSION: BodyShape = BodyShape {
 };
 
 /// Validates a submission, naming the field at fault.
-pub fn parse_submission(
+pub(crate) fn parse_submission(
     object: &Map<String, Value>,
     max_range_days: i64,
 ) -> Result<ReportPayload, ApiError> {
@@ -279,7 +279,7 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 /// The whole record as clients see it.
-pub fn record_json(record: &ReportRecord) -> Value {
+pub(crate) fn record_json(record: &ReportRecord) -> Value {
     json!({
         "id": record.id,
         "status": record.status,
@@ -304,7 +304,7 @@ async fn find_report(state: &AppState, id: Uuid) -> Result<ReportRecord, ApiErro
 }
 
 /// `GET /reports/{id}`.
-pub async fn get(
+pub(crate) async fn get(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -313,7 +313,7 @@ pub async fn get(
 }
 
 /// `GET /reports/{id}/file`: the CSV, once the report is completed.
-pub async fn file(
+pub(crate) async fn file(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -346,7 +346,10 @@ pub async fn file(
 }
 
 /// `GET /reports?status=&userId=&limit=&cursor=`: newest first, keyset pagination.
-pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let filter = parse_list_query(req.query_string())?;
     let mut conn = db::connection(&state.pool).await?;
     let rows = reports::list(&mut conn, &filter).await?;
@@ -360,7 +363,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 }
 
 /// Parses the listing's query string, naming the parameter at fault.
-pub fn parse_list_query(query: &str) -> Result<reports::ListFilter, ApiError> {
+pub(crate) fn parse_list_query(query: &str) -> Result<reports::ListFilter, ApiError> {
     let pairs = input::query_pairs(query, &["status", "userId", "limit", "cursor"])?;
     let mut filter = reports::ListFilter {
         limit: DEFAULT_LIMIT,
@@ -396,7 +399,7 @@ pub fn parse_list_query(query: &str) -> Result<reports::ListFilter, ApiError> {
 }
 
 /// A cursor is the last row's `(created_at, id)`, base64url-encoded.
-pub fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
+pub(crate) fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(format!("{}|{id}", created_at.timestamp_micros()))
@@ -429,7 +432,7 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
 /// goes back to `in-queue` too, failures kept. Either way the send generation is bumped first, so a FIFO queue
 /// does not drop the new message as a duplicate of the old one. 409 for a live or
 /// completed report.
-pub async fn retry(
+pub(crate) async fn retry(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {

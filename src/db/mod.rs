@@ -8,7 +8,7 @@
 pub mod models;
 pub mod reconcile;
 pub mod reports;
-pub mod schema;
+pub(crate) mod schema;
 
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
@@ -19,16 +19,16 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 /// The migrations under `migrations/`, compiled into the binary.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+pub(crate) const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// An arbitrary constant: the advisory lock that serialises migrations when several
 /// reportd processes start against one database at the same time.
 const MIGRATION_LOCK_KEY: i64 = 0x7265_706f_7274_6400;
 
 /// The pool shared by the API's reads and the StatusActor's writes.
-pub type DbPool = Pool<AsyncPgConnection>;
+pub(crate) type DbPool = Pool<AsyncPgConnection>;
 /// A connection checked out of [`DbPool`].
-pub type PooledConnection = Object<AsyncPgConnection>;
+pub(crate) type PooledConnection = Object<AsyncPgConnection>;
 
 /// A database failure, with whether trying again later can help.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ pub enum DbError {
 
 impl DbError {
     /// Connection-level problems go away by themselves; a constraint violation does not.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
         match self {
             DbError::Connect { .. }
@@ -81,7 +81,7 @@ impl DbError {
 
     /// Whether the failure says the database is away (as opposed to one busy row or
     /// one slow statement): the consumer then pauses receiving until it answers.
-    pub fn is_database_away(&self) -> bool {
+    pub(crate) fn is_database_away(&self) -> bool {
         use diesel::result::{DatabaseErrorKind, Error};
         match self {
             DbError::Connect { .. } | DbError::Pool(_) => true,
@@ -117,7 +117,7 @@ fn is_transient_message(message: &str) -> bool {
 
 /// Whether a statement was cancelled by `lock_timeout`: it met a row locked by another
 /// session (SQLSTATE 55P03; diesel passes only the message on).
-pub fn is_lock_timeout(error: &diesel::result::Error) -> bool {
+pub(crate) fn is_lock_timeout(error: &diesel::result::Error) -> bool {
     matches!(error, diesel::result::Error::DatabaseError(_, info)
         if info.message().contains(LOCK_TIMEOUT_MESSAGE))
 }
@@ -128,7 +128,7 @@ const LOCK_TIMEOUT_MESSAGE: &str = "canceling statement due to lock timeout";
 /// Builds the StatusActor's own small pool: its connections run with
 /// `statement_timeout` and `lock_timeout`, and neither the generators nor the API's
 /// reads can take them, so the single writer is never starved or wedged behind them.
-pub fn build_writer_pool(
+pub(crate) fn build_writer_pool(
     url: &str,
     statement_timeout_ms: u64,
     lock_timeout_ms: u64,
@@ -249,7 +249,7 @@ pub async fn run_migrations(url: &str) -> Result<Vec<String>, DbError> {
 }
 
 /// Whether the database answers a trivial query (readiness checks).
-pub async fn ping(pool: &DbPool) -> Result<(), DbError> {
+pub(crate) async fn ping(pool: &DbPool) -> Result<(), DbError> {
     let mut conn = connection(pool).await?;
     diesel::sql_query("SELECT 1").execute(&mut conn).await?;
     Ok(())
@@ -264,7 +264,7 @@ pub async fn ping(pool: &DbPool) -> Result<(), DbError> {
 /// (too many open files, a full disk, the report store away): receiving more jobs into
 /// such a host would only turn them into failures, so receives wait it out.
 #[derive(Clone)]
-pub struct DbGate {
+pub(crate) struct DbGate {
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pool: DbPool,
     host_pause: std::sync::Arc<std::sync::Mutex<HostPause>>,
@@ -283,7 +283,7 @@ const HOST_PAUSE_MIN: std::time::Duration = std::time::Duration::from_secs(2);
 const HOST_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl DbGate {
-    pub fn new(pool: DbPool) -> Self {
+    pub(crate) fn new(pool: DbPool) -> Self {
         Self {
             down: Default::default(),
             pool,
@@ -299,7 +299,7 @@ impl DbGate {
 
     /// Pauses receives for host-side trouble; returns how long (doubling while the
     /// trouble lasts, from 2 s up to 60 s).
-    pub fn pause_for_host_trouble(&self, why: &str) -> std::time::Duration {
+    pub(crate) fn pause_for_host_trouble(&self, why: &str) -> std::time::Duration {
         let mut state = self.pause_state();
         let now = std::time::Instant::now();
         if state.until.is_some_and(|until| until > now) {
@@ -318,7 +318,7 @@ impl DbGate {
     }
 
     /// A job got through: the host is fine again.
-    pub fn host_ok(&self) {
+    pub(crate) fn host_ok(&self) {
         let mut state = self.pause_state();
         if state.next > std::time::Duration::ZERO
             && state.until.is_none_or(|u| u <= std::time::Instant::now())
@@ -329,26 +329,26 @@ impl DbGate {
     }
 
     /// Until when receives wait for host trouble, if they do.
-    pub fn host_paused_until(&self) -> Option<std::time::Instant> {
+    pub(crate) fn host_paused_until(&self) -> Option<std::time::Instant> {
         self.pause_state()
             .until
             .filter(|until| *until > std::time::Instant::now())
     }
 
     /// Marks the database as away.
-    pub fn trip(&self) {
+    pub(crate) fn trip(&self) {
         if !self.down.swap(true, std::sync::atomic::Ordering::SeqCst) {
             tracing::warn!("database unavailable: pausing receives until it answers");
         }
     }
 
     /// Whether the database is marked away.
-    pub fn is_down(&self) -> bool {
+    pub(crate) fn is_down(&self) -> bool {
         std::sync::atomic::AtomicBool::load(&self.down, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Pings the database; clears the mark and returns true when it answers.
-    pub async fn probe(&self) -> bool {
+    pub(crate) async fn probe(&self) -> bool {
         let ok = matches!(
             tokio::time::timeout(std::time::Duration::from_secs(3), ping(&self.pool)).await,
             Ok(Ok(()))

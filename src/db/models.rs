@@ -48,7 +48,7 @@ impl JobStatus {
     }
 
     /// Whether no worker may touch the job any more.
-    pub fn is_terminal(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         matches!(self, JobStatus::Completed | JobStatus::Failed)
     }
 }

@@ -50,7 +50,7 @@ pub struct Seen {
 }
 
 /// What a re-send needs after the row was reset: the message to send.
-pub type Resent = Unsent;
+pub(crate) type Resent = Unsent;
 
 /// A row with what the re-send rules look at.
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
@@ -77,12 +77,12 @@ pub struct RowFate {
 
 impl RowFate {
     /// The stored status (None for a value the CHECK constraint would not allow).
-    pub fn job_status(&self) -> Option<JobStatus> {
+    pub(crate) fn job_status(&self) -> Option<JobStatus> {
         JobStatus::parse(&self.status)
     }
 
     /// Time since the row was last touched.
-    pub fn age(&self) -> Duration {
+    pub(crate) fn age(&self) -> Duration {
         Duration::try_from_secs_f64(self.age_s).unwrap_or_default()
     }
 
@@ -98,7 +98,7 @@ impl RowFate {
 
 /// What `POST /reports/{id}/retry` may do with a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryVerdict {
+pub(crate) enum RetryVerdict {
     /// `failed`: back to `in-queue` with its failures forgotten, and a new message.
     ResetFailed,
     /// Non-terminal but untouched for longer than a live job ever is: a new message.
@@ -110,7 +110,11 @@ pub enum RetryVerdict {
 /// The retry rule: failed rows, and non-terminal rows that nothing has touched for
 /// `stranded_after` (a running job heart-beats far more often; an in-queue row that old
 /// lost its message); never a live job, never a completed one.
-pub fn retry_verdict(status: JobStatus, age: Duration, stranded_after: Duration) -> RetryVerdict {
+pub(crate) fn retry_verdict(
+    status: JobStatus,
+    age: Duration,
+    stranded_after: Duration,
+) -> RetryVerdict {
     match status {
         JobStatus::Failed => RetryVerdict::ResetFailed,
         JobStatus::Completed => RetryVerdict::Refuse,
@@ -128,7 +132,7 @@ struct Locked {
 }
 
 /// Takes the pass lock on this connection if no other session holds it.
-pub async fn try_lock_pass(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
+pub(crate) async fn try_lock_pass(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
     let row: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
         .bind::<BigInt, _>(PASS_LOCK_KEY)
         .get_result(conn)
@@ -137,7 +141,7 @@ pub async fn try_lock_pass(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
 }
 
 /// Releases the pass lock; false when this session did not hold it.
-pub async fn unlock_pass(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
+pub(crate) async fn unlock_pass(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
     let row: Locked = diesel::sql_query("SELECT pg_advisory_unlock($1) AS locked")
         .bind::<BigInt, _>(PASS_LOCK_KEY)
         .get_result(conn)
@@ -167,7 +171,7 @@ pub async fn unsent(
 
 /// Records that SQS accepted these `(id, generation)` messages. A row reset again
 /// meanwhile (a newer generation) is left for its own send. Returns the ids marked.
-pub async fn mark_sent(
+pub(crate) async fn mark_sent(
     conn: &mut AsyncPgConnection,
     sent: &[(Uuid, i32)],
 ) -> QueryResult<Vec<Uuid>> {
@@ -197,7 +201,7 @@ struct IdRow {
 
 /// `in-progress` rows whose message was sent and whose holder stopped heart-beating
 /// `older_than` ago, oldest first.
-pub async fn stranded_in_progress(
+pub(crate) async fn stranded_in_progress(
     conn: &mut AsyncPgConnection,
     older_than: Duration,
     limit: i64,
@@ -207,7 +211,7 @@ pub async fn stranded_in_progress(
 
 /// `in-queue` rows with a sent message that nothing touched for `older_than`, oldest
 /// first. Only stranded if the queue holds no message for them: the caller checks.
-pub async fn stranded_in_queue(
+pub(crate) async fn stranded_in_queue(
     conn: &mut AsyncPgConnection,
     older_than: Duration,
     limit: i64,
@@ -244,7 +248,7 @@ async fn stranded(
 /// message's claim can take over an `in-progress` row whose worker was lost at once (and
 /// count that loss). Rows locked by another session are skipped, never waited for.
 /// Returns what to send for the rows that changed.
-pub async fn resend_many(
+pub(crate) async fn resend_many(
     conn: &mut AsyncPgConnection,
     seen: &[Seen],
     new_status: Option<JobStatus>,
@@ -277,7 +281,10 @@ pub async fn resend_many(
 /// `in-queue`, failures forgotten (`failures = 0`; `attempts` is kept as history),
 /// `send_generation + 1`, `enqueued_at` and `finished_at` cleared. If the send that
 /// follows never happens, the reconciler sends it. None when the report is not `failed`.
-pub async fn reset_failed(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Resent>> {
+pub(crate) async fn reset_failed(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<Resent>> {
     let mut rows: Vec<Resent> = diesel::sql_query(
         "UPDATE report_queue SET status = 'in-queue', failures = 0, \
            send_generation = send_generation + 1, enqueued_at = NULL, finished_at = NULL, \
@@ -293,7 +300,7 @@ pub async fn reset_failed(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult
 
 /// Ends a job whose message SQS dead-lettered too often: `failed` with `error`, only if
 /// the row is still as seen. Its DLQ message stays for a person to look at.
-pub async fn fail_dead_lettered(
+pub(crate) async fn fail_dead_lettered(
     conn: &mut AsyncPgConnection,
     seen: &Seen,
     error: &str,
@@ -314,7 +321,7 @@ pub async fn fail_dead_lettered(
 }
 
 /// The rows of these ids (missing ids are left out), with their age.
-pub async fn fates(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<RowFate>> {
+pub(crate) async fn fates(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<RowFate>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }

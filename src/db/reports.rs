@@ -86,7 +86,7 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
 }
 
 /// The report created with an idempotency key, if any.
-pub async fn find_by_idempotency_key(
+pub(crate) async fn find_by_idempotency_key(
     conn: &mut AsyncPgConnection,
     key: &str,
 ) -> QueryResult<Option<ReportRecord>> {
@@ -201,7 +201,10 @@ struct IdRow {
 /// its lock timeout, this tells the StatusActor which writes met a row held elsewhere
 /// (an operator's `SELECT … FOR UPDATE`, a long transaction), so only those wait. Run
 /// outside a transaction: the `FOR UPDATE SKIP LOCKED` probe holds no lock afterwards.
-pub async fn busy_rows(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<HashSet<Uuid>> {
+pub(crate) async fn busy_rows(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> QueryResult<HashSet<Uuid>> {
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
@@ -260,7 +263,7 @@ pub async fn touch_many(
 }
 
 /// A completion: report id, the attempt that completed it, the file's URL.
-pub type Completion = (Uuid, i32, Option<String>);
+pub(crate) type Completion = (Uuid, i32, Option<String>);
 
 /// Completes several attempts in one statement (compare-and-set on each claimed
 /// attempt); one result per item: false when the row is no longer that attempt's.
@@ -305,7 +308,7 @@ struct CompletedRow {
 
 /// Ends attempt `attempt`; returns false when the row is no longer that attempt's
 /// (another worker re-claimed it, or it is terminal), in which case nothing changed.
-pub async fn end_attempt(
+pub(crate) async fn end_attempt(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     attempt: i32,
@@ -384,7 +387,10 @@ pub async fn end_attempt(
 }
 
 /// Records that SQS accepted the messages of these reports; returns the ids changed.
-pub async fn mark_enqueued(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
+pub(crate) async fn mark_enqueued(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> QueryResult<Vec<Uuid>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }

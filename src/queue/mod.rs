@@ -3,7 +3,7 @@
 //! throughput), each counted in the metrics. It knows nothing of reports, rows or actors:
 //! the dispatcher ([`crate::outbox`]) and the DLQ operations ([`crate::dlq`]) sit on it.
 
-pub mod limits;
+pub(crate) use crate::sqs_limits as limits;
 pub mod provision;
 
 use std::sync::Arc;
@@ -57,7 +57,7 @@ impl CallFailure {
     }
 
     /// The failure as the error of one `operation`.
-    pub fn into_error(self, operation: &'static str) -> QueueError {
+    pub(crate) fn into_error(self, operation: &'static str) -> QueueError {
         QueueError::Call {
             operation,
             code: self.code,
@@ -110,7 +110,7 @@ impl QueueError {
 
     /// Whether SQS said the receipt handle no longer refers to a message held by us
     /// (already deleted, or re-received elsewhere): benign after a finished job.
-    pub fn is_stale_receipt(&self) -> bool {
+    pub(crate) fn is_stale_receipt(&self) -> bool {
         match self {
             QueueError::Call {
                 code: Some(code), ..
@@ -183,7 +183,7 @@ pub struct ReceivedMessage {
 
 /// A message of the dead-letter queue, as the DLQ tools see it.
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     pub message_id: String,
     pub receipt_handle: String,
     pub body: String,
@@ -220,7 +220,7 @@ impl DeadLetter {
 }
 
 /// The message attribute that carries why reportd dead-lettered a message.
-pub const POISON_REASON_ATTRIBUTE: &str = "reportd_poison_reason";
+pub(crate) const POISON_REASON_ATTRIBUTE: &str = "reportd_poison_reason";
 
 /// A message to send: the report id, its FIFO group (the user id), and its FIFO
 /// deduplication id.
@@ -248,7 +248,7 @@ impl OutgoingMessage {
 
     /// A fresh copy replacing a received message whose SQS receive count is running out
     /// (see the worker's fate rules): a deduplication id of its own, never dropped.
-    pub fn renewal(report_id: Uuid, group_id: Option<String>, delay_s: i32) -> Self {
+    pub(crate) fn renewal(report_id: Uuid, group_id: Option<String>, delay_s: i32) -> Self {
         Self {
             report_id,
             group_id,
@@ -292,18 +292,18 @@ impl std::fmt::Debug for SqsQueue {
 /// The wire format of a job message, owned here and nowhere else: `{"id":"<uuid>"}`,
 /// exactly as the original design had it. Only the id travels; the job lives in its row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct JobMessage {
+pub(crate) struct JobMessage {
     pub id: Uuid,
 }
 
 impl JobMessage {
     /// The message body.
-    pub fn body(self) -> String {
+    pub(crate) fn body(self) -> String {
         format!("{{\"id\":\"{}\"}}", self.id)
     }
 
     /// Reads a body; the error says what is wrong with it (a poison message's reason).
-    pub fn parse(body: &str) -> Result<Self, String> {
+    pub(crate) fn parse(body: &str) -> Result<Self, String> {
         serde_json::from_str::<Self>(body)
             .map_err(|e| format!("body is not {{\"id\": \"<uuid>\"}}: {e}"))
     }
@@ -329,7 +329,7 @@ impl SqsQueue {
     }
 
     /// Counts this queue's SQS calls in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }
@@ -406,7 +406,7 @@ impl SqsQueue {
 
     /// Receives up to `max` (≤ 10) messages of the dead-letter queue, hiding them for
     /// `hold_s` seconds, with what the DLQ tools show (poison reason, send time, group).
-    pub async fn receive_dead_letters(
+    pub(crate) async fn receive_dead_letters(
         &self,
         max: i32,
         wait_time_s: i32,
@@ -427,7 +427,7 @@ impl SqsQueue {
 
     /// Sends raw bodies (up to 10) to the main queue, each on a FIFO queue with its group
     /// and a fresh deduplication id; returns the indexes SQS accepted.
-    pub async fn send_bodies(
+    pub(crate) async fn send_bodies(
         &self,
         bodies: &[(String, Option<String>)],
     ) -> Result<Vec<usize>, QueueError> {
@@ -460,7 +460,7 @@ impl SqsQueue {
     }
 
     /// Empties the dead-letter queue.
-    pub async fn purge_dlq(&self) -> Result<(), QueueError> {
+    pub(crate) async fn purge_dlq(&self) -> Result<(), QueueError> {
         let output = self
             .client
             .purge_queue()
@@ -522,7 +522,7 @@ impl SqsQueue {
     }
 
     /// [`SqsQueue::delete_batch`] on either of the two queues (the DLQ tools use it).
-    pub async fn delete_batch_in(
+    pub(crate) async fn delete_batch_in(
         &self,
         queue_url: &str,
         receipt_handles: &[String],
@@ -550,27 +550,8 @@ impl SqsQueue {
             .collect())
     }
 
-    /// Sets a received message's remaining invisibility (0 releases it at once).
-    pub async fn change_visibility(
-        &self,
-        receipt_handle: &str,
-        seconds: i32,
-    ) -> Result<(), QueueError> {
-        let result = self
-            .client
-            .change_message_visibility()
-            .queue_url(&self.queue_url)
-            .receipt_handle(receipt_handle)
-            .visibility_timeout(seconds)
-            .send()
-            .await;
-        self.count("ChangeMessageVisibility", &result);
-        result.map_err(|e| QueueError::call("ChangeMessageVisibility", e))?;
-        Ok(())
-    }
-
     /// Changes several messages' visibility in one call; one result per entry, in order.
-    pub async fn change_visibility_batch(
+    pub(crate) async fn change_visibility_batch(
         &self,
         entries: &[(String, i32)],
     ) -> Vec<Result<(), CallFailure>> {
@@ -579,7 +560,7 @@ impl SqsQueue {
     }
 
     /// [`SqsQueue::change_visibility_batch`] on either of the two queues.
-    pub async fn change_visibility_batch_in(
+    pub(crate) async fn change_visibility_batch_in(
         &self,
         queue_url: &str,
         entries: &[(String, i32)],
@@ -631,7 +612,7 @@ impl SqsQueue {
 
     /// Copies a poison message to the DLQ with the reason as a message attribute. The
     /// caller deletes the original afterwards: a crash in between duplicates, never loses.
-    pub async fn send_poison_to_dlq(
+    pub(crate) async fn send_poison_to_dlq(
         &self,
         message: &ReceivedMessage,
         reason: &str,
@@ -687,7 +668,7 @@ impl SqsQueue {
 }
 
 /// Some attributes of a queue, by name.
-pub async fn queue_attributes(
+pub(crate) async fn queue_attributes(
     client: &Client,
     queue_url: &str,
     names: &[aws_sdk_sqs::types::QueueAttributeName],
@@ -737,7 +718,7 @@ const OFF_PATH: BatcherConfig = BatcherConfig {
 
 /// Batched SQS calls shared by every worker and the dispatcher of one process.
 #[derive(Clone)]
-pub struct SqsBatchers {
+pub(crate) struct SqsBatchers {
     /// `DeleteMessageBatch` by receipt handle.
     pub delete: Batcher<String, Result<(), CallFailure>>,
     /// `ChangeMessageVisibilityBatch` by (receipt handle, seconds).
@@ -754,7 +735,7 @@ impl SqsBatchers {
     /// while one call is out, the next batch gathers. Deletes and visibility changes are
     /// off the latency path of any client, so they get two calls in flight; sends get
     /// eight, since a report waits for its send before a worker can start it.
-    pub fn spawn(queue: &SqsQueue) -> Self {
+    pub(crate) fn spawn(queue: &SqsQueue) -> Self {
         let q = queue.clone();
         let delete = Batcher::spawn(OFF_PATH, move |handles: Vec<String>| {
             let q = q.clone();
@@ -817,7 +798,7 @@ impl SqsBatchers {
     }
 
     /// Deletes one message (batched with others').
-    pub async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
+    pub(crate) async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
         self.delete
             .submit(receipt_handle.to_string())
             .await
@@ -826,7 +807,7 @@ impl SqsBatchers {
     }
 
     /// Sets one message's visibility (batched with others').
-    pub async fn set_visibility(
+    pub(crate) async fn set_visibility(
         &self,
         receipt_handle: &str,
         seconds: i32,
@@ -839,7 +820,7 @@ impl SqsBatchers {
     }
 
     /// Sends one message (batched with others').
-    pub async fn send(&self, message: OutgoingMessage) -> Result<(), QueueError> {
+    pub(crate) async fn send(&self, message: OutgoingMessage) -> Result<(), QueueError> {
         self.send
             .submit(message)
             .await

@@ -85,7 +85,7 @@ pub async fn ensure_queues(
 }
 
 /// The RedrivePolicy JSON SQS expects.
-pub fn redrive_policy(dlq_arn: &str, max_receive_count: u32) -> String {
+pub(crate) fn redrive_policy(dlq_arn: &str, max_receive_count: u32) -> String {
     serde_json::json!({
         "deadLetterTargetArn": dlq_arn,
         "maxReceiveCount": max_receive_count.to_string(),
@@ -178,7 +178,7 @@ async fn attributes_of(client: &Client, url: &str) -> Result<HashMap<String, Str
 }
 
 /// A queue's ARN (the RedrivePolicy names the DLQ by ARN).
-pub async fn queue_arn(client: &Client, url: &str) -> Result<String, QueueError> {
+pub(crate) async fn queue_arn(client: &Client, url: &str) -> Result<String, QueueError> {
     attributes_of(client, url)
         .await?
         .remove("QueueArn")

@@ -20,7 +20,7 @@ use crate::db::{self, DbPool};
 /// The payload stored with a report: who and which range.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ReportPayload {
+pub(crate) struct ReportPayload {
     pub user_id: i64,
     pub start_date: DateTime<Utc>,
     pub end_date: DateTime<Utc>,
@@ -59,7 +59,7 @@ pub enum GeneratorError {
 }
 
 impl GeneratorError {
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         !matches!(self, GeneratorError::Permanent(_))
     }
 
@@ -77,7 +77,7 @@ impl GeneratorError {
 
 /// OS errors that say the host is short of something (files, space, memory), whatever
 /// the job: EMFILE, ENFILE, ENOSPC, EDQUOT, ENOMEM.
-pub fn is_host_trouble(error: &std::io::Error) -> bool {
+pub(crate) fn is_host_trouble(error: &std::io::Error) -> bool {
     const EMFILE: i32 = 24;
     const ENFILE: i32 = 23;
     const ENOSPC: i32 = 28;
@@ -103,14 +103,14 @@ pub trait ReportGenerator: Send + Sync + 'static {
 
 /// The built-in generator: per-day event counts and amounts of one user over the range,
 /// from `user_activity`, written as `<output_dir>/<id>.csv`.
-pub struct CsvReportGenerator {
+pub(crate) struct CsvReportGenerator {
     pool: DbPool,
     output_dir: PathBuf,
     public_url: String,
 }
 
 impl CsvReportGenerator {
-    pub fn new(pool: DbPool, output_dir: PathBuf, public_url: String) -> Self {
+    pub(crate) fn new(pool: DbPool, output_dir: PathBuf, public_url: String) -> Self {
         Self {
             pool,
             output_dir,
@@ -121,7 +121,7 @@ impl CsvReportGenerator {
 
 /// One line of the CSV.
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
-pub struct DailyFigures {
+pub(crate) struct DailyFigures {
     #[diesel(sql_type = Date)]
     pub day: NaiveDate,
     #[diesel(sql_type = BigInt)]
@@ -131,12 +131,12 @@ pub struct DailyFigures {
 }
 
 /// The report file's path for an id.
-pub fn report_path(output_dir: &std::path::Path, id: Uuid) -> PathBuf {
+pub(crate) fn report_path(output_dir: &std::path::Path, id: Uuid) -> PathBuf {
     output_dir.join(format!("{id}.csv"))
 }
 
 /// Renders the CSV text (header + one line per day that had activity).
-pub fn render_csv(rows: &[DailyFigures]) -> String {
+pub(crate) fn render_csv(rows: &[DailyFigures]) -> String {
     let mut out = String::from("day,events,amount_cents\n");
     for row in rows {
         out.push_str(&format!(
@@ -211,13 +211,13 @@ fn write_atomically(dir: &std::path::Path, id: Uuid, contents: &str) -> Result<(
 }
 
 /// Wraps a generator with the `[simulate]` knobs (demos and load tests).
-pub struct SimulatedGenerator {
+pub(crate) struct SimulatedGenerator {
     inner: Arc<dyn ReportGenerator>,
     settings: SimulateSettings,
 }
 
 impl SimulatedGenerator {
-    pub fn new(inner: Arc<dyn ReportGenerator>, settings: SimulateSettings) -> Self {
+    pub(crate) fn new(inner: Arc<dyn ReportGenerator>, settings: SimulateSettings) -> Self {
         Self { inner, settings }
     }
 }
@@ -260,7 +260,11 @@ impl ReportGenerator for SimulatedGenerator {
 
 /// Fills `user_activity` with three events per user per day over the last `days` days
 /// (the demo data of `reportd seed-demo`); returns the rows inserted.
-pub async fn seed_demo(url: &str, users: i64, days: i64) -> Result<usize, crate::db::DbError> {
+pub(crate) async fn seed_demo(
+    url: &str,
+    users: i64,
+    days: i64,
+) -> Result<usize, crate::db::DbError> {
     use diesel_async::AsyncConnection;
     let mut conn = diesel_async::AsyncPgConnection::establish(url)
         .await

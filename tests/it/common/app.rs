@@ -18,7 +18,7 @@ use super::{fresh_database, require_sqs, sqs_settings, unique_queue_name};
 
 /// How a test wants its process.
 #[derive(Clone)]
-pub struct AppOptions {
+pub(crate) struct AppOptions {
     pub roles: Vec<Role>,
     pub workers: usize,
     pub fifo: bool,
@@ -66,7 +66,7 @@ impl Default for AppOptions {
 }
 
 /// A running process and what a test needs to talk to it.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub address: String,
     pub settings: Settings,
     pub queue: SqsQueue,
@@ -78,7 +78,7 @@ pub struct TestApp {
 }
 
 /// Settings for a test process: port 0, its database and queues, a 1 s long poll.
-pub async fn test_settings(options: &AppOptions) -> (Settings, Arc<tempfile::TempDir>) {
+pub(crate) async fn test_settings(options: &AppOptions) -> (Settings, Arc<tempfile::TempDir>) {
     require_sqs().await;
     let database_url = match &options.database_url {
         Some(url) => url.clone(),
@@ -116,7 +116,7 @@ pub async fn test_settings(options: &AppOptions) -> (Settings, Arc<tempfile::Tem
 }
 
 /// Builds and starts a process inside this test's actix System.
-pub async fn spawn_app(options: AppOptions) -> TestApp {
+pub(crate) async fn spawn_app(options: AppOptions) -> TestApp {
     // Logs only when asked for (RUST_LOG=reportd=debug cargo test -- --nocapture).
     if std::env::var_os("RUST_LOG").is_some() {
         reportd::telemetry::init(&reportd::config::LogSettings::default());
@@ -148,7 +148,7 @@ pub async fn spawn_app(options: AppOptions) -> TestApp {
 
 impl TestApp {
     /// Graceful shutdown, as on SIGTERM; waits for it to finish.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -162,12 +162,12 @@ impl TestApp {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 
     /// `POST /reports` with a JSON body; returns status and JSON body.
-    pub async fn submit(&self, body: &Value) -> (u16, Value) {
+    pub(crate) async fn submit(&self, body: &Value) -> (u16, Value) {
         let response = self
             .http
             .post(self.url("/reports"))
@@ -180,7 +180,7 @@ impl TestApp {
     }
 
     /// Submits a valid request for `user_id` and returns the new report's id.
-    pub async fn submit_ok(&self, user_id: i64) -> uuid::Uuid {
+    pub(crate) async fn submit_ok(&self, user_id: i64) -> uuid::Uuid {
         let (status, body) = self
             .submit(&serde_json::json!({"userId": user_id, "startDate": "2024-01-01", "endDate": "2024-01-31"}))
             .await;
@@ -192,11 +192,11 @@ impl TestApp {
     }
 
     /// `GET /reports/{id}` as JSON.
-    pub async fn report(&self, id: uuid::Uuid) -> Value {
+    pub(crate) async fn report(&self, id: uuid::Uuid) -> Value {
         self.get_json(&format!("/reports/{id}")).await.1
     }
 
-    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get_json(&self, path: &str) -> (u16, Value) {
         let response = self.http.get(self.url(path)).send().await.expect("GET");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
@@ -204,7 +204,12 @@ impl TestApp {
 
     /// Waits until report `id` has `status`, returning the record; panics with the last
     /// record seen after `timeout`.
-    pub async fn wait_for_status(&self, id: uuid::Uuid, status: &str, timeout: Duration) -> Value {
+    pub(crate) async fn wait_for_status(
+        &self,
+        id: uuid::Uuid,
+        status: &str,
+        timeout: Duration,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let report = self.report(id).await;
@@ -222,7 +227,7 @@ impl TestApp {
 }
 
 /// Polls `condition` every 100 ms until it holds; panics with `what` after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+pub(crate) async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -237,7 +242,7 @@ where
 }
 
 /// The real `reportd` binary, serving with a config file written for it.
-pub struct ChildProcess {
+pub(crate) struct ChildProcess {
     pub child: Child,
     pub address: String,
     pub log: PathBuf,
@@ -245,7 +250,7 @@ pub struct ChildProcess {
 
 impl ChildProcess {
     /// Sends SIGTERM (graceful shutdown) and waits for the exit status.
-    pub fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub(crate) fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + timeout;
@@ -265,14 +270,14 @@ impl ChildProcess {
     }
 
     /// Sends a signal by name (`TERM`, `INT`, ...) without waiting.
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let _ = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
             .status();
     }
 
     /// Waits for the exit status; panics after `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -289,12 +294,12 @@ impl ChildProcess {
     }
 
     /// `kill -9`: no chance to clean up.
-    pub fn kill_hard(mut self) {
+    pub(crate) fn kill_hard(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -308,7 +313,11 @@ impl Drop for ChildProcess {
 
 /// Starts `reportd serve` with `settings` (its bind must name a free port) and waits
 /// until `/health/live` answers.
-pub async fn spawn_process(settings: &Settings, dir: &std::path::Path, name: &str) -> ChildProcess {
+pub(crate) async fn spawn_process(
+    settings: &Settings,
+    dir: &std::path::Path,
+    name: &str,
+) -> ChildProcess {
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
@@ -353,7 +362,7 @@ pub async fn spawn_process(settings: &Settings, dir: &std::path::Path, name: &st
 }
 
 /// A free loopback port for a child process's `server.bind`.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::app::{free_port, TestApp};
 
 /// Jobs that write no file and take `duration_ms` (a `[min, max]` range), if given.
-pub fn zero_work(duration_ms: Option<[u64; 2]>) -> SimulateSettings {
+pub(crate) fn zero_work(duration_ms: Option<[u64; 2]>) -> SimulateSettings {
     SimulateSettings {
         duration_ms,
         skip_generator: true,
@@ -21,7 +21,7 @@ pub fn zero_work(duration_ms: Option<[u64; 2]>) -> SimulateSettings {
 }
 
 /// Messages visible, in flight and delayed on a queue.
-pub async fn queue_depth(app: &TestApp, url: &str) -> u64 {
+pub(crate) async fn queue_depth(app: &TestApp, url: &str) -> u64 {
     let attributes = app.queue.depth(url).await.expect("queue attributes");
     [
         "ApproximateNumberOfMessages",
@@ -34,7 +34,7 @@ pub async fn queue_depth(app: &TestApp, url: &str) -> u64 {
 }
 
 /// (id, status, attempts, failures) of every row, oldest first.
-pub async fn job_rows(app: &TestApp) -> Vec<(Uuid, String, i32, i32)> {
+pub(crate) async fn job_rows(app: &TestApp) -> Vec<(Uuid, String, i32, i32)> {
     let client = super::pg_connect(&app.settings.database.url).await;
     client
         .query(
@@ -57,7 +57,7 @@ pub async fn job_rows(app: &TestApp) -> Vec<(Uuid, String, i32, i32)> {
 }
 
 /// Rows with this status.
-pub async fn count_by_status(app: &TestApp, status: &str) -> usize {
+pub(crate) async fn count_by_status(app: &TestApp, status: &str) -> usize {
     let client = super::pg_connect(&app.settings.database.url).await;
     let row = client
         .query_one(
@@ -70,7 +70,7 @@ pub async fn count_by_status(app: &TestApp, status: &str) -> usize {
 }
 
 /// The same settings on a free port, for one more child process.
-pub fn on_free_port(settings: &Settings) -> Settings {
+pub(crate) fn on_free_port(settings: &Settings) -> Settings {
     let mut settings = settings.clone();
     let port = free_port();
     settings.server.bind = format!("127.0.0.1:{port}");
@@ -79,16 +79,16 @@ pub fn on_free_port(settings: &Settings) -> Settings {
 }
 
 /// A run of a job: (report id, start, end).
-pub type Run = (Uuid, Instant, Instant);
+pub(crate) type Run = (Uuid, Instant, Instant);
 
 /// A generator that takes `run_for` per job and records when each job ran (FIFO order).
-pub struct Recorder {
+pub(crate) struct Recorder {
     pub runs: Arc<Mutex<Vec<Run>>>,
     pub run_for: Duration,
 }
 
 impl Recorder {
-    pub fn new(run_for: Duration) -> (Arc<Self>, Arc<Mutex<Vec<Run>>>) {
+    pub(crate) fn new(run_for: Duration) -> (Arc<Self>, Arc<Mutex<Vec<Run>>>) {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let recorder = Arc::new(Self {
             runs: runs.clone(),
@@ -117,7 +117,7 @@ impl ReportGenerator for Recorder {
 }
 
 /// The recorded runs, by start time.
-pub fn runs_in_order(runs: &Mutex<Vec<Run>>) -> Vec<Run> {
+pub(crate) fn runs_in_order(runs: &Mutex<Vec<Run>>) -> Vec<Run> {
     let mut runs = runs.lock().map(|r| r.clone()).unwrap_or_default();
     runs.sort_by_key(|r| r.1);
     runs

@@ -12,23 +12,23 @@
 //! fails with a message naming the service; it never silently skips.
 //!
 //! The test binary (`tests/it/main.rs`) includes this module once as `mod common`.
-pub mod app;
-pub mod jobs;
-pub mod proxy;
+pub(crate) mod app;
+pub(crate) mod jobs;
+pub(crate) mod proxy;
 
 use reportd::config::SqsSettings;
 
 /// PostgreSQL server used when `REPORTD_TEST_PG` is not set (no database name).
-pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432";
+pub(crate) const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// LocalStack endpoint used when `REPORTD_TEST_SQS` is not set.
-pub const DEFAULT_SQS: &str = "http://127.0.0.1:4566";
+pub(crate) const DEFAULT_SQS: &str = "http://127.0.0.1:4566";
 
 /// Prefix of every database the tests create, so leftovers are easy to find and drop.
-pub const TEST_DATABASE_PREFIX: &str = "reportd_test_";
+pub(crate) const TEST_DATABASE_PREFIX: &str = "reportd_test_";
 
 /// The PostgreSQL server base URL (no database name, no trailing slash).
-pub fn pg_base_url() -> String {
+pub(crate) fn pg_base_url() -> String {
     std::env::var("REPORTD_TEST_PG")
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -38,18 +38,18 @@ pub fn pg_base_url() -> String {
 }
 
 /// The full URL of database `name` on the test server.
-pub fn database_url(name: &str) -> String {
+pub(crate) fn database_url(name: &str) -> String {
     format!("{}/{name}", pg_base_url())
 }
 
 /// A database name no other test uses: `reportd_test_<uuid without dashes>`.
-pub fn unique_database_name() -> String {
+pub(crate) fn unique_database_name() -> String {
     format!("{TEST_DATABASE_PREFIX}{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Connects with tokio-postgres (raw SQL, independent of the code under test) and spawns
 /// the connection task. Panics naming PostgreSQL when the server cannot be reached.
-pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
+pub(crate) async fn pg_connect(url: &str) -> tokio_postgres::Client {
     match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
         Ok((client, connection)) => {
             tokio::spawn(async move {
@@ -67,7 +67,7 @@ pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
 
 /// An error and its sources, `outer: inner: root`, since tokio-postgres's own message
 /// ("error connecting to server") leaves out the cause.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -78,12 +78,12 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// A connection to the server's `postgres` maintenance database.
-pub async fn pg_maintenance() -> tokio_postgres::Client {
+pub(crate) async fn pg_maintenance() -> tokio_postgres::Client {
     pg_connect(&database_url("postgres")).await
 }
 
 /// Creates an empty database with a unique name and returns its full URL.
-pub async fn fresh_database() -> String {
+pub(crate) async fn fresh_database() -> String {
     let name = unique_database_name();
     let client = pg_maintenance().await;
     client
@@ -94,7 +94,7 @@ pub async fn fresh_database() -> String {
 }
 
 /// A fresh database with all of reportd's migrations applied.
-pub async fn migrated_database() -> String {
+pub(crate) async fn migrated_database() -> String {
     let url = fresh_database().await;
     reportd::db::run_migrations(&url)
         .await
@@ -104,7 +104,7 @@ pub async fn migrated_database() -> String {
 
 /// Drops a test database, disconnecting whoever is still connected. Best-effort: call it
 /// at the end of a passing test; a failing test leaves its database behind to inspect.
-pub async fn drop_database(url: &str) {
+pub(crate) async fn drop_database(url: &str) {
     let Some(name) = url.rsplit('/').next().filter(|n| !n.is_empty()) else {
         return;
     };
@@ -115,7 +115,7 @@ pub async fn drop_database(url: &str) {
 }
 
 /// The LocalStack SQS endpoint.
-pub fn sqs_endpoint() -> String {
+pub(crate) fn sqs_endpoint() -> String {
     std::env::var("REPORTD_TEST_SQS")
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -125,7 +125,7 @@ pub fn sqs_endpoint() -> String {
 }
 
 /// Panics unless LocalStack answers its health check with SQS available.
-pub async fn require_sqs() {
+pub(crate) async fn require_sqs() {
     let endpoint = sqs_endpoint();
     let health = format!("{endpoint}/_localstack/health");
     let fail = |why: String| -> ! {
@@ -157,14 +157,14 @@ pub async fn require_sqs() {
 }
 
 /// A queue name no other test uses: `t-<prefix>-<8 hex chars>`.
-pub fn unique_queue_name(prefix: &str) -> String {
+pub(crate) fn unique_queue_name(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("t-{prefix}-{}", &id[..8])
 }
 
 /// SQS settings for LocalStack with the given queue name (`.fifo` appended for a FIFO
 /// queue when missing), a 1 s long poll, and every other field at its default.
-pub fn sqs_settings(queue_name: &str, fifo: bool) -> SqsSettings {
+pub(crate) fn sqs_settings(queue_name: &str, fifo: bool) -> SqsSettings {
     let queue_name = if fifo && !queue_name.ends_with(".fifo") {
         format!("{queue_name}.fifo")
     } else {

@@ -8,7 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// A running proxy; `endpoint()` is what the process under test uses as SQS.
-pub struct SqsProxy {
+pub(crate) struct SqsProxy {
     port: u16,
     /// true = cut: new connections are dropped at once and open ones are closed.
     cut: Arc<watch::Sender<bool>>,
@@ -16,7 +16,7 @@ pub struct SqsProxy {
 
 impl SqsProxy {
     /// Starts forwarding 127.0.0.1:<free port> → `upstream` (host:port).
-    pub async fn start(upstream: String) -> Self {
+    pub(crate) async fn start(upstream: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("proxy addr").port();
         let (cut, _) = watch::channel(false);
@@ -48,22 +48,22 @@ impl SqsProxy {
     }
 
     /// The local port it listens on.
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
     /// The endpoint URL to configure as `sqs.endpoint_url`.
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// SQS "goes away": every connection is refused or closed.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.cut.send_replace(true);
     }
 
     /// SQS "comes back".
-    pub fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.cut.send_replace(false);
     }
 }
