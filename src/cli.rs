@@ -19,10 +19,12 @@ pub struct Cli {
         env = "REPORTD_CONFIG"
     )]
     pub config: PathBuf,
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The `reportd` commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon (the roles in `server.roles`) until SIGTERM/SIGINT.
@@ -31,16 +33,19 @@ pub enum Command {
     Migrate,
     /// Manage the SQS queues.
     Queues {
+        /// The `queues` subcommand to run.
         #[command(subcommand)]
         command: QueuesCommand,
     },
     /// Inspect the configuration.
     Config {
+        /// The `config` subcommand to run.
         #[command(subcommand)]
         command: ConfigCommand,
     },
     /// Look into the dead-letter queue and act on it.
     Dlq {
+        /// The `dlq` subcommand to run.
         #[command(subcommand)]
         command: DlqCommand,
     },
@@ -55,12 +60,14 @@ pub enum Command {
     },
 }
 
+/// `reportd queues`: manage the SQS queues.
 #[derive(Debug, Subcommand)]
 pub enum QueuesCommand {
     /// Create the main queue and its dead-letter queue, or fix their attributes.
     Ensure,
 }
 
+/// `reportd dlq`: look into the dead-letter queue and act on it.
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// List the DLQ's messages with their reports (without consuming them).
@@ -87,6 +94,7 @@ pub enum DlqCommand {
     },
 }
 
+/// `reportd config`: inspect the configuration.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the resolved configuration with secrets redacted.

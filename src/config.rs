@@ -59,6 +59,7 @@ pub struct Settings {
     pub supervisor: SupervisorSettings,
 }
 
+/// `[supervisor]`: how many actor restarts, how fast, make a restart storm (unhealthy).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorSettings {
@@ -88,6 +89,7 @@ pub enum Role {
     Worker,
 }
 
+/// `[server]`: where and how the HTTP API listens, and which roles this process runs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
@@ -125,6 +127,7 @@ impl Default for ServerSettings {
     }
 }
 
+/// `[database]`: the PostgreSQL URL and pool, create/migrate at start, the writer's timeouts.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
@@ -171,6 +174,7 @@ impl fmt::Debug for DatabaseSettings {
     }
 }
 
+/// `[sqs]`: the SQS queue pair (main + dead-letter), its attributes and how it is polled.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqsSettings {
@@ -228,6 +232,7 @@ impl SqsSettings {
     }
 }
 
+/// `[workers]`: the consumer's pool of ReportWorker actors.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
@@ -241,6 +246,7 @@ impl Default for WorkerSettings {
     }
 }
 
+/// `[shutdown]`: how long a stopping process lets running jobs finish.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownSettings {
@@ -264,6 +270,7 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[log]`: log output format and default level.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
@@ -282,6 +289,7 @@ impl Default for LogSettings {
     }
 }
 
+/// `[api]`: the producer API's request limits and bearer tokens.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
@@ -314,6 +322,7 @@ impl fmt::Debug for ApiSettings {
     }
 }
 
+/// `[retry]`: the exponential backoff before a failed job's next attempt.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySettings {
@@ -332,6 +341,7 @@ impl Default for RetrySettings {
     }
 }
 
+/// `[jobs]`: how many failed attempts end a job.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobSettings {
@@ -357,6 +367,7 @@ pub(crate) const MIN_VISIBILITY_TIMEOUT_S: u32 = 6;
 /// ends a job.
 pub(crate) const RECEIVE_HEADROOM: u32 = 5;
 
+/// `[report]`: where the built-in CSV generator writes its files.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportSettings {
@@ -372,6 +383,7 @@ impl Default for ReportSettings {
     }
 }
 
+/// `[simulate]`: demo/load-test knobs that slow jobs down or make them fail (all off by default).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimulateSettings {
@@ -401,12 +413,21 @@ impl SimulateSettings {
 /// A configuration that cannot be used; the message names the key and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file at this path (`--config`, `REPORTD_CONFIG`) does not exist.
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
+    /// The TOML or an environment variable does not fit the settings (syntax, type,
+    /// unknown key); the text names each key at fault and its source, never a secret value.
     #[error("{0}")]
     Parse(String),
+    /// A value that parsed but breaks a rule: its range, format, or a rule between keys.
     #[error("invalid value for `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid {
+        /// The dotted key at fault, e.g. `sqs.wait_time_s`.
+        key: &'static str,
+        /// Why the value is refused.
+        reason: String,
+    },
 }
 
 impl From<figment::Error> for ConfigError {

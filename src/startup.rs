@@ -33,13 +33,18 @@ use crate::report::{CsvReportGenerator, ReportGenerator, SimulatedGenerator};
 /// Why the process could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// Creating or migrating the database, or building a connection pool, failed.
     #[error("database: {0}")]
     Database(#[from] DbError),
+    /// The queues could not be provisioned (`sqs.create_queues`) or found.
     #[error("SQS: {0}")]
     Queue(#[from] QueueError),
+    /// The HTTP listener could not be opened.
     #[error("cannot listen on {bind}: {source}")]
     Bind {
+        /// The address tried (`server.bind`).
         bind: String,
+        /// The operating system's reason (address in use, permission denied, …).
         #[source]
         source: std::io::Error,
     },

@@ -13,7 +13,9 @@ use crate::metrics::Metrics;
 /// Restart-storm limits (`[supervisor]` in the config).
 #[derive(Debug, Clone, Copy)]
 pub struct StormLimit {
+    /// More restarts than this within `window` put an actor in a restart storm (unhealthy).
     pub max_restarts: usize,
+    /// How far back restarts count towards a storm (`supervisor.window_s`).
     pub window: Duration,
 }
 
@@ -58,6 +60,8 @@ pub struct ActorSlot {
 }
 
 impl ActorRegistry {
+    /// An empty registry that judges restart storms by `limit` and counts restarts in
+    /// `metrics` (`reportd_actor_restarts_total`, by actor kind).
     pub fn new(limit: StormLimit, metrics: Arc<Metrics>) -> Self {
         Self {
             entries: Arc::new(Mutex::new(Vec::new())),

@@ -45,13 +45,27 @@ pub enum WriteOp {
     /// Insert an accepted report (skipped if its idempotency key exists).
     Insert(NewReport),
     /// Claim a job for a new attempt.
-    Claim { id: Uuid, stale_after_s: i64 },
+    Claim {
+        /// The report to claim.
+        id: Uuid,
+        /// Seconds an `in-progress` row's heartbeat may be silent before its worker
+        /// counts as lost and this claim may take the job over.
+        stale_after_s: i64,
+    },
     /// A running attempt's heartbeat.
-    Touch { id: Uuid, attempt: i32 },
+    Touch {
+        /// The running report.
+        id: Uuid,
+        /// The attempt still alive; the row is touched only while it is that attempt's.
+        attempt: i32,
+    },
     /// End an attempt (compare-and-set on the attempt number).
     EndAttempt {
+        /// The report whose attempt ends.
         id: Uuid,
+        /// The attempt that ends; nothing changes if the row is no longer that attempt's.
         attempt: i32,
+        /// How it ended: completed, requeued, failed, gave up or released.
         end: AttemptEnd,
     },
     /// SQS accepted these reports' messages.
@@ -83,9 +97,13 @@ pub(crate) struct Write {
 /// Figures the StatusActor reports to the health endpoint.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct StatusStats {
+    /// Writes waiting for the next flush (always 0 from [`StatusProbe`], which cannot see them).
     pub pending: usize,
+    /// Flushes finished since the process started (restarts of the actor included).
     pub flushes: u64,
+    /// Writes in the last finished flush (0 before the first).
     pub last_batch_size: usize,
+    /// How long the last finished flush took, in milliseconds (0 before the first).
     pub last_flush_ms: f64,
     /// Seconds the running flush has taken so far (None when idle).
     pub flush_running_s: Option<f64>,
@@ -186,6 +204,8 @@ impl StatusActor {
     /// Mailbox bound: senders wait (back-pressure) when this many writes are queued.
     pub(crate) const MAILBOX_CAPACITY: usize = 1024;
 
+    /// A writer on `pool` (its own pool, with statement and lock timeouts) that reports
+    /// its flush figures through `probe` and its heartbeats through `slot`.
     pub fn new(pool: DbPool, metrics: Arc<Metrics>, slot: ActorSlot, probe: StatusProbe) -> Self {
         Self {
             pool,

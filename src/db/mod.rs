@@ -33,18 +33,27 @@ pub(crate) type PooledConnection = Object<AsyncPgConnection>;
 /// A database failure, with whether trying again later can help.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// A direct connection (migrations, database creation, demo seeding) failed.
     #[error("cannot connect to PostgreSQL at {url}: {source}")]
     Connect {
+        /// The database URL tried, password redacted.
         url: String,
+        /// diesel's reason.
         #[source]
         source: diesel::ConnectionError,
     },
+    /// No pooled connection: the pool could not be built or lent none, or the
+    /// StatusActor did not answer in time; the text says which.
     #[error("no database connection available: {0}")]
     Pool(String),
+    /// A statement failed; retryable only for the transient server errors
+    /// `is_retryable` knows.
     #[error("query failed: {0}")]
     Query(#[from] diesel::result::Error),
+    /// Migrations could not run (or the URL to create the database from is malformed).
     #[error("migration failed: {0}")]
     Migration(String),
+    /// The StatusActor did not take or answer the write (it stopped, or its flush panicked).
     #[error("the database writer (StatusActor) is not running")]
     WriterGone,
     /// The row is locked by another session; only the writes touching it wait.

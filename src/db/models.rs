@@ -25,6 +25,7 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Every status, in lifecycle order (the terminal ones last).
     pub const ALL: [JobStatus; 4] = [
         JobStatus::InQueue,
         JobStatus::InProgress,
@@ -57,19 +58,35 @@ impl JobStatus {
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = report_queue, check_for_backend(diesel::pg::Pg))]
 pub struct ReportRecord {
+    /// The report's id: the row's primary key, and the `id` in its SQS message body.
     pub id: Uuid,
+    /// The accepted request, `{"userId", "startDate", "endDate"}`, handed to the generator.
     pub payload: serde_json::Value,
+    /// A [`JobStatus`] in its stored spelling (`in-queue`, `in-progress`, …).
     pub status: String,
+    /// Where clients fetch the finished file; None until completed, or for zero-work jobs.
     pub report_url: Option<String>,
+    /// Attempts started (claims by a worker, not SQS receives); kept by a retry.
     pub attempts: i32,
+    /// Why the latest failure or hand-back happened (kept after a success); None if none did.
     pub last_error: Option<String>,
+    /// The client's `Idempotency-Key` (unique when present); None without one.
     pub idempotency_key: Option<String>,
+    /// Hex SHA-256 of the payload sent with the idempotency key (a different body gets
+    /// 409); None without a key.
     pub request_hash: Option<String>,
+    /// The payload's `userId`, copied out for listing by user; also the FIFO message group.
     pub user_id: Option<i64>,
+    /// When the report was accepted.
     pub created_at: DateTime<Utc>,
+    /// When the row last changed; a running job's heartbeats bump it too.
     pub updated_at: DateTime<Utc>,
+    /// When the latest attempt was claimed; None before the first claim.
     pub started_at: Option<DateTime<Utc>>,
+    /// When the job reached `completed` or `failed`; None while it is not terminal.
     pub finished_at: Option<DateTime<Utc>>,
+    /// When SQS accepted the current message; None while the dispatcher or the
+    /// reconciler still has to send it.
     pub enqueued_at: Option<DateTime<Utc>>,
     /// Attempts that failed (lost workers included); `jobs.max_attempts` of them fail the job.
     pub failures: i32,
@@ -81,10 +98,16 @@ pub struct ReportRecord {
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = report_queue)]
 pub struct NewReport {
+    /// The new report's id (a fresh v4 UUID), also its message body's `id`.
     pub id: Uuid,
+    /// The validated request, `{"userId", "startDate", "endDate"}`.
     pub payload: serde_json::Value,
+    /// The initial status, `in-queue`.
     pub status: String,
+    /// The client's `Idempotency-Key`; None without one (never collides).
     pub idempotency_key: Option<String>,
+    /// Hex SHA-256 of the payload when an idempotency key came with it, else None.
     pub request_hash: Option<String>,
+    /// The payload's `userId`, copied out for listing by user and FIFO grouping.
     pub user_id: Option<i64>,
 }

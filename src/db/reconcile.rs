@@ -28,6 +28,7 @@ pub const PASS_LOCK_KEY: i64 = 0x7265_706f_7274_6401;
 /// A row that needs a message, as the reconciler sends it.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
 pub struct Unsent {
+    /// The report to send a message for (the message body's `id`).
     #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
     /// The FIFO message group.
@@ -41,10 +42,13 @@ pub struct Unsent {
 /// A row as it was read, for a later compare-and-set on exactly this state.
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
 pub struct Seen {
+    /// The report whose row was read.
     #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
+    /// The stored status as read; the write applies only while it is unchanged.
     #[diesel(sql_type = Text)]
     pub status: String,
+    /// `updated_at` as read; a heartbeat, claim or end since then makes the write a no-op.
     #[diesel(sql_type = Timestamptz)]
     pub updated_at: DateTime<Utc>,
 }
@@ -55,14 +59,20 @@ pub(crate) type Resent = Unsent;
 /// A row with what the re-send rules look at.
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
 pub struct RowFate {
+    /// The report's id (the row's primary key, the `id` in its message body).
     #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
+    /// The stored status spelling (`in-queue`, `in-progress`, `completed`, `failed`).
     #[diesel(sql_type = Text)]
     pub status: String,
+    /// The report's user: a re-send's FIFO message group (None: group `default`).
     #[diesel(sql_type = Nullable<BigInt>)]
     pub user_id: Option<i64>,
+    /// When the row last changed, heartbeats included; [`RowFate::seen`] keeps it for the
+    /// compare-and-set.
     #[diesel(sql_type = Timestamptz)]
     pub updated_at: DateTime<Utc>,
+    /// Re-sends so far: the current message's FIFO deduplication id is `<id>-<generation>`.
     #[diesel(sql_type = Integer)]
     pub send_generation: i32,
     /// When SQS accepted its current message; None while the reconciler or a fast path

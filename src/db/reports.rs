@@ -24,10 +24,12 @@ use super::schema::report_queue::dsl as rq;
 pub enum ClaimOutcome {
     /// The job is ours: this is attempt number `attempt` (1-based).
     Claimed {
+        /// This attempt's number: the row's `attempts` after the claim's increment.
         attempt: i32,
         /// Failed attempts so far, counting a previous attempt whose worker was lost
         /// (this claim took over a row whose heartbeat had stopped).
         failures: i32,
+        /// The report's stored request, `{"userId", "startDate", "endDate"}`, for the generator.
         payload: serde_json::Value,
         /// When the report was accepted (for the queue-wait metric).
         created_at: DateTime<Utc>,
@@ -44,17 +46,32 @@ pub enum ClaimOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptEnd {
     /// Success: the file is at `report_url`.
-    Completed { report_url: Option<String> },
+    Completed {
+        /// Where clients fetch the file (stored as `report_url`); None when none was written.
+        report_url: Option<String>,
+    },
     /// A failure with tries left: back to `in-queue`, one more failure counted.
-    Requeued { error: String },
+    Requeued {
+        /// Why the attempt failed; stored as `last_error`.
+        error: String,
+    },
     /// The final failure (permanent error, or the last try): `failed`, counted.
-    Failed { error: String },
+    Failed {
+        /// Why the attempt failed; stored as `last_error`.
+        error: String,
+    },
     /// `failed` without counting another failure: the claim itself found the job out of
     /// tries (its earlier workers were lost).
-    GaveUp { error: String },
+    GaveUp {
+        /// Why the job was given up; stored as `last_error`.
+        error: String,
+    },
     /// Interrupted, not failed (shutdown, host trouble): back to `in-queue`, nothing
     /// counted; `note` (if any) goes to `last_error` so a person sees why it waits.
-    Released { note: Option<String> },
+    Released {
+        /// Why the job was handed back, for `last_error`; None leaves `last_error` as it is.
+        note: Option<String>,
+    },
 }
 
 /// Inserts accepted reports in one statement. Rows whose idempotency key already exists
@@ -405,10 +422,13 @@ pub(crate) async fn mark_enqueued(
 /// Filters and the keyset position of a listing page.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
+    /// Only reports in this status; None for any status.
     pub status: Option<JobStatus>,
+    /// Only this user's reports; None for every user.
     pub user_id: Option<i64>,
     /// Rows strictly after this `(created_at, id)` in newest-first order.
     pub after: Option<(DateTime<Utc>, Uuid)>,
+    /// Most rows to return (the page size).
     pub limit: i64,
 }
 

@@ -28,13 +28,18 @@ use crate::config::SqsSettings;
 /// An SQS failure. Everything but a malformed request is worth retrying.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    /// A call failed: SQS refused it, it timed out or lost its connection, or reportd
+    /// could not build the request or read the answer.
     #[error("SQS {operation} failed: {message}")]
     Call {
+        /// The SQS action, e.g. `SendMessageBatch`.
         operation: &'static str,
         /// SQS's error code (`ReceiptHandleIsInvalid`, …), when SQS answered with one.
         code: Option<String>,
+        /// What went wrong: the SDK error with its context, or reportd's own description.
         message: String,
     },
+    /// No queue of this name exists (in this region, at this endpoint).
     #[error("queue {0} does not exist (run `reportd queues ensure`)")]
     Missing(String),
 }
@@ -44,6 +49,7 @@ pub enum QueueError {
 pub struct CallFailure {
     /// SQS's error code, when SQS answered (not for a timeout or a lost connection).
     pub code: Option<String>,
+    /// SQS's message, or reportd's own description of the failure (what `Display` shows).
     pub message: String,
 }
 
@@ -172,8 +178,11 @@ pub async fn build_client(settings: &SqsSettings) -> Client {
 /// A received message, with what the consumer needs to act on it.
 #[derive(Debug, Clone)]
 pub struct ReceivedMessage {
+    /// SQS's id for the message, the same on every delivery of it.
     pub message_id: String,
+    /// This delivery's handle, needed to delete the message or extend its visibility.
     pub receipt_handle: String,
+    /// The body: `{"id":"<report id>"}` for reportd's messages, anything for a poison one.
     pub body: String,
     /// SQS's `ApproximateReceiveCount` (1 on the first delivery).
     pub receive_count: u32,
@@ -226,7 +235,10 @@ pub(crate) const POISON_REASON_ATTRIBUTE: &str = "reportd_poison_reason";
 /// deduplication id.
 #[derive(Debug, Clone)]
 pub struct OutgoingMessage {
+    /// The report whose id the body carries.
     pub report_id: Uuid,
+    /// FIFO `MessageGroupId` (the user id); None sends to group `default`. Standard queues
+    /// ignore it.
     pub group_id: Option<String>,
     /// FIFO `MessageDeduplicationId`: `<id>-<send_generation>`, so that repeating one
     /// send is deduplicated while a re-send (retry, redrive, reconciler) never is.

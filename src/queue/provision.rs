@@ -13,7 +13,9 @@ use crate::config::SqsSettings;
 /// What `ensure` found and did for one queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueState {
+    /// The queue's name, as configured or derived (`-dlq`, `.fifo`).
     pub name: String,
+    /// The queue URL SQS gave, which every later call addresses.
     pub url: String,
     /// True when this run created the queue; false when it was already there.
     pub created: bool,
@@ -24,8 +26,11 @@ pub struct QueueState {
 /// The result of provisioning both queues.
 #[derive(Debug, Clone)]
 pub struct EnsureReport {
+    /// The main queue (`sqs.queue_name`).
     pub main: QueueState,
+    /// The dead-letter queue ([`SqsSettings::dlq_name`]).
     pub dlq: QueueState,
+    /// The dead-letter queue's ARN, as the main queue's RedrivePolicy names it.
     pub dlq_arn: String,
 }
 

@@ -29,9 +29,11 @@ pub(crate) struct ReportPayload {
 /// One job handed to a generator.
 #[derive(Debug, Clone)]
 pub struct JobContext {
+    /// The report to produce (its row's id; the built-in generator names the file after it).
     pub report_id: Uuid,
     /// 1-based attempt number (claims, not SQS receives).
     pub attempt: i32,
+    /// The accepted request as stored, `{"userId", "startDate", "endDate"}` (camelCase).
     pub payload: serde_json::Value,
 }
 
@@ -95,6 +97,8 @@ pub(crate) fn is_host_trouble(error: &std::io::Error) -> bool {
 /// What users implement to make reportd produce their reports. The future runs on a
 /// tokio task; CPU-heavy parts belong in `tokio::task::spawn_blocking`.
 pub trait ReportGenerator: Send + Sync + 'static {
+    /// Produces the report for one attempt of `job`. Runs as a task of its own: a panic
+    /// counts as a failed attempt, and the task is aborted when the shutdown grace ends.
     fn generate(
         &self,
         job: JobContext,
