@@ -99,10 +99,13 @@ pub struct ServerSettings {
     pub public_url: String,
     /// Which halves of the daemon run in this process.
     pub roles: Vec<Role>,
-    /// Seconds a client gets to send a request's headers, and again its body. A slow or
-    /// stalled sender otherwise holds a connection (and, mid-body, a handler) forever;
-    /// past this it gets 408 and the connection is closed.
+    /// Seconds a client gets to send a request's body, counted from its headers. A slow
+    /// or stalled sender otherwise holds a handler forever; past this it gets 408.
     pub request_timeout_s: u64,
+    /// Seconds a client gets to send a request's headers after connecting (or after its
+    /// previous request): a few kilobytes, so short; past this it gets 408 and the
+    /// connection is closed, so that slow senders cannot pile up connections.
+    pub header_timeout_s: u64,
     /// Open connections each HTTP worker thread accepts; beyond it new connections wait
     /// in the listen backlog, so a connection flood cannot exhaust file descriptors.
     pub max_connections: usize,
@@ -122,6 +125,7 @@ impl Default for ServerSettings {
             public_url: "http://127.0.0.1:8080".into(),
             roles: vec![Role::Api, Role::Worker],
             request_timeout_s: 30,
+            header_timeout_s: 5,
             max_connections: 25_000,
         }
     }
@@ -616,6 +620,15 @@ impl Settings {
                 ),
             );
         }
+        if !(1..=MAX_REQUEST_TIMEOUT_S).contains(&self.server.header_timeout_s) {
+            return invalid(
+                "server.header_timeout_s",
+                format!(
+                    "{} is outside 1..={MAX_REQUEST_TIMEOUT_S} seconds (0 would mean no limit)",
+                    self.server.header_timeout_s
+                ),
+            );
+        }
         if !(1..=MAX_CONNECTIONS).contains(&self.server.max_connections) {
             return invalid(
                 "server.max_connections",
@@ -874,7 +887,7 @@ const REDACTED: &str = "***";
 const SECRET_PARAMS: &[&str] = &["password", "passwd", "pass", "secret", "token", "key"];
 
 /// Replaces the password of a URL's userinfo, and the value of every query parameter
-/// named like a secret (see [`SECRET_PARAMS`]), with `***`. An unparsable URL is
+/// named like a secret (see `SECRET_PARAMS`), with `***`. An unparsable URL is
 /// replaced whole, since there is no telling where its secret is.
 pub fn redact_url(raw: &str) -> String {
     let Ok(mut parsed) = url::Url::parse(raw) else {
@@ -1112,7 +1125,7 @@ mod tests {
     }
 
     #[test]
-    fn request_timeout_and_max_connections_must_be_positive_and_bounded() {
+    fn request_and_header_timeouts_and_max_connections_must_be_positive_and_bounded() {
         let mut settings = Settings::default();
         for (timeout, ok) in [(0, false), (1, true), (MAX_REQUEST_TIMEOUT_S, true)] {
             settings.server.request_timeout_s = timeout;
@@ -1131,6 +1144,15 @@ mod tests {
             })
         ));
         settings.server.request_timeout_s = 30;
+        settings.server.header_timeout_s = 0;
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                key: "server.header_timeout_s",
+                ..
+            })
+        ));
+        settings.server.header_timeout_s = 5;
         for (connections, ok) in [(0, false), (1, true), (MAX_CONNECTIONS, true)] {
             settings.server.max_connections = connections;
             assert_eq!(

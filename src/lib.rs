@@ -6,9 +6,9 @@
 //! - `sqs_limits`: the limits SQS sets, for the adapter and for config validation.
 //! - [`actors`]: `StatusActor` (the single DB writer), `PollerActor` and the
 //!   `ReportWorker` pool (the consumer), and the fate rules the workers apply.
-//! - [`outbox`]: the dispatcher that sends accepted reports after their commit, and the
+//! - `outbox`: the dispatcher that sends accepted reports after their commit, and the
 //!   reconciler that keeps every unfinished report's message alive.
-//! - [`dlq`]: dead-letter operations for the API and the CLI (list, redrive, discard,
+//! - `dlq`: dead-letter operations for the API and the CLI (list, redrive, discard,
 //!   purge) and the DLQ watcher.
 //! - [`report`]: the `ReportGenerator` extension point and the built-in CSV generator.
 //! - [`api`]: the actix-web HTTP API, one module per resource.

@@ -338,6 +338,70 @@ fn start_consumer(
 
 /// Binds `server.bind` and starts the HTTP server (signals are handled by
 /// `run_until_stopped`, not by actix-web); returns it with the bound port.
+/// HTTP worker threads. Two keep the API answering while one is busy, and leave the
+/// cores to the actors and the database driver.
+const HTTP_WORKERS: usize = 2;
+
+/// File descriptors kept for everything but client connections: the database pools, the
+/// SQS client's connections, report files, the listener, logs.
+const RESERVED_FILES: u64 = 256;
+
+/// `server.max_connections`, lowered if the process could not open that many sockets
+/// per HTTP worker: at the file limit `accept` fails and even `/health/live` stops
+/// answering, while below the cap new connections only wait in the listen backlog.
+fn connection_cap(settings: &Settings) -> usize {
+    let configured = settings.server.max_connections;
+    let Some(open_files) = raise_open_files_limit() else {
+        return configured;
+    };
+    // The API pool, and the writer's own two connections.
+    let reserved = RESERVED_FILES + settings.database.pool_size as u64 + 2;
+    let cap = per_worker_cap(configured, open_files, reserved, HTTP_WORKERS);
+    if cap < configured {
+        tracing::warn!(
+            configured,
+            cap,
+            open_files,
+            "server.max_connections lowered to what the open-files limit (ulimit -n) allows"
+        );
+    }
+    cap
+}
+
+/// The pure rule of [`connection_cap`]: the files left after `reserved`, shared by
+/// `workers`, and never below one connection per worker.
+fn per_worker_cap(configured: usize, open_files: u64, reserved: u64, workers: usize) -> usize {
+    let for_clients = open_files.saturating_sub(reserved) / workers.max(1) as u64;
+    let for_clients = usize::try_from(for_clients).unwrap_or(usize::MAX);
+    configured.min(for_clients).max(1)
+}
+
+/// Raises this process's soft open-files limit to its hard limit (as systemd's
+/// documentation asks of programs that need many sockets) and returns the soft limit in
+/// force; None if it cannot be read.
+fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
 fn start_http(
     settings: &Settings,
     state: web::Data<AppState>,
@@ -357,13 +421,13 @@ fn start_http(
             .configure(|cfg| api::configure(cfg, serve_api))
             .default_service(web::to(api::not_found))
     })
-    // A client gets `server.request_timeout_s` for its headers (the body's own deadline
+    // A client gets `server.header_timeout_s` for its headers (the body's own deadline
     // is in `api::limit_body`), and connections are capped per worker thread.
-    .client_request_timeout(Duration::from_secs(settings.server.request_timeout_s))
-    .max_connections(settings.server.max_connections)
+    .client_request_timeout(Duration::from_secs(settings.server.header_timeout_s))
+    .max_connections(connection_cap(settings))
     .listen(listener)
     .map_err(bind_error)?
-    .workers(2)
+    .workers(HTTP_WORKERS)
     .disable_signals()
     .shutdown_timeout(5)
     .run();
@@ -430,5 +494,27 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_is_what_the_open_files_limit_leaves_per_worker() {
+        // `ulimit -n` 20000, 274 files reserved, 2 workers: 9863 each.
+        assert_eq!(per_worker_cap(25_000, 20_000, 274, 2), 9_863);
+        assert_eq!(
+            per_worker_cap(1_000, 20_000, 274, 2),
+            1_000,
+            "a lower setting stays"
+        );
+    }
+
+    #[test]
+    fn the_connection_cap_never_falls_below_one_per_worker() {
+        assert_eq!(per_worker_cap(25_000, 100, 274, 2), 1);
+        assert_eq!(per_worker_cap(25_000, 0, 0, 0), 1);
     }
 }

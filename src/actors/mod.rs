@@ -1,8 +1,8 @@
 //! The actors of one reportd process, one module each with the messages it handles.
 //!
 //! - [`status::StatusActor`]: the single, batching writer to `report_queue`.
-//! - [`poller::PollerActor`]: long-polls SQS for as many messages as there are idle workers.
-//! - [`worker::ReportWorker`]: runs one job (or one FIFO group) at a time.
+//! - `poller::PollerActor`: long-polls SQS for as many messages as there are idle workers.
+//! - `worker::ReportWorker`: runs one job (or one FIFO group) at a time.
 
 pub(crate) mod fate;
 pub(crate) mod poller;

@@ -587,7 +587,7 @@ async fn apply_completions(
 }
 
 /// Sends one write and waits for its commit; the mailbox bound applies (back-pressure).
-/// A write still queued [`WRITE_DEADLINE`] after this call is answered `Expired` and
+/// A write still queued `WRITE_DEADLINE` (30 s) after this call is answered `Expired` and
 /// never applied.
 pub async fn write(addr: &Addr<StatusActor>, op: WriteOp) -> Result<WriteOutcome, DbError> {
     let deadline = Instant::now() + WRITE_DEADLINE;

@@ -1,7 +1,7 @@
 //! The SQS adapter: the client, queue provisioning, SQS's limits, and every call reportd
 //! makes (batched where SQS allows it, because calls per message is what limits
 //! throughput), each counted in the metrics. It knows nothing of reports, rows or actors:
-//! the dispatcher ([`crate::outbox`]) and the DLQ operations ([`crate::dlq`]) sit on it.
+//! the dispatcher (`crate::outbox`) and the DLQ operations (`crate::dlq`) sit on it.
 
 pub(crate) use crate::sqs_limits as limits;
 pub mod provision;
@@ -321,7 +321,7 @@ impl JobMessage {
     }
 }
 
-/// The body of a report's message (see [`JobMessage`]).
+/// The body of a report's message (see `JobMessage`).
 pub fn message_body(report_id: Uuid) -> String {
     JobMessage { id: report_id }.body()
 }

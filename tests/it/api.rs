@@ -766,10 +766,10 @@ async fn malformed_requests_are_logged_as_client_warnings_never_as_errors() {
 }
 
 #[actix_web::test]
-async fn headers_not_sent_within_request_timeout_s_get_408() {
+async fn headers_not_sent_within_header_timeout_s_get_408() {
     let (settings, tmp) = test_settings(&api_only()).await;
     let mut settings = common::jobs::on_free_port(&settings);
-    settings.server.request_timeout_s = 1;
+    settings.server.header_timeout_s = 1;
     let process = spawn_process(&settings, tmp.path(), "slow-head").await;
     let started = std::time::Instant::now();
     // The blank line that ends the head never comes.

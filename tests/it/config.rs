@@ -39,6 +39,7 @@ fn checked_in_config_toml_loads_with_the_documented_local_defaults() {
     );
     assert_eq!(settings.server.roles, vec![Role::Api, Role::Worker]);
     assert_eq!(settings.server.request_timeout_s, 30);
+    assert_eq!(settings.server.header_timeout_s, 5);
     assert_eq!(settings.server.max_connections, 25_000);
     assert!(settings.has_role(Role::Api) && settings.has_role(Role::Worker));
     assert_eq!(settings.log.format, LogFormat::Pretty);
