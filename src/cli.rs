@@ -49,6 +49,17 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Cancel reports: waiting ones at once, running ones at their worker's next
+    /// heartbeat (on whichever process runs them). Prints one line per id; exits 1 if
+    /// any id is unknown or already completed or failed.
+    Cancel {
+        /// Report ids.
+        #[arg(required = true)]
+        ids: Vec<uuid::Uuid>,
+        /// Why (kept on the report as `cancelReason`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Fill the demo `user_activity` table for the built-in CSV generator.
     SeedDemo {
         /// Users 1..=N get activity.
@@ -134,6 +145,7 @@ pub async fn run_tool(command: Command, settings: Settings) -> anyhow::Result<()
             print!("{report}");
         }
         Command::Dlq { command } => run_dlq(command, &settings).await?,
+        Command::Cancel { ids, reason } => run_cancel(&ids, reason.as_deref(), &settings).await?,
         Command::SeedDemo { users, days } => {
             anyhow::ensure!(users >= 1, "--users must be at least 1");
             anyhow::ensure!(days >= 1, "--days must be at least 1");
@@ -142,6 +154,43 @@ pub async fn run_tool(command: Command, settings: Settings) -> anyhow::Result<()
             println!("inserted {rows} user_activity rows for {users} users over {days} days");
         }
     }
+    Ok(())
+}
+
+/// `reportd cancel`: straight on the database (no daemon needed), like the API's cancel.
+async fn run_cancel(
+    ids: &[uuid::Uuid],
+    reason: Option<&str>,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let pool = db::build_pool(&settings.database.url, 1)?;
+    let mut conn = db::connection(&pool).await?;
+    let mut refused = 0;
+    for &id in ids {
+        let outcome = db::reports::request_cancel(&mut conn, id, reason).await?;
+        let status = db::reports::find(&mut conn, id).await?.map(|r| r.status);
+        let line = match (outcome, status.as_deref()) {
+            (Some(db::reports::CancelOutcome::Cancelled), _) => "cancelled".to_string(),
+            (Some(db::reports::CancelOutcome::Requested), _) => {
+                "cancel requested (running; stops at its next heartbeat)".to_string()
+            }
+            (None, Some("cancelled")) => "cancelled already".to_string(),
+            (None, Some(status)) => {
+                refused += 1;
+                format!("not cancelled: it is {status}")
+            }
+            (None, None) => {
+                refused += 1;
+                "not cancelled: no such report".to_string()
+            }
+        };
+        println!("{id}: {line}");
+    }
+    anyhow::ensure!(
+        refused == 0,
+        "{refused} of {} reports not cancelled",
+        ids.len()
+    );
     Ok(())
 }
 

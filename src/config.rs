@@ -354,11 +354,24 @@ pub struct JobSettings {
     /// release, a duplicate delivery, the database or the host being unavailable) are
     /// not failures and never count.
     pub max_attempts: u32,
+    /// Seconds an attempt may run when a submission names no `maxRuntimeS`; a longer one
+    /// is aborted and counts as a failure. 0 = no limit.
+    pub max_runtime_s: u32,
+    /// Seconds after acceptance by which a job must have started when a submission names
+    /// no `notAfter`; one that has not is cancelled (reason `expired`). 0 = never.
+    pub expire_after_s: u32,
 }
+
+/// Longest `maxRuntimeS` / `jobs.max_runtime_s` (a week) and `jobs.expire_after_s`.
+pub const MAX_JOB_SECONDS: u32 = 7 * 24 * 3600;
 
 impl Default for JobSettings {
     fn default() -> Self {
-        Self { max_attempts: 3 }
+        Self {
+            max_attempts: 3,
+            max_runtime_s: 0,
+            expire_after_s: 0,
+        }
     }
 }
 
@@ -678,17 +691,10 @@ impl Settings {
         Ok(())
     }
 
-    /// `[sqs]`, and its receive count against `jobs.max_attempts`.
-    fn validate_sqs(&self) -> Result<(), ConfigError> {
+    /// `sqs.queue_name`: SQS's character set and length (with room for `-dlq` and
+    /// `.fifo`), and `.fifo` exactly when `sqs.fifo`.
+    fn validate_queue_name(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
-        if let Some(endpoint) = &self.sqs.endpoint_url {
-            if let Err(e) = parse_http_url(endpoint) {
-                return invalid("sqs.endpoint_url", e);
-            }
-        }
-        if self.sqs.region.trim().is_empty() {
-            return invalid("sqs.region", "must not be empty".into());
-        }
         let name = &self.sqs.queue_name;
         let base = name.strip_suffix(".fifo").unwrap_or(name);
         if base.is_empty()
@@ -716,6 +722,21 @@ impl Settings {
                 format!("`{name}` ends in `.fifo` but sqs.fifo is false"),
             );
         }
+        Ok(())
+    }
+
+    /// `[sqs]`, and its receive count against `jobs.max_attempts`.
+    fn validate_sqs(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        if let Some(endpoint) = &self.sqs.endpoint_url {
+            if let Err(e) = parse_http_url(endpoint) {
+                return invalid("sqs.endpoint_url", e);
+            }
+        }
+        if self.sqs.region.trim().is_empty() {
+            return invalid("sqs.region", "must not be empty".into());
+        }
+        self.validate_queue_name()?;
         if !(MIN_VISIBILITY_TIMEOUT_S..=limits::MAX_VISIBILITY_TIMEOUT_S)
             .contains(&self.sqs.visibility_timeout_s)
         {
@@ -772,6 +793,17 @@ impl Settings {
                 "jobs.max_attempts",
                 format!("{} is outside 1..=100", self.jobs.max_attempts),
             );
+        }
+        for (key, value) in [
+            ("jobs.max_runtime_s", self.jobs.max_runtime_s),
+            ("jobs.expire_after_s", self.jobs.expire_after_s),
+        ] {
+            if value > MAX_JOB_SECONDS {
+                return invalid(
+                    key,
+                    format!("{value} is outside 0..={MAX_JOB_SECONDS} seconds (0 = none)"),
+                );
+            }
         }
         let least = self.jobs.max_attempts + RECEIVE_HEADROOM;
         if !(least..=1000).contains(&self.sqs.max_receive_count) {

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub jobs_completed: IntCounter,
     /// Jobs that ended `failed` (permanent error or out of receives).
     pub jobs_failed: IntCounter,
+    /// Jobs that ended `cancelled` (by a person, or expired), counted by the process
+    /// that ended them.
+    pub jobs_cancelled: IntCounter,
     /// Attempts that failed and were put back for another try.
     pub jobs_retried: IntCounter,
     /// Messages sent to the dead-letter queue by reportd or left for SQS's redrive.
@@ -77,6 +80,7 @@ impl Metrics {
             let opts = HistogramOpts::new(name, help).buckets(buckets);
             register(&registry, Histogram::with_opts(opts))
         };
+        let seconds = |name: &str, help: &str| histogram(name, help, SECONDS_BUCKETS.to_vec());
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
@@ -84,6 +88,7 @@ impl Metrics {
             jobs_accepted: counter("reportd_jobs_accepted_total", "Reports accepted by the API"),
             jobs_completed: counter("reportd_jobs_completed_total", "Jobs completed"),
             jobs_failed: counter("reportd_jobs_failed_total", "Jobs that ended failed"),
+            jobs_cancelled: counter("reportd_jobs_cancelled_total", "Jobs cancelled or expired"),
             jobs_retried: counter(
                 "reportd_jobs_retried_total",
                 "Failed attempts put back for a retry",
@@ -92,15 +97,13 @@ impl Metrics {
                 "reportd_jobs_dead_lettered_total",
                 "Messages moved (or left for redrive) to the DLQ",
             ),
-            job_duration: histogram(
+            job_duration: seconds(
                 "reportd_job_duration_seconds",
                 "Run time of successful attempts",
-                SECONDS_BUCKETS.to_vec(),
             ),
-            queue_wait: histogram(
+            queue_wait: seconds(
                 "reportd_job_queue_wait_seconds",
                 "Time from acceptance to the first attempt's start",
-                SECONDS_BUCKETS.to_vec(),
             ),
             jobs_in_flight: gauge("reportd_jobs_in_flight", "Jobs running now"),
             idle_workers: gauge("reportd_idle_workers", "Workers with nothing to do"),
@@ -114,10 +117,9 @@ impl Metrics {
                 "Writes per StatusActor flush",
                 vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 256.0],
             ),
-            status_flush_seconds: histogram(
+            status_flush_seconds: seconds(
                 "reportd_status_flush_seconds",
                 "StatusActor flush latency",
-                SECONDS_BUCKETS.to_vec(),
             ),
             http_requests: counter_vec(
                 "reportd_http_requests_total",

@@ -78,6 +78,8 @@ pub(crate) enum AttemptResult {
     },
     /// Shutdown's grace period ended while it ran.
     Interrupted,
+    /// Someone cancelled the job while it ran (seen in a heartbeat's answer).
+    Cancelled,
 }
 
 /// What to do with the message.
@@ -230,6 +232,13 @@ pub(crate) fn after_attempt(
             message: hand_back(0, receive_count, limits),
             group: Group::Stop,
         },
+        // Settled like a success: nothing counted, the message deleted, a FIFO group
+        // goes on with its next job.
+        AttemptResult::Cancelled => Decision {
+            end: Some(AttemptEnd::Cancelled),
+            message: MessageAction::Delete,
+            group: Group::Continue,
+        },
     }
 }
 
@@ -291,6 +300,22 @@ mod tests {
         AttemptResult::Failed {
             error: "boom".into(),
             permanent,
+        }
+    }
+
+    #[test]
+    fn a_cancelled_attempt_ends_cancelled_and_its_message_is_deleted_uncounted() {
+        for fifo in [false, true] {
+            let decision = after_attempt(&AttemptResult::Cancelled, 2, 9, &limits(fifo));
+            assert_eq!(
+                decision,
+                Decision {
+                    end: Some(AttemptEnd::Cancelled),
+                    message: MessageAction::Delete,
+                    group: Group::Continue,
+                },
+                "fifo {fifo}"
+            );
         }
     }
 

@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use super::registry::ActorSlot;
 use crate::db::models::NewReport;
-use crate::db::reports::{AttemptEnd, ClaimOutcome};
+use crate::db::reports::{AttemptEnd, ClaimOutcome, Heartbeat};
 use crate::db::{self, reports, DbError, DbPool};
 use crate::metrics::Metrics;
 
@@ -79,6 +79,8 @@ pub enum WriteOutcome {
     Inserted(bool),
     /// Claim's outcome.
     Claim(ClaimOutcome),
+    /// What a heartbeat found.
+    Heartbeat(Heartbeat),
     /// Conditional update: whether the row matched.
     Applied(bool),
     /// Rows changed.
@@ -563,8 +565,8 @@ async fn apply_touches(
     }
     let items: Vec<(Uuid, i32)> = touches.iter().map(|(_, item)| *item).collect();
     let results = reports::touch_many(conn, &items).await?;
-    for ((i, _), applied) in touches.iter().zip(results) {
-        outcomes[*i] = Some(WriteOutcome::Applied(applied));
+    for ((i, _), heartbeat) in touches.iter().zip(results) {
+        outcomes[*i] = Some(WriteOutcome::Heartbeat(heartbeat));
     }
     Ok(())
 }
@@ -631,9 +633,12 @@ pub async fn claim(
     }
 }
 
-/// A running attempt's heartbeat; false when the row is no longer that attempt's.
-pub async fn touch(addr: &Addr<StatusActor>, id: Uuid, attempt: i32) -> Result<bool, DbError> {
-    applied(write(addr, WriteOp::Touch { id, attempt }).await?)
+/// A running attempt's heartbeat: still its row, asked to cancel, or gone.
+pub async fn touch(addr: &Addr<StatusActor>, id: Uuid, attempt: i32) -> Result<Heartbeat, DbError> {
+    match write(addr, WriteOp::Touch { id, attempt }).await? {
+        WriteOutcome::Heartbeat(heartbeat) => Ok(heartbeat),
+        other => Err(mismatch(other)),
+    }
 }
 
 /// Ends an attempt (compare-and-set); false when the row is no longer that attempt's.
@@ -740,6 +745,8 @@ mod tests {
             idempotency_key: None,
             request_hash: None,
             user_id: None,
+            max_runtime_s: None,
+            not_after: None,
         };
         assert!(rows_of(&WriteOp::Insert(row)).is_empty());
     }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::fate::{self, AttemptResult, ClaimDecision, ClaimSeen, Decision, Group, MessageAction};
 use super::registry::ActorSlot;
 use super::status::{self, StatusActor};
-use crate::db::reports::{AttemptEnd, ClaimOutcome};
+use crate::db::reports::{AttemptEnd, ClaimOutcome, Heartbeat};
 use crate::db::{DbError, DbGate};
 use crate::metrics::Metrics;
 use crate::queue::{limits, JobMessage, OutgoingMessage, ReceivedMessage, SqsBatchers, SqsQueue};
@@ -285,44 +285,15 @@ async fn claim_and_run(
     message: &ReceivedMessage,
     id: Uuid,
 ) -> Step {
-    let stale_after_s = fate::stale_after_s(deps.limits.visibility_timeout_s);
-    let claim = match status::claim(&deps.status, id, stale_after_s).await {
-        Ok(claim) => Some(claim),
-        Err(e) => {
-            note_db_error(deps, &e);
-            tracing::warn!(error = %e, "cannot claim the job; handing the message back (not counted)");
-            None
-        }
+    let claimed = match claim_or_settle(deps, keepalive, message, id).await {
+        Ok(claimed) => claimed,
+        Err(outcome) => return Step::Done(outcome),
     };
-    let seen = claim
-        .as_ref()
-        .map_or(ClaimSeen::Unavailable, |c| seen_of(c, id));
-    if let ClaimDecision::Settle(decision) =
-        fate::on_claim(&seen, message.receive_count, &deps.limits)
-    {
-        tracing::info!(claim = ?seen, action = ?decision.message, "settling the message without running the job");
-        let attempt = match seen {
-            ClaimSeen::Claimed { attempt, .. } => Some(attempt),
-            _ => None,
-        };
-        let (outcome, _) = settle(deps, keepalive, message, id, attempt, decision).await;
-        return Step::Done(outcome);
-    }
-    let Some(ClaimOutcome::Claimed {
-        attempt,
-        failures,
-        payload,
-        created_at,
-    }) = claim
-    else {
-        // `on_claim` runs claimed jobs only; anything else waits for its redelivery.
-        keepalive.forget(&message.receipt_handle);
-        return Step::Done(Outcome::left_alone(&deps.limits));
-    };
+    let attempt = claimed.attempt;
     tracing::Span::current().record("attempt", attempt);
     tracing::debug!("job claimed");
     if attempt == 1 {
-        let waited = (chrono::Utc::now() - created_at)
+        let waited = (chrono::Utc::now() - claimed.created_at)
             .num_microseconds()
             .unwrap_or(0);
         deps.metrics.queue_wait.observe(waited.max(0) as f64 / 1e6);
@@ -334,12 +305,18 @@ async fn claim_and_run(
     let job = JobContext {
         report_id: id,
         attempt,
-        payload,
+        payload: claimed.payload,
     };
-    let (result, panicked) = run_attempt(deps, job).await;
+    let (result, panicked) =
+        run_attempt(deps, job, keepalive.cancel_signal(), claimed.max_runtime).await;
     deps.metrics.jobs_in_flight.dec();
     log_result(&result, started.elapsed().as_millis() as u64, deps);
-    let decision = fate::after_attempt(&result, failures, message.receive_count, &deps.limits);
+    let decision = fate::after_attempt(
+        &result,
+        claimed.failures,
+        message.receive_count,
+        &deps.limits,
+    );
     // The row's heartbeat goes on until the end is recorded.
     let again = match decision.message {
         MessageAction::RunAgainAfter { delay_s } => Some(delay_s),
@@ -358,6 +335,78 @@ async fn claim_and_run(
     }
 }
 
+/// A job claimed for an attempt, with what running it needs.
+struct Claimed {
+    attempt: i32,
+    /// Failures counted before this attempt.
+    failures: i32,
+    payload: serde_json::Value,
+    created_at: chrono::DateTime<chrono::Utc>,
+    /// Longest run of this attempt (`maxRuntimeS`), if any.
+    max_runtime: Option<Duration>,
+}
+
+/// Claims the job; when the fate rules say not to run it (finished, held elsewhere, out
+/// of tries, the database away), settles the message and returns the outcome instead.
+async fn claim_or_settle(
+    deps: &WorkerDeps,
+    keepalive: &Arc<Keepalive>,
+    message: &ReceivedMessage,
+    id: Uuid,
+) -> Result<Claimed, Outcome> {
+    let stale_after_s = fate::stale_after_s(deps.limits.visibility_timeout_s);
+    let claim = match status::claim(&deps.status, id, stale_after_s).await {
+        Ok(claim) => Some(claim),
+        Err(e) => {
+            note_db_error(deps, &e);
+            tracing::warn!(error = %e, "cannot claim the job; handing the message back (not counted)");
+            None
+        }
+    };
+    if claim == Some(ClaimOutcome::CancelledNow) {
+        tracing::info!("job cancelled at its claim (a pending cancel, or not started by notAfter)");
+        deps.metrics.jobs_cancelled.inc();
+    }
+    let seen = claim
+        .as_ref()
+        .map_or(ClaimSeen::Unavailable, |c| seen_of(c, id));
+    if let ClaimDecision::Settle(decision) =
+        fate::on_claim(&seen, message.receive_count, &deps.limits)
+    {
+        tracing::info!(claim = ?seen, action = ?decision.message, "settling the message without running the job");
+        let attempt = match seen {
+            ClaimSeen::Claimed { attempt, .. } => Some(attempt),
+            _ => None,
+        };
+        return Err(settle(deps, keepalive, message, id, attempt, decision)
+            .await
+            .0);
+    }
+    match claim {
+        Some(ClaimOutcome::Claimed {
+            attempt,
+            failures,
+            payload,
+            created_at,
+            max_runtime_s,
+        }) => Ok(Claimed {
+            attempt,
+            failures,
+            payload,
+            created_at,
+            max_runtime: max_runtime_s
+                .and_then(|s| u64::try_from(s).ok())
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
+        }),
+        // `on_claim` runs claimed jobs only; anything else waits for its redelivery.
+        _ => {
+            keepalive.forget(&message.receipt_handle);
+            Err(Outcome::left_alone(&deps.limits))
+        }
+    }
+}
+
 fn seen_of(claim: &ClaimOutcome, id: Uuid) -> ClaimSeen {
     match claim {
         ClaimOutcome::Claimed {
@@ -366,7 +415,7 @@ fn seen_of(claim: &ClaimOutcome, id: Uuid) -> ClaimSeen {
             attempt: *attempt,
             failures: *failures,
         },
-        ClaimOutcome::AlreadyFinished(_) => ClaimSeen::AlreadyFinished,
+        ClaimOutcome::AlreadyFinished(_) | ClaimOutcome::CancelledNow => ClaimSeen::AlreadyFinished,
         ClaimOutcome::HeldElsewhere => ClaimSeen::HeldElsewhere,
         ClaimOutcome::NotFound => ClaimSeen::NotFound(id),
     }
@@ -388,20 +437,51 @@ fn log_result(result: &AttemptResult, elapsed_ms: u64, deps: &WorkerDeps) {
         AttemptResult::Interrupted => {
             tracing::warn!("shutdown grace period over; releasing the running job")
         }
+        AttemptResult::Cancelled => {
+            tracing::info!(elapsed_ms, "job cancelled while it ran; generator stopped")
+        }
     }
 }
 
 /// Runs the generator on a task of its own (a panic in user code becomes a JoinError,
-/// not a dead worker) until it ends or shutdown's grace period does. Returns the result
-/// and whether the generator panicked.
-async fn run_attempt(deps: &WorkerDeps, job: JobContext) -> (AttemptResult, bool) {
+/// not a dead worker) until it ends, shutdown's grace period does, a heartbeat brings a
+/// cancel, or it runs past `max_runtime` (a failure, retried like any other). Returns
+/// the result and whether the generator panicked.
+async fn run_attempt(
+    deps: &WorkerDeps,
+    job: JobContext,
+    mut cancel: watch::Receiver<bool>,
+    max_runtime: Option<Duration>,
+) -> (AttemptResult, bool) {
+    let report_id = job.report_id;
     let mut generation = tokio::spawn(deps.generator.generate(job));
     let mut abort = deps.abort.clone();
-    let joined = tokio::select! {
-        joined = &mut generation => joined,
-        () = aborted(&mut abort) => {
+    let over_time = async {
+        match max_runtime {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    let stopped = tokio::select! {
+        joined = &mut generation => Ok(joined),
+        () = aborted(&mut abort) => Err(AttemptResult::Interrupted),
+        () = aborted(&mut cancel) => Err(AttemptResult::Cancelled),
+        () = over_time => Err(AttemptResult::Failed {
+            error: format!(
+                "timed out after {} s (maxRuntimeS)",
+                max_runtime.map_or(0, |limit| limit.as_secs())
+            ),
+            permanent: false,
+        }),
+    };
+    let joined = match stopped {
+        Ok(joined) => joined,
+        Err(result) => {
             generation.abort();
-            return (AttemptResult::Interrupted, false);
+            // Wait for the task to end so no write of it lands after the discard.
+            let _ = generation.await;
+            deps.generator.discard(report_id).await;
+            return (result, false);
         }
     };
     match joined {
@@ -437,7 +517,7 @@ async fn run_attempt(deps: &WorkerDeps, job: JobContext) -> (AttemptResult, bool
     }
 }
 
-/// Resolves when shutdown's grace period is over.
+/// Resolves when the flag turns true (shutdown's grace period is over, or a cancel came).
 async fn aborted(abort: &mut watch::Receiver<bool>) {
     if abort.wait_for(|aborted| *aborted).await.is_err() {
         // The sender is gone: the process is going away; never resolve from here.
@@ -485,6 +565,7 @@ fn count_end(deps: &WorkerDeps, end: &AttemptEnd) {
         AttemptEnd::Completed { .. } => deps.metrics.jobs_completed.inc(),
         AttemptEnd::Requeued { .. } => deps.metrics.jobs_retried.inc(),
         AttemptEnd::Failed { .. } | AttemptEnd::GaveUp { .. } => deps.metrics.jobs_failed.inc(),
+        AttemptEnd::Cancelled => deps.metrics.jobs_cancelled.inc(),
         AttemptEnd::Released { .. } => {}
     }
 }
@@ -641,6 +722,8 @@ pub(crate) struct Keepalive {
     held: Arc<Mutex<Vec<String>>>,
     /// The attempt whose row is touched, while one runs.
     job: Arc<Mutex<Option<(Uuid, i32)>>>,
+    /// Turns true when a heartbeat of the current attempt finds a cancel request.
+    cancel: Arc<watch::Sender<bool>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -661,16 +744,31 @@ impl Keepalive {
             beat,
             vt,
         ));
-        let rows = tokio::spawn(keep_row_fresh(deps.status.clone(), job.clone(), beat));
+        let cancel = Arc::new(watch::channel(false).0);
+        let rows = tokio::spawn(keep_row_fresh(
+            deps.status.clone(),
+            job.clone(),
+            cancel.clone(),
+            beat,
+        ));
         Self {
             held,
             job,
+            cancel,
             tasks: vec![visibility, rows],
         }
     }
 
     fn set_job(&self, job: Option<(Uuid, i32)>) {
-        *lock(&self.job) = job;
+        let mut current = lock(&self.job);
+        *current = job;
+        // A new attempt starts without the previous one's cancel.
+        self.cancel.send_replace(false);
+    }
+
+    /// Turns true when the current attempt is to be cancelled.
+    fn cancel_signal(&self) -> watch::Receiver<bool> {
+        self.cancel.subscribe()
     }
 
     /// Stops renewing one message (it was settled or handed back).
@@ -718,18 +816,31 @@ async fn keep_messages_invisible(
     }
 }
 
+/// Touches the running attempt's row every `beat`, and raises `cancel` when the answer
+/// says someone asked to cancel it: the heartbeat the worker sends anyway carries the
+/// request, so a cancel from any process costs no extra query.
 async fn keep_row_fresh(
     status: Addr<StatusActor>,
     job: Arc<Mutex<Option<(Uuid, i32)>>>,
+    cancel: Arc<watch::Sender<bool>>,
     beat: Duration,
 ) {
     loop {
         tokio::time::sleep(beat).await;
         let current = *lock(&job);
-        if let Some((id, attempt)) = current {
-            if let Err(e) = status::touch(&status, id, attempt).await {
-                tracing::warn!(error = %e, "row heartbeat failed");
+        let Some((id, attempt)) = current else {
+            continue;
+        };
+        match status::touch(&status, id, attempt).await {
+            Ok(Heartbeat::CancelRequested) => {
+                let still_current = lock(&job);
+                if *still_current == current {
+                    tracing::info!(report_id = %id, attempt, "cancel requested; stopping the job");
+                    cancel.send_replace(true);
+                }
             }
+            Ok(Heartbeat::Alive | Heartbeat::Gone) => {}
+            Err(e) => tracing::warn!(error = %e, "row heartbeat failed"),
         }
     }
 }

@@ -32,6 +32,22 @@ pub(crate) async fn json_object(
     parse_json_object(&bytes, shape)
 }
 
+/// Like [`json_object`], for a body that may be left out: an empty body (any content
+/// type) is None; anything else must be a JSON object of `shape`.
+pub(crate) async fn optional_json_object(
+    req: &HttpRequest,
+    body: web::Payload,
+    max_body_bytes: usize,
+    shape: &BodyShape,
+) -> Result<Option<Map<String, Value>>, ApiError> {
+    let bytes = super::read_limited(body, max_body_bytes).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    super::require_json(req)?;
+    parse_json_object(&bytes, shape).map(Some)
+}
+
 /// The pure rule behind [`json_object`].
 pub(crate) fn parse_json_object(
     bytes: &[u8],

@@ -187,6 +187,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
         .service(resource("/reports/{id}").route(web::get().to(reports::get)))
         .service(resource("/reports/{id}/file").route(web::get().to(reports::file)))
         .service(resource("/reports/{id}/retry").route(web::post().to(reports::retry)))
+        .service(resource("/reports/{id}/cancel").route(web::post().to(reports::cancel)))
         .service(resource("/dlq").route(web::get().to(dlq::list)))
         .service(resource("/dlq/redrive").route(web::post().to(dlq::redrive)))
         .service(resource("/dlq/{messageId}").route(web::delete().to(dlq::discard)));

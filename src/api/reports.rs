@@ -12,8 +12,10 @@ use super::error::ApiError;
 use super::input::{self, BodyShape};
 use super::AppState;
 use crate::actors::status;
+use crate::config::{JobSettings, MAX_JOB_SECONDS};
 use crate::db::models::{JobStatus, NewReport, ReportRecord};
 use crate::db::reconcile::{self, retry_verdict, RetryVerdict};
+use crate::db::reports::CancelOutcome;
 use crate::db::{self, reports};
 use crate::outbox::Timings;
 use crate::report::{report_path, ReportPayload};
@@ -33,8 +35,9 @@ pub(crate) async fn submit(
     let object =
         input::json_object(&req, body, state.settings.api.max_body_bytes, &SUBMISSION).await?;
     let payload = parse_submission(&object, state.settings.api.max_range_days)?;
+    let limits = parse_job_limits(&object, &state.settings.jobs, Utc::now())?;
     let key = idempotency_key(&req)?;
-    accept(&state, payload, key).await
+    accept(&state, payload, limits, key).await
 }
 
 /// `GET /generate`: the original article's demo — a report for a random user, now..now.
@@ -45,20 +48,22 @@ pub(crate) async fn generate(state: web::Data<AppState>) -> Result<HttpResponse,
         start_date: now,
         end_date: now,
     };
-    accept(&state, payload, None).await
+    let limits = JobLimits::defaults(&state.settings.jobs, now);
+    accept(&state, payload, limits, None).await
 }
 
 /// Commits the row (through the StatusActor), then hands it to the dispatcher.
 async fn accept(
     state: &AppState,
     payload: ReportPayload,
+    limits: JobLimits,
     key: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
     let payload_json = serde_json::to_value(&payload)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let request_hash = key
         .as_ref()
-        .map(|_| hex::encode(Sha256::digest(payload_json.to_string())));
+        .map(|_| hex::encode(Sha256::digest(limits.hashed_with(&payload_json))));
     let id = Uuid::new_v4();
     let row = NewReport {
         id,
@@ -67,6 +72,8 @@ async fn accept(
         idempotency_key: key.clone(),
         request_hash: request_hash.clone(),
         user_id: Some(payload.user_id),
+        max_runtime_s: limits.max_runtime_s,
+        not_after: limits.not_after,
     };
     let inserted = status::insert(&state.status, row).await?;
     if !inserted {
@@ -137,9 +144,101 @@ fn accepted_body(public_url: &str, id: Uuid, status: &str) -> Value {
 
 /// The body of `POST /reports`.
 const SUBMISSION: BodyShape = BodyShape {
-    allowed: &["userId", "startDate", "endDate"],
+    allowed: &["userId", "startDate", "endDate", "maxRuntimeS", "notAfter"],
     expected: "a JSON object with userId, startDate, endDate",
 };
+
+/// How long a job's attempts may run and by when it must start: the submission's
+/// `maxRuntimeS` and `notAfter`, else the `[jobs]` defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct JobLimits {
+    /// Seconds an attempt may run; None = no limit.
+    max_runtime_s: Option<i32>,
+    /// Start by then or be cancelled as `expired`; None = never.
+    not_after: Option<DateTime<Utc>>,
+    /// Whether the submission named either (they then count in its idempotency hash).
+    given: bool,
+}
+
+impl JobLimits {
+    /// The `[jobs]` defaults for a report accepted at `now`.
+    fn defaults(jobs: &JobSettings, now: DateTime<Utc>) -> Self {
+        let expire_after = chrono::Duration::seconds(i64::from(jobs.expire_after_s));
+        Self {
+            max_runtime_s: positive(jobs.max_runtime_s),
+            not_after: (jobs.expire_after_s > 0).then(|| now + expire_after),
+            given: false,
+        }
+    }
+
+    /// What an `Idempotency-Key` protects: the payload, plus the limits the client named
+    /// (the defaults are not part of the request; a repeat after a config change is the
+    /// same request).
+    fn hashed_with(&self, payload: &Value) -> String {
+        if !self.given {
+            return payload.to_string();
+        }
+        let limits = json!({"maxRuntimeS": self.max_runtime_s, "notAfter": self.not_after});
+        format!("{payload}|{limits}")
+    }
+}
+
+/// A seconds setting where 0 means "none".
+fn positive(seconds: u32) -> Option<i32> {
+    i32::try_from(seconds).ok().filter(|s| *s > 0)
+}
+
+/// Reads `maxRuntimeS` (0..=a week, 0 = no limit) and `notAfter` (an RFC 3339
+/// date-time; one in the past makes a job that expires unstarted), falling back to the
+/// `[jobs]` defaults.
+pub(crate) fn parse_job_limits(
+    object: &Map<String, Value>,
+    jobs: &JobSettings,
+    now: DateTime<Utc>,
+) -> Result<JobLimits, ApiError> {
+    let mut limits = JobLimits::defaults(jobs, now);
+    if let Some(value) = object.get("maxRuntimeS").filter(|v| !v.is_null()) {
+        let seconds = value
+            .as_u64()
+            .and_then(|s| u32::try_from(s).ok())
+            .filter(|s| *s <= MAX_JOB_SECONDS)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "maxRuntimeS",
+                    format!("maxRuntimeS must be an integer in 0..={MAX_JOB_SECONDS} (0 = no limit), got {value}"),
+                )
+            })?;
+        limits.max_runtime_s = positive(seconds);
+        limits.given = true;
+    }
+    if let Some(value) = object.get("notAfter").filter(|v| !v.is_null()) {
+        limits.not_after = Some(parse_not_after(value)?);
+        limits.given = true;
+    }
+    Ok(limits)
+}
+
+fn parse_not_after(value: &Value) -> Result<DateTime<Utc>, ApiError> {
+    let Value::String(raw) = value else {
+        return Err(ApiError::invalid(
+            "notAfter",
+            format!(
+                "notAfter must be an RFC 3339 date-time string, got {}",
+                type_name(value)
+            ),
+        ));
+    };
+    DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .map(|at| at.with_timezone(&Utc))
+        .filter(|at| is_plain_instant(*at))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "notAfter",
+                format!("notAfter `{raw}` is not an RFC 3339 date-time (2024-01-31T12:00:00Z) in the years 0001–9999"),
+            )
+        })
+}
 
 /// Validates a submission, naming the field at fault.
 pub(crate) fn parse_submission(
@@ -292,6 +391,10 @@ pub(crate) fn record_json(record: &ReportRecord) -> Value {
         "startedAt": record.started_at,
         "finishedAt": record.finished_at,
         "enqueuedAt": record.enqueued_at,
+        "maxRuntimeS": record.max_runtime_s,
+        "notAfter": record.not_after,
+        "cancelRequestedAt": record.cancel_requested_at,
+        "cancelReason": record.cancel_reason,
     })
 }
 
@@ -375,7 +478,7 @@ pub(crate) fn parse_list_query(query: &str) -> Result<reports::ListFilter, ApiEr
                 filter.status = Some(JobStatus::parse(&value).ok_or_else(|| {
                     ApiError::invalid(
                         "status",
-                        format!("`{value}` is not one of in-queue, in-progress, completed, failed"),
+                        format!("`{value}` is not one of in-queue, in-progress, completed, failed, cancelled"),
                     )
                 })?)
             }
@@ -471,6 +574,78 @@ pub(crate) async fn retry(
         resent.send_generation,
         status.as_str(),
     ))
+}
+
+/// The optional body of `POST /reports/{id}/cancel`.
+const CANCEL: BodyShape = BodyShape {
+    allowed: &["reason"],
+    expected: "no body, or {\"reason\": \"…\"}",
+};
+
+/// Longest cancel reason kept.
+const MAX_REASON_CHARS: usize = 500;
+
+/// `POST /reports/{id}/cancel` with an optional `{"reason": "…"}`. A waiting job is
+/// `cancelled` at once (200); a running one, on whichever process, stops at its
+/// worker's next heartbeat (202, `cancelRequestedAt` set); a cancelled one answers the
+/// same again (200); a completed or failed one 409.
+pub(crate) async fn cancel(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let object =
+        input::optional_json_object(&req, body, state.settings.api.max_body_bytes, &CANCEL).await?;
+    let reason = object.as_ref().map(cancel_reason).transpose()?.flatten();
+    let mut conn = db::connection(&state.pool).await?;
+    let outcome = reports::request_cancel(&mut conn, id, reason.as_deref()).await?;
+    let record = reports::find(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))?;
+    drop(conn);
+    let mut answer = match outcome {
+        Some(CancelOutcome::Cancelled) => {
+            state.metrics.jobs_cancelled.inc();
+            tracing::info!(report_id = %id, reason = ?reason, "report cancelled before it ran");
+            HttpResponse::Ok()
+        }
+        Some(CancelOutcome::Requested) => {
+            tracing::info!(report_id = %id, reason = ?reason, "cancel requested for a running report");
+            HttpResponse::Accepted()
+        }
+        None if record.status == JobStatus::Cancelled.as_str() => HttpResponse::Ok(),
+        None => return Err(not_cancellable(id, &record.status)),
+    };
+    Ok(answer.json(record_json(&record)))
+}
+
+fn not_cancellable(id: Uuid, status: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not_cancellable",
+        format!("report {id} is {status}; only in-queue and in-progress reports can be cancelled"),
+    )
+    .with_field("id")
+}
+
+/// The `reason` of a cancel body: a string of at most [`MAX_REASON_CHARS`].
+fn cancel_reason(object: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match object.get("reason") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(reason)) if reason.chars().count() <= MAX_REASON_CHARS => {
+            Ok(Some(reason.clone()))
+        }
+        Some(Value::String(_)) => Err(ApiError::invalid(
+            "reason",
+            format!("reason is longer than {MAX_REASON_CHARS} characters"),
+        )),
+        Some(other) => Err(ApiError::invalid(
+            "reason",
+            format!("reason must be a string, got {}", type_name(other)),
+        )),
+    }
 }
 
 fn not_retryable(id: Uuid, status: &str, stranded_after: std::time::Duration) -> ApiError {

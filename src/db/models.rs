@@ -22,15 +22,20 @@ pub enum JobStatus {
     /// until a person retries it.
     #[serde(rename = "failed")]
     Failed,
+    /// Cancelled by a person (`POST /reports/{id}/cancel`, `reportd cancel`), or not
+    /// started by its `notAfter` (reason `expired`). Terminal: it never runs again.
+    #[serde(rename = "cancelled")]
+    Cancelled,
 }
 
 impl JobStatus {
     /// Every status, in lifecycle order (the terminal ones last).
-    pub const ALL: [JobStatus; 4] = [
+    pub const ALL: [JobStatus; 5] = [
         JobStatus::InQueue,
         JobStatus::InProgress,
         JobStatus::Completed,
         JobStatus::Failed,
+        JobStatus::Cancelled,
     ];
 
     /// The stored spelling.
@@ -40,6 +45,7 @@ impl JobStatus {
             JobStatus::InProgress => "in-progress",
             JobStatus::Completed => "completed",
             JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
         }
     }
 
@@ -50,7 +56,10 @@ impl JobStatus {
 
     /// Whether no worker may touch the job any more.
     pub(crate) fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Failed)
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 }
 
@@ -83,7 +92,7 @@ pub struct ReportRecord {
     pub updated_at: DateTime<Utc>,
     /// When the latest attempt was claimed; None before the first claim.
     pub started_at: Option<DateTime<Utc>>,
-    /// When the job reached `completed` or `failed`; None while it is not terminal.
+    /// When the job reached a terminal status; None while it is not terminal.
     pub finished_at: Option<DateTime<Utc>>,
     /// When SQS accepted the current message; None while the dispatcher or the
     /// reconciler still has to send it.
@@ -92,6 +101,14 @@ pub struct ReportRecord {
     pub failures: i32,
     /// Re-sends so far; FIFO deduplication ids carry it.
     pub send_generation: i32,
+    /// When a cancel was asked for; None if never. A running job stops at its next heartbeat.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// The reason given with the cancel, or `expired`; None if none was given.
+    pub cancel_reason: Option<String>,
+    /// Seconds an attempt may run before it is aborted as a failure; None = no limit.
+    pub max_runtime_s: Option<i32>,
+    /// A job not started by then is cancelled as `expired`; None = it never expires.
+    pub not_after: Option<DateTime<Utc>>,
 }
 
 /// A row to insert when a report is accepted.
@@ -110,4 +127,9 @@ pub struct NewReport {
     pub request_hash: Option<String>,
     /// The payload's `userId`, copied out for listing by user and FIFO grouping.
     pub user_id: Option<i64>,
+    /// Seconds an attempt may run (`maxRuntimeS`, or `jobs.max_runtime_s`); None = no limit.
+    pub max_runtime_s: Option<i32>,
+    /// Start by then or be cancelled as `expired` (`notAfter`, or `jobs.expire_after_s`
+    /// after acceptance); None = never expires.
+    pub not_after: Option<DateTime<Utc>>,
 }

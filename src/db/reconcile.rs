@@ -127,7 +127,8 @@ pub(crate) fn retry_verdict(
 ) -> RetryVerdict {
     match status {
         JobStatus::Failed => RetryVerdict::ResetFailed,
-        JobStatus::Completed => RetryVerdict::Refuse,
+        // A cancelled job never runs again: submit it anew instead.
+        JobStatus::Completed | JobStatus::Cancelled => RetryVerdict::Refuse,
         JobStatus::InQueue | JobStatus::InProgress if age >= stranded_after => {
             RetryVerdict::ResendStranded
         }

@@ -33,9 +33,15 @@ pub enum ClaimOutcome {
         payload: serde_json::Value,
         /// When the report was accepted (for the queue-wait metric).
         created_at: DateTime<Utc>,
+        /// Seconds this attempt may run before it is aborted as a failure; None = no limit.
+        max_runtime_s: Option<i32>,
     },
     /// The job already reached a terminal status: a duplicate delivery.
     AlreadyFinished(JobStatus),
+    /// This claim ended the job `cancelled` instead of running it: a cancel was pending
+    /// (asked for while it was handed back, or while its worker was lost), or it was
+    /// never started by its `not_after` (reason `expired`).
+    CancelledNow,
     /// Another worker claimed it moments ago and is still heart-beating.
     HeldElsewhere,
     /// No such row: a poison message.
@@ -72,6 +78,20 @@ pub enum AttemptEnd {
         /// Why the job was handed back, for `last_error`; None leaves `last_error` as it is.
         note: Option<String>,
     },
+    /// Stopped on a cancel request seen in a heartbeat: `cancelled`, nothing counted
+    /// (the attempt stays in `attempts` as history).
+    Cancelled,
+}
+
+/// What a running attempt's heartbeat found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The row is still this attempt's; go on.
+    Alive,
+    /// The row is still this attempt's, and someone asked to cancel the job: stop.
+    CancelRequested,
+    /// The row is no longer this attempt's (taken over, or terminal).
+    Gone,
 }
 
 /// Inserts accepted reports in one statement. Rows whose idempotency key already exists
@@ -144,9 +164,10 @@ pub async fn claim_many(
              ELSE last_error END, \
            started_at = now(), updated_at = now(), finished_at = NULL, \
            enqueued_at = COALESCE(enqueued_at, now()) \
-         WHERE id = ANY($1) AND (status = 'in-queue' OR \
+         WHERE id = ANY($1) AND cancel_requested_at IS NULL AND (\
+           (status = 'in-queue' AND (not_after IS NULL OR attempts > 0 OR not_after >= now())) OR \
            (status = 'in-progress' AND updated_at < now() - $2::float8 * interval '1 second')) \
-         RETURNING id, attempts, failures, payload, created_at",
+         RETURNING id, attempts, failures, payload, created_at, max_runtime_s",
     )
     .bind::<Array<SqlUuid>, _>(ids)
     .bind::<BigInt, _>(stale_after_s)
@@ -159,6 +180,7 @@ pub async fn claim_many(
         .filter(|id| !claimed.contains_key(id))
         .copied()
         .collect();
+    let cancelled_now = cancel_unclaimable(conn, &unclaimed, stale_after_s).await?;
     let statuses: HashMap<Uuid, String> = if unclaimed.is_empty() {
         HashMap::new()
     } else {
@@ -181,7 +203,11 @@ pub async fn claim_many(
                     failures: row.failures,
                     payload: row.payload,
                     created_at: row.created_at,
+                    max_runtime_s: row.max_runtime_s,
                 };
+            }
+            if first && cancelled_now.contains(id) {
+                return ClaimOutcome::CancelledNow;
             }
             match statuses.get(id).and_then(|s| JobStatus::parse(s)) {
                 Some(status) if status.is_terminal() => ClaimOutcome::AlreadyFinished(status),
@@ -206,6 +232,90 @@ struct ClaimedRow {
     payload: serde_json::Value,
     #[diesel(sql_type = Timestamptz)]
     created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    max_runtime_s: Option<i32>,
+}
+
+/// Of the `ids` a claim could not take, ends `cancelled` those that must never run: a
+/// cancel is pending on an `in-queue` row (asked for while it was handed back) or on a
+/// stale `in-progress` one (its worker was lost), or a never-started row is past its
+/// `not_after` (reason `expired`). Returns the ids it cancelled. Runs only when a claim
+/// left ids over (duplicates, held jobs), so it costs the common claim nothing.
+async fn cancel_unclaimable(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    stale_after_s: i64,
+) -> QueryResult<HashSet<Uuid>> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    Ok(diesel::sql_query(
+        "UPDATE report_queue SET status = 'cancelled', finished_at = now(), updated_at = now(), \
+           cancel_reason = CASE WHEN cancel_requested_at IS NULL THEN 'expired' ELSE cancel_reason END, \
+           cancel_requested_at = COALESCE(cancel_requested_at, now()) \
+         WHERE id = ANY($1) AND (\
+           (status = 'in-queue' AND cancel_requested_at IS NOT NULL) OR \
+           (status = 'in-queue' AND attempts = 0 AND not_after < now()) OR \
+           (status = 'in-progress' AND cancel_requested_at IS NOT NULL \
+             AND updated_at < now() - $2::float8 * interval '1 second')) \
+         RETURNING id",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<BigInt, _>(stale_after_s)
+    .load::<IdRow>(conn)
+    .await?
+    .into_iter()
+    .map(|row| row.id)
+    .collect())
+}
+
+/// What a cancel did to a job that was not terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was waiting: it is `cancelled` now, and its message is deleted when next received.
+    Cancelled,
+    /// It is running: its worker stops it at its next heartbeat.
+    Requested,
+}
+
+/// Cancels a job that is not terminal: an `in-queue` one at once, an `in-progress` one
+/// by request (its worker sees the request in its next heartbeat's answer). The first
+/// reason given is kept. None when the job is terminal already or does not exist.
+pub async fn request_cancel(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    reason: Option<&str>,
+) -> QueryResult<Option<CancelOutcome>> {
+    // A running row's `updated_at` is its heartbeat: left alone, or a lost worker's row
+    // would look alive.
+    let status: Option<StatusRow> = diesel::sql_query(
+        "UPDATE report_queue SET \
+           status = CASE WHEN status = 'in-queue' THEN 'cancelled' ELSE status END, \
+           finished_at = CASE WHEN status = 'in-queue' THEN now() ELSE finished_at END, \
+           updated_at = CASE WHEN status = 'in-queue' THEN now() ELSE updated_at END, \
+           cancel_requested_at = COALESCE(cancel_requested_at, now()), \
+           cancel_reason = COALESCE(cancel_reason, $2) \
+         WHERE id = $1 AND status IN ('in-queue', 'in-progress') \
+         RETURNING status",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<Nullable<Text>, _>(reason)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(status.map(|row| {
+        if row.status == JobStatus::Cancelled.as_str() {
+            CancelOutcome::Cancelled
+        } else {
+            CancelOutcome::Requested
+        }
+    }))
+}
+
+#[derive(QueryableByName)]
+struct StatusRow {
+    #[diesel(sql_type = Text)]
+    status: String,
 }
 
 #[derive(QueryableByName)]
@@ -253,30 +363,46 @@ pub(crate) async fn busy_rows(
     Ok(busy)
 }
 
-/// Records that these attempts are still alive (visibility heartbeats), so that a
-/// duplicate delivery is not mistaken for a crashed holder. One result per item.
+/// Records that these attempts are still alive (the row heartbeat), so that a
+/// duplicate delivery is not mistaken for a crashed holder, and answers whether a cancel
+/// was asked for. One result per item.
 pub async fn touch_many(
     conn: &mut AsyncPgConnection,
     items: &[(Uuid, i32)],
-) -> QueryResult<Vec<bool>> {
+) -> QueryResult<Vec<Heartbeat>> {
     if items.is_empty() {
         return Ok(Vec::new());
     }
     let (ids, attempts): (Vec<Uuid>, Vec<i32>) = items.iter().copied().unzip();
-    let touched: HashSet<Uuid> = diesel::sql_query(
+    let touched: HashMap<Uuid, bool> = diesel::sql_query(
         "UPDATE report_queue r SET updated_at = now() \
          FROM unnest($1, $2) AS v(id, attempt) \
          WHERE r.id = v.id AND r.status = 'in-progress' AND r.attempts = v.attempt \
-         RETURNING r.id",
+         RETURNING r.id, r.cancel_requested_at IS NOT NULL AS cancel",
     )
     .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Array<Integer>, _>(&attempts)
-    .load::<IdRow>(conn)
+    .load::<TouchedRow>(conn)
     .await?
     .into_iter()
-    .map(|row| row.id)
+    .map(|row| (row.id, row.cancel))
     .collect();
-    Ok(ids.iter().map(|id| touched.contains(id)).collect())
+    Ok(ids
+        .iter()
+        .map(|id| match touched.get(id) {
+            Some(false) => Heartbeat::Alive,
+            Some(true) => Heartbeat::CancelRequested,
+            None => Heartbeat::Gone,
+        })
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct TouchedRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    cancel: bool,
 }
 
 /// A completion: report id, the attempt that completed it, the file's URL.
@@ -325,82 +451,78 @@ struct CompletedRow {
 
 /// Ends attempt `attempt`; returns false when the row is no longer that attempt's
 /// (another worker re-claimed it, or it is terminal), in which case nothing changed.
-pub(crate) async fn end_attempt(
+pub async fn end_attempt(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     attempt: i32,
     end: &AttemptEnd,
 ) -> QueryResult<bool> {
-    let target = diesel::update(rq::report_queue.find(id))
-        .filter(rq::status.eq(JobStatus::InProgress.as_str()))
-        .filter(rq::attempts.eq(attempt));
-    let n = match end {
-        AttemptEnd::Completed { report_url } => {
-            target
-                .set((
-                    rq::status.eq(JobStatus::Completed.as_str()),
-                    rq::report_url.eq(report_url),
-                    rq::finished_at.eq(now),
-                    rq::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?
-        }
-        AttemptEnd::Requeued { error } => {
-            target
-                .set((
-                    rq::status.eq(JobStatus::InQueue.as_str()),
-                    rq::last_error.eq(error),
-                    rq::failures.eq(rq::failures + 1),
-                    rq::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?
-        }
-        AttemptEnd::Failed { error } => {
-            target
-                .set((
-                    rq::status.eq(JobStatus::Failed.as_str()),
-                    rq::last_error.eq(error),
-                    rq::failures.eq(rq::failures + 1),
-                    rq::finished_at.eq(now),
-                    rq::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?
-        }
-        AttemptEnd::GaveUp { error } => {
-            target
-                .set((
-                    rq::status.eq(JobStatus::Failed.as_str()),
-                    rq::last_error.eq(error),
-                    rq::finished_at.eq(now),
-                    rq::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?
-        }
-        AttemptEnd::Released { note: None } => {
-            target
-                .set((
-                    rq::status.eq(JobStatus::InQueue.as_str()),
-                    rq::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?
-        }
-        AttemptEnd::Released { note: Some(note) } => {
-            target
-                .set((
-                    rq::status.eq(JobStatus::InQueue.as_str()),
-                    rq::last_error.eq(note),
-                    rq::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?
-        }
-    };
+    let write = end.write();
+    let n = diesel::sql_query(
+        "UPDATE report_queue SET \
+           status = CASE WHEN $3 THEN \
+             (CASE WHEN cancel_requested_at IS NULL THEN 'in-queue' ELSE 'cancelled' END) \
+             ELSE $4 END, \
+           finished_at = CASE WHEN $3 AND cancel_requested_at IS NULL THEN NULL ELSE now() END, \
+           last_error = COALESCE($5, last_error), \
+           failures = failures + $6, \
+           report_url = CASE WHEN $4 = 'completed' THEN $7 ELSE report_url END, \
+           updated_at = now() \
+         WHERE id = $1 AND status = 'in-progress' AND attempts = $2",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<Integer, _>(attempt)
+    .bind::<diesel::sql_types::Bool, _>(write.status.is_none())
+    .bind::<Text, _>(write.status.map_or("", JobStatus::as_str))
+    .bind::<Nullable<Text>, _>(write.last_error)
+    .bind::<Integer, _>(i32::from(write.counts_failure))
+    .bind::<Nullable<Text>, _>(write.report_url)
+    .execute(conn)
+    .await?;
     Ok(n == 1)
+}
+
+/// What ending an attempt writes to its row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EndWrite<'a> {
+    /// The terminal status; None for a hand-back, which writes `in-queue` (or
+    /// `cancelled` when a cancel was asked for while the attempt ran).
+    status: Option<JobStatus>,
+    /// The new `last_error`; None keeps the old one.
+    last_error: Option<&'a str>,
+    /// Whether the attempt counts as a failure.
+    counts_failure: bool,
+    /// `report_url`, written by a completion only.
+    report_url: Option<&'a str>,
+}
+
+impl AttemptEnd {
+    /// The pure rule of [`end_attempt`]: what each way of ending writes.
+    fn write(&self) -> EndWrite<'_> {
+        let (status, last_error, counts_failure, report_url) = match self {
+            AttemptEnd::Completed { report_url } => (
+                Some(JobStatus::Completed),
+                None,
+                false,
+                report_url.as_deref(),
+            ),
+            AttemptEnd::Requeued { error } => (None, Some(error.as_str()), true, None),
+            AttemptEnd::Failed { error } => {
+                (Some(JobStatus::Failed), Some(error.as_str()), true, None)
+            }
+            AttemptEnd::GaveUp { error } => {
+                (Some(JobStatus::Failed), Some(error.as_str()), false, None)
+            }
+            AttemptEnd::Released { note } => (None, note.as_deref(), false, None),
+            AttemptEnd::Cancelled => (Some(JobStatus::Cancelled), None, false, None),
+        };
+        EndWrite {
+            status,
+            last_error,
+            counts_failure,
+            report_url,
+        }
+    }
 }
 
 /// Records that SQS accepted the messages of these reports; returns the ids changed.
@@ -456,4 +578,58 @@ pub async fn list(
         );
     }
     query.load(conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failed_attempts_count_and_hand_backs_keep_the_job_alive() {
+        let error = || "boom".to_string();
+        let cases = [
+            (
+                AttemptEnd::Completed {
+                    report_url: Some("u".into()),
+                },
+                Some(JobStatus::Completed),
+                false,
+            ),
+            (AttemptEnd::Requeued { error: error() }, None, true),
+            (
+                AttemptEnd::Failed { error: error() },
+                Some(JobStatus::Failed),
+                true,
+            ),
+            (
+                AttemptEnd::GaveUp { error: error() },
+                Some(JobStatus::Failed),
+                false,
+            ),
+            (AttemptEnd::Released { note: None }, None, false),
+            (AttemptEnd::Cancelled, Some(JobStatus::Cancelled), false),
+        ];
+        for (end, status, counts_failure) in cases {
+            let write = end.write();
+            assert_eq!(
+                (write.status, write.counts_failure),
+                (status, counts_failure),
+                "{end:?}"
+            );
+            assert_eq!(
+                write.report_url.is_some(),
+                matches!(end, AttemptEnd::Completed { .. })
+            );
+        }
+    }
+
+    #[test]
+    fn a_release_without_a_note_keeps_the_last_error() {
+        assert_eq!(AttemptEnd::Released { note: None }.write().last_error, None);
+        assert_eq!(AttemptEnd::Cancelled.write().last_error, None);
+        let note = AttemptEnd::Released {
+            note: Some("host trouble".into()),
+        };
+        assert_eq!(note.write().last_error, Some("host trouble"));
+    }
 }

@@ -18,6 +18,10 @@ diesel::table! {
         enqueued_at -> Nullable<Timestamptz>,
         failures -> Int4,
         send_generation -> Int4,
+        cancel_requested_at -> Nullable<Timestamptz>,
+        cancel_reason -> Nullable<Text>,
+        max_runtime_s -> Nullable<Int4>,
+        not_after -> Nullable<Timestamptz>,
     }
 }
 

@@ -103,6 +103,13 @@ pub trait ReportGenerator: Send + Sync + 'static {
         &self,
         job: JobContext,
     ) -> BoxFuture<'static, Result<GeneratedReport, GeneratorError>>;
+
+    /// Removes what an attempt stopped midway (cancelled, timed out, shut down) left
+    /// behind. Called after the attempt's task has ended. The default does nothing.
+    fn discard(&self, report_id: Uuid) -> BoxFuture<'static, ()> {
+        let _ = report_id;
+        Box::pin(async {})
+    }
 }
 
 /// The built-in generator: per-day event counts and amounts of one user over the range,
@@ -199,6 +206,33 @@ impl ReportGenerator for CsvReportGenerator {
             })
         })
     }
+
+    fn discard(&self, report_id: Uuid) -> BoxFuture<'static, ()> {
+        let dir = self.output_dir.clone();
+        Box::pin(async move {
+            // The temporary file of a write in progress; a finished file of a stopped
+            // attempt is never served (only a `completed` row's file is), but it goes too.
+            for path in [
+                temporary_path(&dir, report_id),
+                report_path(&dir, report_id),
+            ] {
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => {
+                        tracing::debug!(path = %path.display(), "removed a stopped attempt's output")
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove a stopped attempt's output")
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Where [`write_atomically`] writes before its rename (one name per process).
+fn temporary_path(dir: &std::path::Path, id: Uuid) -> PathBuf {
+    dir.join(format!(".{id}.csv.{}.tmp", std::process::id()))
 }
 
 /// Writes to a temporary file in the same directory, then renames, so a reader never
@@ -208,7 +242,7 @@ fn write_atomically(dir: &std::path::Path, id: Uuid, contents: &str) -> Result<(
         GeneratorError::from_io(&format!("{what} {}", dir.display()), &e)
     };
     std::fs::create_dir_all(dir).map_err(|e| io("cannot create", e))?;
-    let tmp = dir.join(format!(".{id}.csv.{}.tmp", std::process::id()));
+    let tmp = temporary_path(dir, id);
     std::fs::write(&tmp, contents).map_err(|e| io("cannot write in", e))?;
     std::fs::rename(&tmp, report_path(dir, id)).map_err(|e| io("cannot rename in", e))?;
     Ok(())
@@ -259,6 +293,10 @@ impl ReportGenerator for SimulatedGenerator {
             }
             inner.generate(job).await
         })
+    }
+
+    fn discard(&self, report_id: Uuid) -> BoxFuture<'static, ()> {
+        self.inner.discard(report_id)
     }
 }
 

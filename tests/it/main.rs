@@ -9,6 +9,7 @@ mod bench_smoke;
 mod cli;
 mod config;
 mod consumer;
+mod control;
 mod dlq;
 mod fate;
 mod health;

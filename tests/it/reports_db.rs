@@ -4,7 +4,7 @@ use crate::common;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use reportd::db::models::{JobStatus, NewReport};
-use reportd::db::reports::{self, ClaimOutcome};
+use reportd::db::reports::{self, AttemptEnd, CancelOutcome, ClaimOutcome, Heartbeat};
 use uuid::Uuid;
 
 async fn connection_with_rows(n: usize) -> (AsyncPgConnection, Vec<Uuid>) {
@@ -18,6 +18,8 @@ async fn connection_with_rows(n: usize) -> (AsyncPgConnection, Vec<Uuid>) {
             idempotency_key: None,
             request_hash: None,
             user_id: Some(k as i64 + 1),
+            max_runtime_s: None,
+            not_after: None,
         })
         .collect();
     let rows: Vec<&NewReport> = rows.iter().collect();
@@ -93,7 +95,7 @@ async fn completions_and_heartbeats_are_compare_and_set_on_the_claimed_attempt()
         reports::touch_many(&mut conn, &[(ids[0], 1), (ids[1], 1)])
             .await
             .expect("touch"),
-        [false, true]
+        [Heartbeat::Gone, Heartbeat::Alive]
     );
     let row = reports::find(&mut conn, ids[0])
         .await
@@ -107,5 +109,149 @@ async fn completions_and_heartbeats_are_compare_and_set_on_the_claimed_attempt()
             .await
             .expect("complete"),
         [false]
+    );
+}
+
+async fn status_of(conn: &mut AsyncPgConnection, id: Uuid) -> (String, Option<String>) {
+    let row = reports::find(conn, id).await.expect("find").expect("row");
+    (row.status, row.cancel_reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_ends_a_waiting_job_at_once_and_a_running_one_through_its_heartbeat() {
+    let (mut conn, ids) = connection_with_rows(3).await;
+    let (waiting, running, done) = (ids[0], ids[1], ids[2]);
+    assert_eq!(
+        reports::request_cancel(&mut conn, waiting, Some("not needed"))
+            .await
+            .expect("cancel"),
+        Some(CancelOutcome::Cancelled)
+    );
+    assert_eq!(
+        status_of(&mut conn, waiting).await,
+        ("cancelled".into(), Some("not needed".into()))
+    );
+    assert_eq!(
+        reports::claim_many(&mut conn, &[waiting], 60)
+            .await
+            .expect("claim"),
+        [ClaimOutcome::AlreadyFinished(JobStatus::Cancelled)],
+        "a cancelled job never runs"
+    );
+
+    reports::claim_many(&mut conn, &[running, done], 60)
+        .await
+        .expect("claim");
+    assert_eq!(
+        reports::request_cancel(&mut conn, running, None)
+            .await
+            .expect("cancel"),
+        Some(CancelOutcome::Requested)
+    );
+    assert_eq!(
+        reports::touch_many(&mut conn, &[(running, 1)])
+            .await
+            .expect("touch"),
+        [Heartbeat::CancelRequested],
+        "the next heartbeat carries the request"
+    );
+    assert!(
+        reports::end_attempt(&mut conn, running, 1, &AttemptEnd::Cancelled)
+            .await
+            .expect("end")
+    );
+    let row = reports::find(&mut conn, running)
+        .await
+        .expect("find")
+        .expect("row");
+    assert_eq!(
+        (row.status.as_str(), row.attempts, row.failures),
+        ("cancelled", 1, 0)
+    );
+
+    reports::complete_many(&mut conn, &[(done, 1, None)])
+        .await
+        .expect("complete");
+    assert_eq!(
+        reports::request_cancel(&mut conn, done, None)
+            .await
+            .expect("cancel"),
+        None,
+        "a completed job cannot be cancelled"
+    );
+    assert_eq!(status_of(&mut conn, done).await.0, "completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_handed_back_while_its_cancel_was_pending_ends_cancelled_and_never_runs() {
+    let (mut conn, ids) = connection_with_rows(1).await;
+    let id = ids[0];
+    reports::claim_many(&mut conn, &[id], 60)
+        .await
+        .expect("claim");
+    reports::request_cancel(&mut conn, id, None)
+        .await
+        .expect("cancel");
+    let requeued = AttemptEnd::Requeued {
+        error: "failed before it saw the cancel".into(),
+    };
+    assert!(reports::end_attempt(&mut conn, id, 1, &requeued)
+        .await
+        .expect("end"));
+    assert_eq!(status_of(&mut conn, id).await.0, "cancelled");
+    assert_eq!(
+        reports::claim_many(&mut conn, &[id], 60)
+            .await
+            .expect("claim"),
+        [ClaimOutcome::AlreadyFinished(JobStatus::Cancelled)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_not_started_by_not_after_is_cancelled_as_expired_at_its_claim() {
+    let url = common::migrated_database().await;
+    let mut conn = AsyncPgConnection::establish(&url).await.expect("connect");
+    let row = |not_after| NewReport {
+        id: Uuid::new_v4(),
+        payload: serde_json::json!({"userId": 1}),
+        status: JobStatus::InQueue.as_str().into(),
+        idempotency_key: None,
+        request_hash: None,
+        user_id: Some(1),
+        max_runtime_s: Some(5),
+        not_after: Some(not_after),
+    };
+    let now = chrono::Utc::now();
+    let (late, in_time) = (
+        row(now - chrono::Duration::seconds(1)),
+        row(now + chrono::Duration::hours(1)),
+    );
+    reports::insert_many(&mut conn, &[&late, &in_time])
+        .await
+        .expect("insert");
+    let outcomes = reports::claim_many(&mut conn, &[late.id, in_time.id], 60)
+        .await
+        .expect("claim");
+    assert_eq!(outcomes[0], ClaimOutcome::CancelledNow);
+    assert!(
+        matches!(
+            outcomes[1],
+            ClaimOutcome::Claimed {
+                max_runtime_s: Some(5),
+                ..
+            }
+        ),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        status_of(&mut conn, late.id).await,
+        ("cancelled".into(), Some("expired".into()))
+    );
+    assert_eq!(
+        reports::claim_many(&mut conn, &[late.id], 60)
+            .await
+            .expect("claim"),
+        [ClaimOutcome::AlreadyFinished(JobStatus::Cancelled)],
+        "a second copy finds it finished"
     );
 }

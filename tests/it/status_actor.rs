@@ -7,6 +7,7 @@ use std::time::Duration;
 use actix::Actor;
 use reportd::actors::registry::{ActorRegistry, StormLimit};
 use reportd::actors::status::{write, StatusActor, StatusProbe, WriteOp, WriteOutcome};
+use reportd::db::reports::Heartbeat;
 use reportd::metrics::Metrics;
 
 #[actix_web::test]
@@ -48,7 +49,7 @@ async fn a_burst_larger_than_a_batch_is_committed_and_answered_without_stalling(
     .expect("every write answered within 60 s (no stall)");
     assert!(answers
         .iter()
-        .all(|a| matches!(a, Ok(WriteOutcome::Applied(false)))));
+        .all(|a| matches!(a, Ok(WriteOutcome::Heartbeat(Heartbeat::Gone)))));
     let stats = probe.stats();
     assert!(stats.flushes >= 5_000 / 256, "batched: {stats:?}");
     assert!(stats.flushes < 5_000, "batched: {stats:?}");

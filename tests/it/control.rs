@@ -1,0 +1,238 @@
+//! Job control (issue 12): cancel from any process, `maxRuntimeS` and `notAfter`, against
+//! real PostgreSQL, LocalStack SQS and, where another process runs the job, a real
+//! `reportd` process.
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::app::{spawn_app, spawn_process, test_settings, wait_until, AppOptions, TestApp};
+use common::jobs::{on_free_port, queue_depth, zero_work};
+use reportd::config::{Role, SimulateSettings};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+async fn cancel(app: &TestApp, id: Uuid, body: Option<Value>) -> (u16, Value) {
+    let mut request = app.http.post(app.url(&format!("/reports/{id}/cancel")));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("POST cancel");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// An api-only process, and worker-only options sharing its database and queues.
+async fn api_and_worker_options(worker: AppOptions) -> (TestApp, AppOptions) {
+    let api = spawn_app(AppOptions {
+        roles: vec![Role::Api],
+        visibility_timeout_s: worker.visibility_timeout_s,
+        ..AppOptions::default()
+    })
+    .await;
+    let worker = AppOptions {
+        roles: vec![Role::Worker],
+        database_url: Some(api.settings.database.url.clone()),
+        queue_name: Some(api.settings.sqs.queue_name.clone()),
+        ..worker
+    };
+    (api, worker)
+}
+
+#[actix_web::test]
+async fn a_waiting_job_cancelled_ends_at_once_answers_the_same_again_and_never_runs() {
+    let (api, worker) = api_and_worker_options(AppOptions {
+        simulate: zero_work(None),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = api.submit_ok(3).await;
+    let (status, body) = cancel(&api, id, Some(json!({"reason": "changed my mind"}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    assert_eq!(body["cancelReason"], "changed my mind");
+    assert!(body["finishedAt"].is_string(), "{body}");
+    let (status, again) = cancel(&api, id, None).await;
+    assert_eq!((status, &again["status"]), (200, &json!("cancelled")));
+    assert_eq!(
+        again["cancelReason"], "changed my mind",
+        "the first reason stays"
+    );
+
+    // A worker receives its message, finds the job cancelled and deletes the message.
+    let worker = spawn_app(worker).await;
+    wait_until(
+        "the message to be deleted",
+        Duration::from_secs(20),
+        || async { queue_depth(&api, &api.queue.queue_url.clone()).await == 0 },
+    )
+    .await;
+    let record = api.report(id).await;
+    assert_eq!(
+        (record["status"].clone(), record["attempts"].clone()),
+        (json!("cancelled"), json!(0))
+    );
+
+    // A finished job cannot be cancelled.
+    let done = api.submit_ok(4).await;
+    api.wait_for_status(done, "completed", Duration::from_secs(20))
+        .await;
+    let (status, body) = cancel(&api, done, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "not_cancellable");
+    worker.stop().await;
+    api.stop().await;
+}
+
+#[actix_web::test]
+async fn bad_cancel_requests_name_what_is_wrong() {
+    let api = spawn_app(AppOptions {
+        roles: vec![Role::Api],
+        ..AppOptions::default()
+    })
+    .await;
+    let id = api.submit_ok(5).await;
+    let (status, body) = cancel(&api, Uuid::new_v4(), None).await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (404, &json!("id")),
+        "{body}"
+    );
+    let (status, body) = cancel(&api, id, Some(json!({"reason": 7}))).await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (400, &json!("reason")),
+        "{body}"
+    );
+    let (status, body) = cancel(&api, id, Some(json!({"why": "x"}))).await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (400, &json!("why")),
+        "{body}"
+    );
+    let response = api
+        .http
+        .post(api.url(&format!("/reports/{id}/cancel")))
+        .header("content-type", "text/plain")
+        .body("reason=x")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 415);
+    assert_eq!(
+        api.report(id).await["status"],
+        "in-queue",
+        "nothing changed"
+    );
+    api.stop().await;
+}
+
+#[actix_web::test]
+async fn a_running_job_cancelled_from_another_process_stops_within_a_heartbeat() {
+    // Visibility timeout 6 s: the worker's heartbeat beats every 2 s.
+    let (api, worker) = api_and_worker_options(AppOptions {
+        workers: 1,
+        visibility_timeout_s: 6,
+        simulate: SimulateSettings {
+            duration_ms: Some([60_000, 60_000]),
+            ..SimulateSettings::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let (settings, tmp) = test_settings(&worker).await;
+    let mut settings = on_free_port(&settings);
+    settings.database.create_if_missing = false;
+    let process = spawn_process(&settings, tmp.path(), "cancel-worker").await;
+    let id = api.submit_ok(6).await;
+    api.wait_for_status(id, "in-progress", Duration::from_secs(30))
+        .await;
+
+    let asked = Instant::now();
+    let (status, body) = cancel(&api, id, Some(json!({"reason": "wrong range"}))).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "in-progress");
+    assert!(body["cancelRequestedAt"].is_string(), "{body}");
+    let record = api
+        .wait_for_status(id, "cancelled", Duration::from_secs(20))
+        .await;
+    let took = asked.elapsed();
+    // One beat (2 s) plus the writer's flush and the answer's way back.
+    assert!(took < Duration::from_secs(5), "stopped after {took:?}");
+    assert_eq!(record["attempts"], 1, "{record}");
+    assert_eq!(record["failures"], 0, "a cancel is no failure: {record}");
+    assert_eq!(record["cancelReason"], "wrong range");
+    wait_until(
+        "the message to be deleted",
+        Duration::from_secs(20),
+        || async { queue_depth(&api, &api.queue.queue_url.clone()).await == 0 },
+    )
+    .await;
+    let written: Vec<_> = std::fs::read_dir(&settings.report.output_dir)
+        .map(|dir| dir.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(written.is_empty(), "no partial report: {written:?}");
+    assert_eq!(api.report(id).await["attempts"], 1, "it never ran again");
+    assert!(process.terminate(Duration::from_secs(30)).success());
+    api.stop().await;
+}
+
+#[actix_web::test]
+async fn an_attempt_longer_than_max_runtime_s_fails_and_three_of_them_fail_the_job() {
+    let app = spawn_app(AppOptions {
+        simulate: zero_work(Some([10_000, 10_000])),
+        ..AppOptions::default()
+    })
+    .await;
+    let (status, body) = app
+        .submit(&json!({"userId": 7, "startDate": "2024-01-01", "endDate": "2024-01-02", "maxRuntimeS": 2}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id: Uuid = body["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    let record = app
+        .wait_for_status(id, "failed", Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        (record["attempts"].clone(), record["failures"].clone()),
+        (json!(3), json!(3)),
+        "{record}"
+    );
+    assert_eq!(record["maxRuntimeS"], 2);
+    assert!(
+        record["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out after 2 s")),
+        "{record}"
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_job_not_started_by_not_after_is_cancelled_as_expired_and_never_runs() {
+    let (api, worker) = api_and_worker_options(AppOptions {
+        simulate: zero_work(None),
+        ..AppOptions::default()
+    })
+    .await;
+    let past = (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339();
+    let (status, body) = api
+        .submit(&json!({"userId": 8, "startDate": "2024-01-01", "endDate": "2024-01-02", "notAfter": past}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id: Uuid = body["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    // The workers start only now, after notAfter.
+    let worker = spawn_app(worker).await;
+    let record = api
+        .wait_for_status(id, "cancelled", Duration::from_secs(20))
+        .await;
+    assert_eq!(record["cancelReason"], "expired", "{record}");
+    assert_eq!(record["attempts"], 0, "never run: {record}");
+    worker.stop().await;
+    api.stop().await;
+}
