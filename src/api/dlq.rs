@@ -4,7 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::dlq::{self, DlqError, Selection};
 
@@ -18,6 +18,22 @@ impl From<DlqError> for ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/dlq",
+    tag = "dlq",
+    operation_id = "listDlq",
+    summary = "The DLQ's messages with their reports, without consuming them",
+    params(super::openapi::DlqListQuery),
+    responses(
+        (status = 200, description = "The messages", body = super::openapi::DlqPage),
+        (status = 400, description = "A bad or unknown query parameter (`field` names it)", body = ErrorBody),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 /// `GET /dlq?limit=`: the DLQ's messages, without consuming them.
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut limit = 100;
@@ -36,6 +52,28 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(json!({ "items": entries })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/dlq/redrive",
+    tag = "dlq",
+    operation_id = "redriveDlq",
+    summary = "Send failed reports in the DLQ back to the main queue",
+    description = "Each chosen report is reset, sent a new message, and then its DLQ copy is \
+        deleted. Messages whose report is not failed stay (`skipped`).",
+    request_body(content = super::openapi::RedriveRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What moved, what stayed and why", body = crate::dlq::RedriveReport),
+        (status = 400, description = "Empty or malformed JSON, an unknown field, no id and no `\"all\": true` (`field` names it)",
+            body = ErrorBody),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 /// `POST /dlq/redrive` with `{"ids": [...]}` (report or message ids) or `{"all": true}`.
 ///
 /// Only `application/json` is taken (415 otherwise), so a cross-site form post cannot
@@ -103,6 +141,22 @@ pub async fn redrive(
     Ok(HttpResponse::Ok().json(report))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/dlq/{messageId}",
+    tag = "dlq",
+    operation_id = "discardDlqMessage",
+    summary = "Discard one DLQ message (logged)",
+    params(("messageId" = String, Path, description = "The SQS message id, as `GET /dlq` lists it")),
+    responses(
+        (status = 204, description = "Discarded"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, description = "No such message in the DLQ", body = ErrorBody),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 /// `DELETE /dlq/{messageId}`: discards one message (logged).
 pub async fn discard(
     path: web::Path<String>,

@@ -157,6 +157,18 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    summary = "Prometheus metrics (text format 0.0.4)",
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain", body = String),
+        (status = 405, response = openapi::MethodNotAllowed),
+    ),
+    security(())
+)]
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
@@ -171,7 +183,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
         .service(resource("/health/live").route(web::get().to(health::live)))
         .service(resource("/health/ready").route(web::get().to(health::ready)))
         .service(resource("/metrics").route(web::get().to(metrics)))
-        .service(resource("/openapi.json").route(web::get().to(openapi::document)));
+        .service(resource("/openapi.json").route(web::get().to(openapi::document)))
+        .service(resource("/docs").route(web::get().to(openapi::docs_page)))
+        .service(resource(openapi::VIEWER_SCRIPT_PATH).route(web::get().to(openapi::docs_script)));
     if !serve_api {
         return;
     }
@@ -441,6 +455,8 @@ fn is_public(path: &str) -> bool {
         || path.starts_with("/health/")
         || path == "/metrics"
         || path == "/openapi.json"
+        || path == "/docs"
+        || path.starts_with("/docs/")
 }
 
 /// Bearer-token check for every non-public endpoint when `api.tokens` is set. Tokens
