@@ -27,7 +27,8 @@ use crate::db::models::JobStatus;
 use crate::dlq::{DlqEntry, RedriveReport, SkippedMessage};
 
 /// The document's paths and components. Every handler registered in
-/// [`super::configure`] is listed here; `tests/api.rs` checks both ways.
+/// [`super::configure`] must be listed here: `tests/api.rs` checks that each documented
+/// operation is routed, and that each documented path refuses every other method.
 #[derive(OpenApi)]
 #[openapi(
     info(
