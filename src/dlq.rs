@@ -49,20 +49,26 @@ impl From<diesel::result::Error> for DlqError {
 }
 
 /// One message of the DLQ as a person sees it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct DlqEntry {
     pub message_id: String,
     /// The report the message names, if its body is `{"id": "<uuid>"}`.
+    #[schema(required = true)]
     pub report_id: Option<Uuid>,
     /// The report's status, attempts and last error, if the row exists.
+    #[schema(required = true, value_type = Option<JobStatus>)]
     pub report_status: Option<String>,
+    #[schema(required = true)]
     pub attempts: Option<i32>,
+    #[schema(required = true)]
     pub last_error: Option<String>,
     /// Why reportd put it there (poison messages and permanent errors).
+    #[schema(required = true)]
     pub poison_reason: Option<String>,
     /// When the message was sent: its first send for a message SQS moved here, the copy's
     /// send for one reportd copied here (poison messages, permanent errors).
+    #[schema(required = true)]
     pub sent_at: Option<DateTime<Utc>>,
     /// The raw body (cut to 256 characters).
     pub body: String,
@@ -308,18 +314,19 @@ impl Selection {
 
 /// A chosen DLQ message that the redrive left where it is, because its report is not
 /// `failed`: a completed job's stale copy, or a live job's (the reconciler's business).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct SkippedMessage {
     pub report_id: Uuid,
     pub message_id: String,
     /// The report's status when the redrive looked.
+    #[schema(value_type = JobStatus)]
     pub status: String,
 }
 
 /// What a redrive did.
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct RedriveReport {
     /// Report ids sent back to the main queue (or message ids, for poison messages).
     pub moved: Vec<String>,

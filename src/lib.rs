@@ -17,7 +17,7 @@
 //! - [`cli`] and [`telemetry`]: the command line and logging.
 
 pub mod actors;
-pub mod api;
+pub(crate) mod api;
 pub(crate) mod batcher;
 pub mod cli;
 pub mod config;

@@ -4,7 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::input::{self, BodyShape};
 use super::AppState;
 use crate::dlq::{DlqError, Selection};
@@ -19,6 +19,22 @@ impl From<DlqError> for ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/dlq",
+    tag = "dlq",
+    operation_id = "listDlq",
+    summary = "The DLQ's messages with their reports, without consuming them",
+    params(super::openapi::DlqListQuery),
+    responses(
+        (status = 200, description = "The messages", body = super::openapi::DlqPage),
+        (status = 400, description = "A bad or unknown query parameter (`field` names it)", body = ErrorBody),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 /// `GET /dlq?limit=`: the DLQ's messages, without consuming them.
 pub(crate) async fn list(
     req: HttpRequest,
@@ -41,6 +57,28 @@ const REDRIVE: BodyShape = BodyShape {
     expected: "{\"ids\": [...]} or {\"all\": true}",
 };
 
+#[utoipa::path(
+    post,
+    path = "/dlq/redrive",
+    tag = "dlq",
+    operation_id = "redriveDlq",
+    summary = "Send failed reports in the DLQ back to the main queue",
+    description = "Each chosen report is reset, sent a new message, and then its DLQ copy is \
+        deleted. Messages whose report is not failed stay (`skipped`).",
+    request_body(content = super::openapi::RedriveRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What moved, what stayed and why", body = crate::dlq::RedriveReport),
+        (status = 400, description = "Empty or malformed JSON, an unknown field, no id and no `\"all\": true` (`field` names it)",
+            body = ErrorBody),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 /// `POST /dlq/redrive` with `{"ids": [...]}` (report or message ids) or `{"all": true}`.
 ///
 /// Only `application/json` is taken (415 otherwise), so a cross-site form post cannot
@@ -87,6 +125,22 @@ pub(crate) async fn redrive(
     Ok(HttpResponse::Ok().json(report))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/dlq/{messageId}",
+    tag = "dlq",
+    operation_id = "discardDlqMessage",
+    summary = "Discard one DLQ message (logged)",
+    params(("messageId" = String, Path, description = "The SQS message id, as `GET /dlq` lists it")),
+    responses(
+        (status = 204, description = "Discarded"),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, description = "No such message in the DLQ", body = ErrorBody),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 /// `DELETE /dlq/{messageId}`: discards one message (logged).
 pub(crate) async fn discard(
     path: web::Path<String>,

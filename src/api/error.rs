@@ -2,7 +2,7 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
 
 /// The challenge every 401 carries (RFC 7235 §3.1 requires one): the scheme the client
 /// must use and the protection space it applies to.
@@ -94,6 +94,28 @@ pub(crate) fn code_for_status(status: StatusCode) -> &'static str {
     }
 }
 
+// What [`ApiError`] serialises to, and what the OpenAPI document describes.
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+// The fields are in alphabetical order, as the body (a `json!` map) has always had them.
+/// What went wrong.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ErrorDetail<'a> {
+    /// Stable, machine-readable code (`invalid_field`, `not_found`, ...).
+    pub code: &'a str,
+    /// The request field (body field, query parameter, path segment or header) at fault.
+    #[schema(required = true)]
+    pub field: Option<&'a str>,
+    /// For people; may change.
+    pub message: &'a str,
+}
+
 impl From<crate::db::DbError> for ApiError {
     fn from(error: crate::db::DbError) -> Self {
         tracing::error!(%error, "database error while answering a request");
@@ -117,9 +139,13 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, BEARER_CHALLENGE));
         }
-        response.json(json!({
-            "error": { "code": self.code, "message": self.message, "field": self.field }
-        }))
+        response.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                field: self.field.as_deref(),
+                message: &self.message,
+            },
+        })
     }
 }
 

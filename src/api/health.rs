@@ -106,6 +106,19 @@ fn actor_state(answered: bool, view: Option<&ActorView>) -> &'static str {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "operations",
+    operation_id = "liveness",
+    summary = "Liveness: the poll loop ticks and no actor is stuck",
+    responses(
+        (status = 200, description = "Healthy", body = super::openapi::HealthStatus),
+        (status = 503, description = "Not healthy: the body says which part", body = super::openapi::HealthStatus),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+    ),
+    security(())
+)]
 /// `GET /health/live`: 503 when the poll loop stopped ticking or an actor is stuck.
 /// Does not depend on SQS or the database being reachable.
 pub(crate) async fn live(state: web::Data<AppState>) -> HttpResponse {
@@ -161,6 +174,19 @@ async fn dependencies(state: &AppState) -> (Value, bool) {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    operation_id = "readiness",
+    summary = "Readiness: database and SQS reachable, the poller receiving",
+    responses(
+        (status = 200, description = "Healthy", body = super::openapi::HealthStatus),
+        (status = 503, description = "Not healthy: the body says which part", body = super::openapi::HealthStatus),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+    ),
+    security(())
+)]
 /// `GET /health/ready`: database and SQS reachable, the poller receiving without errors.
 pub(crate) async fn ready(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let (deps, deps_ok) = dependencies(&state).await;
@@ -177,6 +203,19 @@ pub(crate) async fn ready(req: HttpRequest, state: web::Data<AppState>) -> HttpR
     respond(ok, redacted_for(&req, &state, body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    operation_id = "health",
+    summary = "Every actor and dependency in detail",
+    responses(
+        (status = 200, description = "Healthy", body = super::openapi::HealthStatus),
+        (status = 503, description = "Not healthy: the body says which part", body = super::openapi::HealthStatus),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+    ),
+    security(())
+)]
 /// `GET /health`: every actor and dependency.
 pub(crate) async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let views = state.registry.snapshot();

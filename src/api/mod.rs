@@ -4,7 +4,7 @@ pub(crate) mod dlq;
 pub(crate) mod error;
 pub(crate) mod health;
 mod input;
-pub mod openapi;
+pub(crate) mod openapi;
 pub(crate) mod reports;
 
 use std::sync::Arc;
@@ -160,6 +160,18 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    summary = "Prometheus metrics (text format 0.0.4)",
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain", body = String),
+        (status = 405, response = openapi::MethodNotAllowed),
+    ),
+    security(())
+)]
 /// `GET /metrics`: Prometheus text format.
 pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
@@ -169,12 +181,14 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 
 /// Registers the operations routes, and the producer API when `serve_api` (the `api`
 /// role): a worker-only process answers health checks, not submits.
-pub fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
+pub(crate) fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
     cfg.service(resource("/health").route(web::get().to(health::health)))
         .service(resource("/health/live").route(web::get().to(health::live)))
         .service(resource("/health/ready").route(web::get().to(health::ready)))
         .service(resource("/metrics").route(web::get().to(metrics)))
-        .service(resource("/openapi.json").route(web::get().to(openapi::document)));
+        .service(resource("/openapi.json").route(web::get().to(openapi::document)))
+        .service(resource("/docs").route(web::get().to(openapi::docs_page)))
+        .service(resource(openapi::VIEWER_SCRIPT_PATH).route(web::get().to(openapi::docs_script)));
     if !serve_api {
         return;
     }
@@ -445,11 +459,13 @@ fn is_public(path: &str) -> bool {
         || path.starts_with("/health/")
         || path == "/metrics"
         || path == "/openapi.json"
+        || path == "/docs"
+        || path.starts_with("/docs/")
 }
 
 /// Bearer-token check for every non-public endpoint when `api.tokens` is set. Tokens
 /// are compared, never logged.
-pub async fn authenticate<B: MessageBody + 'static>(
+pub(crate) async fn authenticate<B: MessageBody + 'static>(
     req: ServiceRequest,
     next: actix_web::middleware::Next<B>,
 ) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {

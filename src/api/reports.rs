@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::input::{self, BodyShape};
 use super::AppState;
 use crate::actors::status;
@@ -26,6 +26,31 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
+#[utoipa::path(
+    post,
+    path = "/reports",
+    tag = "reports",
+    operation_id = "submitReport",
+    summary = "Submit a report job",
+    params(super::openapi::SubmitHeaders),
+    request_body(content = super::openapi::ReportRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: the report is queued", body = super::openapi::Accepted,
+            headers(("Location" = String, description = "The report's path"))),
+        (status = 200, description = "The same Idempotency-Key and body as an earlier request: that report",
+            body = super::openapi::Accepted, headers(("Location" = String, description = "The report's path"))),
+        (status = 400, description = "Empty or malformed JSON, a rule broken, an unknown field, a bad Idempotency-Key (`field` names it)",
+            body = ErrorBody),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 409, description = "The Idempotency-Key was used with another body (`code: idempotency_conflict`)", body = ErrorBody),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 /// `POST /reports`.
 pub(crate) async fn submit(
     req: HttpRequest,
@@ -40,6 +65,21 @@ pub(crate) async fn submit(
     accept(&state, payload, limits, key).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/generate",
+    tag = "reports",
+    operation_id = "generateDemoReport",
+    summary = "Demo: submit a report for a random user, covering now..now",
+    responses(
+        (status = 202, description = "Accepted: the report is queued", body = super::openapi::Accepted,
+            headers(("Location" = String, description = "The report's path"))),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 /// `GET /generate`: the original article's demo — a report for a random user, now..now.
 pub(crate) async fn generate(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let now = Utc::now();
@@ -406,6 +446,23 @@ async fn find_report(state: &AppState, id: Uuid) -> Result<ReportRecord, ApiErro
         .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/reports/{id}",
+    tag = "reports",
+    operation_id = "getReport",
+    summary = "One report's status",
+    params(("id" = Uuid, Path, description = "The report's id")),
+    responses(
+        (status = 200, description = "The report", body = super::openapi::Report),
+        (status = 400, description = "`id` is not a UUID", body = ErrorBody),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, description = "No report with this id", body = ErrorBody),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 /// `GET /reports/{id}`.
 pub(crate) async fn get(
     path: web::Path<String>,
@@ -415,6 +472,25 @@ pub(crate) async fn get(
     Ok(HttpResponse::Ok().json(record_json(&record)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/reports/{id}/file",
+    tag = "reports",
+    operation_id = "getReportFile",
+    summary = "The CSV of a completed report",
+    params(("id" = Uuid, Path, description = "The report's id")),
+    responses(
+        (status = 200, description = "The CSV", content_type = "text/csv", body = String,
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"<id>.csv\"`"))),
+        (status = 400, description = "`id` is not a UUID", body = ErrorBody),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, description = "No report with this id, not completed, or its file is not on this host", body = ErrorBody),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 503, description = "The database is unreachable or the file unreadable; retry later (`code: unavailable`)",
+            body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 /// `GET /reports/{id}/file`: the CSV, once the report is completed.
 pub(crate) async fn file(
     path: web::Path<String>,
@@ -448,6 +524,22 @@ pub(crate) async fn file(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/reports",
+    tag = "reports",
+    operation_id = "listReports",
+    summary = "List reports, newest first",
+    params(super::openapi::ListReportsQuery),
+    responses(
+        (status = 200, description = "A page of reports", body = super::openapi::ReportPage),
+        (status = 400, description = "A bad or unknown query parameter (`field` names it)", body = ErrorBody),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 /// `GET /reports?status=&userId=&limit=&cursor=`: newest first, keyset pagination.
 pub(crate) async fn list(
     req: HttpRequest,
@@ -529,6 +621,31 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     Ok((created_at, id))
 }
 
+#[utoipa::path(
+    post,
+    path = "/reports/{id}/retry",
+    tag = "reports",
+    operation_id = "retryReport",
+    summary = "Give a failed or stranded report a new message",
+    description = "A failed report goes back to in-queue with its failures forgotten; an \
+        in-queue or in-progress one that nothing touched for 3 visibility timeouts + 30 s \
+        (its message is lost) is sent again. The request has no body.",
+    params(("id" = Uuid, Path, description = "The report's id")),
+    responses(
+        (status = 202, description = "A new message is on its way; `status` is the report's status after the reset",
+            body = super::openapi::Accepted, headers(("Location" = String, description = "The report's path"))),
+        (status = 400, description = "`id` is not a UUID", body = ErrorBody),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, description = "No report with this id", body = ErrorBody),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 409, description = "The report is completed, or in-queue/in-progress and alive (`code: not_retryable`)",
+            body = ErrorBody),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 /// `POST /reports/{id}/retry`: gives a report a new message. A `failed` report goes
 /// back to `in-queue` with its failures forgotten (attempts kept); a non-terminal one
 /// that nothing touched for the reconciler's `stranded_after` (its message is lost)
@@ -585,6 +702,33 @@ const CANCEL: BodyShape = BodyShape {
 /// Longest cancel reason kept.
 const MAX_REASON_CHARS: usize = 500;
 
+#[utoipa::path(
+    post,
+    path = "/reports/{id}/cancel",
+    tag = "reports",
+    operation_id = "cancelReport",
+    summary = "Cancel a waiting or running report",
+    description = "A waiting report is cancelled at once (200); a running one, on whichever \
+        process runs it, stops at its worker's next heartbeat (202, `cancelRequestedAt` set). \
+        Cancelling a cancelled report answers the same again. The body is optional.",
+    params(("id" = Uuid, Path, description = "The report's id")),
+    request_body(content = Option<super::openapi::CancelRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The report, cancelled", body = super::openapi::Report),
+        (status = 202, description = "The report, running; its worker stops it at its next heartbeat",
+            body = super::openapi::Report),
+        (status = 400, description = "`id` is not a UUID, or a bad body (`field` names it)", body = ErrorBody),
+        (status = 401, response = super::openapi::Unauthorized),
+        (status = 404, description = "No report with this id", body = ErrorBody),
+        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 408, response = super::openapi::RequestTimeout),
+        (status = 409, description = "The report is completed or failed (`code: not_cancellable`)", body = ErrorBody),
+        (status = 413, response = super::openapi::PayloadTooLarge),
+        (status = 415, response = super::openapi::UnsupportedMediaType),
+        (status = 503, response = super::openapi::Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 /// `POST /reports/{id}/cancel` with an optional `{"reason": "…"}`. A waiting job is
 /// `cancelled` at once (200); a running one, on whichever process, stops at its
 /// worker's next heartbeat (202, `cancelRequestedAt` set); a cancelled one answers the

@@ -390,45 +390,369 @@ async fn with_tokens_every_endpoint_but_health_and_openapi_requires_a_bearer_tok
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(app.get_json("/health/live").await.0, 200);
     assert_eq!(app.get_json("/openapi.json").await.0, 200);
+    assert_eq!(app.get_json("/docs").await.0, 200);
     app.stop().await;
+}
+
+/// Every `(path, method)` the served OpenAPI document lists.
+async fn documented_routes(app: &common::app::TestApp) -> Vec<(String, String)> {
+    let (status, spec) = app.get_json("/openapi.json").await;
+    assert_eq!(status, 200, "{spec}");
+    let paths = spec["paths"].as_object().expect("paths");
+    paths
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = item.as_object().expect("a path item");
+            methods
+                .keys()
+                .map(move |method| (path.clone(), method.clone()))
+        })
+        .collect()
+}
+
+/// A documented path with its parameters filled in.
+fn concrete(path: &str) -> String {
+    path.replace("{id}", &uuid::Uuid::new_v4().to_string())
+        .replace("{messageId}", "no-such-message")
+}
+
+/// The routes anyone may call when `api.tokens` is set.
+fn is_public(path: &str) -> bool {
+    path.starts_with("/health")
+        || path == "/metrics"
+        || path == "/openapi.json"
+        || path == "/docs"
+        || path.starts_with("/docs/")
 }
 
 #[actix_web::test]
 async fn openapi_document_lists_every_route_and_every_route_is_served() {
     let app = spawn_app(api_only()).await;
-    let (status, spec) = app.get_json("/openapi.json").await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        spec["openapi"].as_str().map(|v| v.starts_with("3.")),
-        Some(true)
-    );
-    let paths = spec["paths"].as_object().expect("paths");
-    for (path, method) in reportd::api::openapi::ROUTES {
+    let routes = documented_routes(&app).await;
+    assert!(routes.len() >= 16, "{routes:?}");
+    // Every documented operation reaches a handler: not the fallback 404 (the only 404
+    // without a field), not a 405.
+    for (path, method) in &routes {
+        let method =
+            reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
+        let url = app.url(&concrete(path));
+        let mut request = app.http.request(method.clone(), url);
+        if method == reqwest::Method::POST {
+            request = request
+                .header("content-type", "application/json")
+                .body("{}");
+        }
+        let response = request.send().await.expect("sent");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_ne!(status, 405, "{method} {path}: {body}");
         assert!(
-            paths.get(*path).and_then(|p| p.get(*method)).is_some(),
-            "{method} {path} missing from the document"
+            !(status == 404 && body["error"]["field"].is_null()),
+            "{method} {path} is not served: {body}"
         );
     }
-    let documented: usize = paths
-        .values()
-        .map(|p| p.as_object().map_or(0, |m| m.len()))
-        .sum();
-    assert_eq!(
-        documented,
-        reportd::api::openapi::ROUTES.len(),
-        "the document has routes ROUTES lacks"
-    );
-    // Every documented GET without parameters is really served (not the JSON 404 fallback).
-    for (path, method) in reportd::api::openapi::ROUTES {
-        if *method == "get" && !path.contains('{') {
-            let response = app.http.get(app.url(path)).send().await.expect("GET");
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            assert_ne!(body["error"]["code"], "not_found", "{path} is not served");
-        }
+    // And the router has no method on these paths that the document lacks: an unused
+    // method gets a 405 whose Allow header lists exactly the documented ones.
+    let paths: HashSet<&String> = routes.iter().map(|(path, _)| path).collect();
+    for path in paths {
+        let mut documented: Vec<String> = routes
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, m)| m.to_uppercase())
+            .collect();
+        documented.sort_unstable();
+        let response = app
+            .http
+            .patch(app.url(&concrete(path)))
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(response.status().as_u16(), 405, "PATCH {path}");
+        let allow = response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mut allowed: Vec<String> = allow.split(',').map(|m| m.trim().to_string()).collect();
+        allowed.sort_unstable();
+        assert_eq!(allowed, documented, "{path}: Allow: {allow}");
     }
     let (status, body) = app.get_json("/no/such/route").await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
+    app.stop().await;
+}
+
+/// The statuses an operation of the document lists.
+fn statuses(operation: &Value) -> HashSet<String> {
+    operation["responses"]
+        .as_object()
+        .map(|r| r.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[actix_web::test]
+async fn the_document_is_openapi_3_1_and_lists_every_error_a_route_can_answer() {
+    let app = spawn_app(api_only()).await;
+    let text = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("GET /openapi.json")
+        .text()
+        .await
+        .expect("text");
+    let parsed = oas3::from_json(&text).expect("the document parses as OpenAPI 3.1");
+    assert!(parsed.openapi.starts_with("3.1"), "{}", parsed.openapi);
+    let spec: Value = serde_json::from_str(&text).expect("JSON");
+    let error_body = json!({"$ref": "#/components/schemas/ErrorBody"});
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            let listed = statuses(operation);
+            let route = format!("{method} {path}");
+            assert!(listed.contains("405"), "{route}: no 405");
+            if is_public(path) {
+                assert_eq!(operation["security"], json!([{}]), "{route}");
+            } else {
+                assert_eq!(operation["security"], json!([{"bearer": []}]), "{route}");
+                for status in ["401", "503"] {
+                    assert!(listed.contains(status), "{route}: no {status}");
+                }
+            }
+            if method == "post" {
+                for status in ["408", "413"] {
+                    assert!(listed.contains(status), "{route}: no {status}");
+                }
+            }
+            if operation.get("requestBody").is_some() {
+                assert!(listed.contains("415"), "{route}: no 415");
+            }
+            // Every error answer has the one error shape.
+            for status in listed.iter().filter(|s| s.as_str() >= "400") {
+                let mut response = &operation["responses"][status.as_str()];
+                if let Some(reference) = response["$ref"].as_str() {
+                    let name = reference.trim_start_matches("#/components/responses/");
+                    response = &spec["components"]["responses"][name];
+                }
+                let schema = &response["content"]["application/json"]["schema"];
+                let shape = if path.starts_with("/health") && status == "503" {
+                    json!({"$ref": "#/components/schemas/HealthStatus"})
+                } else {
+                    error_body.clone()
+                };
+                assert_eq!(schema, &shape, "{route} {status}");
+            }
+        }
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn with_tokens_the_document_says_which_routes_need_one() {
+    let app = spawn_app(AppOptions {
+        tokens: vec!["s3cret".into()],
+        ..api_only()
+    })
+    .await;
+    let (_, spec) = app.get_json("/openapi.json").await;
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            let method =
+                reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
+            let response = app
+                .http
+                .request(method.clone(), app.url(&concrete(path)))
+                .send()
+                .await
+                .expect("sent");
+            let needs_token = operation["security"] == json!([{"bearer": []}]);
+            assert_eq!(
+                response.status().as_u16() == 401,
+                needs_token,
+                "{method} {path} answered {} without a token",
+                response.status()
+            );
+        }
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn docs_is_a_page_that_loads_the_viewer_embedded_in_the_binary() {
+    let app = spawn_app(AppOptions {
+        tokens: vec!["s3cret".into()],
+        ..api_only()
+    })
+    .await;
+    let response = app
+        .http
+        .get(app.url("/docs"))
+        .send()
+        .await
+        .expect("GET /docs");
+    assert_eq!(response.status().as_u16(), 200);
+    let header = |response: &reqwest::Response, name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(header(&response, "content-type").starts_with("text/html"));
+    let policy = header(&response, "content-security-policy");
+    assert!(policy.contains("script-src 'self'"), "{policy}");
+    let page = response.text().await.expect("text");
+    assert!(page.contains("spec-url=\"openapi.json\""), "{page}");
+    // The script the page loads, relative to /docs.
+    let start = page
+        .find("<script type=\"module\" src=\"")
+        .expect("a script tag")
+        + 27;
+    let source = &page[start..start + page[start..].find('"').expect("closing quote")];
+    assert!(
+        !source.contains("//"),
+        "the script must come from this server: {source}"
+    );
+    let response = app
+        .http
+        .get(app.url(&format!("/{source}")))
+        .send()
+        .await
+        .expect("GET the script");
+    assert_eq!(response.status().as_u16(), 200, "/{source}");
+    assert_eq!(header(&response, "content-type"), "application/javascript");
+    assert!(header(&response, "cache-control").contains("max-age=31536000"));
+    let script = response.bytes().await.expect("bytes");
+    let vendored = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/api-docs/rapidoc-min.js"),
+    )
+    .expect("the vendored viewer");
+    assert!(
+        script.as_ref() == vendored.as_slice(),
+        "not the vendored file"
+    );
+    app.stop().await;
+}
+
+/// Where `value` departs from `schema` (references resolved in `spec`): a wrong type, a
+/// value outside an enum, a missing required field, a field the schema does not allow.
+fn departures(spec: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.trim_start_matches("#/components/schemas/");
+        return departures(spec, &spec["components"]["schemas"][name], value, at);
+    }
+    if let Some(options) = schema["oneOf"].as_array().or(schema["anyOf"].as_array()) {
+        let fits = options
+            .iter()
+            .any(|option| departures(spec, option, value, at).is_empty());
+        return if fits {
+            vec![]
+        } else {
+            vec![format!("{at}: {value} fits no option")]
+        };
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(one) => vec![one.as_str()],
+        Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    let type_fits = |name: &str| match name {
+        "null" => value.is_null(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        _ => false,
+    };
+    if !types.is_empty() && !types.iter().any(|t| type_fits(t)) {
+        return vec![format!("{at}: {value} is not {types:?}")];
+    }
+    let mut found = Vec::new();
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(value) {
+            found.push(format!("{at}: {value} is not one of {allowed:?}"));
+        }
+    }
+    match (schema["format"].as_str(), value.as_str()) {
+        (Some("uuid"), Some(text)) if uuid::Uuid::parse_str(text).is_err() => {
+            found.push(format!("{at}: {text} is not a uuid"))
+        }
+        (Some("date-time"), Some(text)) if chrono::DateTime::parse_from_rfc3339(text).is_err() => {
+            found.push(format!("{at}: {text} is not a date-time"))
+        }
+        _ => {}
+    }
+    if let Value::Object(fields) = value {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let name = required.as_str().unwrap_or_default();
+            if !fields.contains_key(name) {
+                found.push(format!("{at}: `{name}` is missing"));
+            }
+        }
+        for (name, field) in fields {
+            match schema["properties"].get(name) {
+                Some(property) => {
+                    found.extend(departures(spec, property, field, &format!("{at}.{name}")))
+                }
+                None if schema["additionalProperties"] == json!(false) => {
+                    found.push(format!("{at}: `{name}` is not in the schema"))
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Value::Array(items), Some(item)) = (value, schema.get("items")) {
+        for (index, value) in items.iter().enumerate() {
+            found.extend(departures(spec, item, value, &format!("{at}[{index}]")));
+        }
+    }
+    found
+}
+
+#[actix_web::test]
+async fn served_bodies_have_exactly_the_fields_the_document_describes() {
+    let app = spawn_app(api_only()).await;
+    let (_, spec) = app.get_json("/openapi.json").await;
+    let conforms = |name: &str, value: &Value| {
+        let schema = json!({"$ref": format!("#/components/schemas/{name}")});
+        let found = departures(&spec, &schema, value, name);
+        assert!(found.is_empty(), "{found:#?}\n{value:#}");
+    };
+    let (status, accepted) = app
+        .submit(&json!({"userId": 7, "startDate": "2024-01-01", "endDate": "2024-01-31"}))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    conforms("Accepted", &accepted);
+    let id = accepted["id"].as_str().expect("an id");
+    let (_, report) = app.get_json(&format!("/reports/{id}")).await;
+    conforms("Report", &report);
+    let (_, page) = app.get_json("/reports?limit=1").await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    conforms("ReportPage", &page);
+    let (status, error) = app.get_json("/reports?limit=0").await;
+    assert_eq!(status, 400);
+    conforms("ErrorBody", &error);
+    let (status, error) = app.get_json("/no/such/route").await;
+    assert_eq!(status, 404);
+    conforms("ErrorBody", &error);
+    let (_, dlq) = app.get_json("/dlq?limit=5").await;
+    conforms("DlqPage", &dlq);
+    let response = app
+        .http
+        .post(app.url("/dlq/redrive"))
+        .json(&json!({"ids": [id, "no-such-message"]}))
+        .send()
+        .await
+        .expect("POST /dlq/redrive");
+    assert_eq!(response.status().as_u16(), 200);
+    conforms("RedriveReport", &response.json().await.expect("JSON"));
+    for path in ["/health", "/health/live", "/health/ready"] {
+        conforms("HealthStatus", &app.get_json(path).await.1);
+    }
     app.stop().await;
 }
 
@@ -554,9 +878,10 @@ async fn invented_methods_and_unknown_paths_add_no_http_metric_series() {
         "invented methods leaked into labels: {methods:?}"
     );
     assert!(methods.contains("other"), "{methods:?}");
-    let mut known: HashSet<String> = reportd::api::openapi::ROUTES
-        .iter()
-        .map(|(path, _)| path.to_string())
+    let mut known: HashSet<String> = documented_routes(&app)
+        .await
+        .into_iter()
+        .map(|(path, _)| path)
         .collect();
     known.insert("unmatched".into());
     let routes = label_values(&page, "reportd_http_requests_total", "route");
