@@ -559,6 +559,15 @@ mod tests {
             .as_array()
             .map(|v| v.iter().filter_map(|s| s.as_str()).collect())
             .unwrap_or_default();
-        assert_eq!(listed, ["in-queue", "in-progress", "completed", "failed"]);
+        assert_eq!(
+            listed,
+            [
+                "in-queue",
+                "in-progress",
+                "completed",
+                "failed",
+                "cancelled"
+            ]
+        );
     }
 }
