@@ -58,6 +58,8 @@ pub enum WriteOp {
         id: Uuid,
         /// The attempt still alive; the row is touched only while it is that attempt's.
         attempt: i32,
+        /// The generator's latest progress, when it changed since the last heartbeat.
+        progress: Option<serde_json::Value>,
     },
     /// End an attempt (compare-and-set on the attempt number).
     EndAttempt {
@@ -435,7 +437,7 @@ struct ByKind<'a> {
     inserts: Vec<(usize, &'a NewReport)>,
     marks: Vec<(usize, &'a [Uuid])>,
     claims: Vec<(usize, Uuid, i64)>,
-    touches: Vec<(usize, (Uuid, i32))>,
+    touches: Vec<(usize, reports::Touch)>,
     completions: Vec<(usize, reports::Completion)>,
     /// The rarer ends (retry, failure, release), one statement each.
     ends: Vec<(usize, Uuid, i32, &'a AttemptEnd)>,
@@ -449,7 +451,11 @@ impl<'a> ByKind<'a> {
                 WriteOp::Insert(row) => kinds.inserts.push((i, row)),
                 WriteOp::MarkEnqueued(ids) => kinds.marks.push((i, ids)),
                 WriteOp::Claim { id, stale_after_s } => kinds.claims.push((i, *id, *stale_after_s)),
-                WriteOp::Touch { id, attempt } => kinds.touches.push((i, (*id, *attempt))),
+                WriteOp::Touch {
+                    id,
+                    attempt,
+                    progress,
+                } => kinds.touches.push((i, (*id, *attempt, progress.clone()))),
                 WriteOp::EndAttempt {
                     id,
                     attempt,
@@ -557,13 +563,13 @@ async fn apply_claims(
 
 async fn apply_touches(
     conn: &mut diesel_async::AsyncPgConnection,
-    touches: &[(usize, (Uuid, i32))],
+    touches: &[(usize, reports::Touch)],
     outcomes: &mut Outcomes,
 ) -> Result<(), diesel::result::Error> {
     if touches.is_empty() {
         return Ok(());
     }
-    let items: Vec<(Uuid, i32)> = touches.iter().map(|(_, item)| *item).collect();
+    let items: Vec<reports::Touch> = touches.iter().map(|(_, item)| item.clone()).collect();
     let results = reports::touch_many(conn, &items).await?;
     for ((i, _), heartbeat) in touches.iter().zip(results) {
         outcomes[*i] = Some(WriteOutcome::Heartbeat(heartbeat));
@@ -633,9 +639,20 @@ pub async fn claim(
     }
 }
 
-/// A running attempt's heartbeat: still its row, asked to cancel, or gone.
-pub async fn touch(addr: &Addr<StatusActor>, id: Uuid, attempt: i32) -> Result<Heartbeat, DbError> {
-    match write(addr, WriteOp::Touch { id, attempt }).await? {
+/// A running attempt's heartbeat, with the progress to record: still its row, asked to
+/// cancel, or gone.
+pub async fn touch(
+    addr: &Addr<StatusActor>,
+    id: Uuid,
+    attempt: i32,
+    progress: Option<serde_json::Value>,
+) -> Result<Heartbeat, DbError> {
+    let touch = WriteOp::Touch {
+        id,
+        attempt,
+        progress,
+    };
+    match write(addr, touch).await? {
         WriteOutcome::Heartbeat(heartbeat) => Ok(heartbeat),
         other => Err(mismatch(other)),
     }
@@ -702,7 +719,11 @@ mod tests {
             end,
         };
         let writes = [
-            WriteOp::Touch { id, attempt: 1 },
+            WriteOp::Touch {
+                id,
+                attempt: 1,
+                progress: None,
+            },
             end(AttemptEnd::Completed { report_url: None }),
             end(AttemptEnd::Released { note: None }),
             WriteOp::Claim {
@@ -728,7 +749,12 @@ mod tests {
     fn every_write_but_an_insert_names_the_rows_it_may_wait_for() {
         let id = Uuid::new_v4();
         let other = Uuid::new_v4();
-        assert_eq!(rows_of(&WriteOp::Touch { id, attempt: 1 }), vec![id]);
+        let touch = WriteOp::Touch {
+            id,
+            attempt: 1,
+            progress: None,
+        };
+        assert_eq!(rows_of(&touch), vec![id]);
         let claim = WriteOp::Claim {
             id,
             stale_after_s: 40,

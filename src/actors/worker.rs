@@ -21,7 +21,7 @@ use crate::db::reports::{AttemptEnd, ClaimOutcome, Heartbeat};
 use crate::db::{DbError, DbGate};
 use crate::metrics::Metrics;
 use crate::queue::{limits, JobMessage, OutgoingMessage, ReceivedMessage, SqsBatchers, SqsQueue};
-use crate::report::{GeneratorError, JobContext, ReportGenerator};
+use crate::report::{GeneratorError, JobContext, ProgressReporter, ReportGenerator};
 
 // A worker's messages: the poller hands it work (`RunJobs`), health pings it, and it
 // tells the poller when it is free (`WorkerIdle`, handled by the poller).
@@ -298,14 +298,20 @@ async fn claim_and_run(
             .unwrap_or(0);
         deps.metrics.queue_wait.observe(waited.max(0) as f64 / 1e6);
     }
+    let progress = ProgressReporter::default();
     slot.set_job(Some(id));
-    keepalive.set_job(Some((id, attempt)));
+    keepalive.set_job(Some(RunningAttempt {
+        id,
+        attempt,
+        progress: progress.clone(),
+    }));
     deps.metrics.jobs_in_flight.inc();
     let started = Instant::now();
     let job = JobContext {
         report_id: id,
         attempt,
         payload: claimed.payload,
+        progress,
     };
     let (result, panicked) =
         run_attempt(deps, job, keepalive.cancel_signal(), claimed.max_runtime).await;
@@ -721,7 +727,7 @@ pub(crate) struct Keepalive {
     /// Receipt handles of the messages still held.
     held: Arc<Mutex<Vec<String>>>,
     /// The attempt whose row is touched, while one runs.
-    job: Arc<Mutex<Option<(Uuid, i32)>>>,
+    job: Arc<Mutex<Option<RunningAttempt>>>,
     /// Turns true when a heartbeat of the current attempt finds a cancel request.
     cancel: Arc<watch::Sender<bool>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -759,7 +765,7 @@ impl Keepalive {
         }
     }
 
-    fn set_job(&self, job: Option<(Uuid, i32)>) {
+    fn set_job(&self, job: Option<RunningAttempt>) {
         let mut current = lock(&self.job);
         *current = job;
         // A new attempt starts without the previous one's cancel.
@@ -821,26 +827,47 @@ async fn keep_messages_invisible(
 /// request, so a cancel from any process costs no extra query.
 async fn keep_row_fresh(
     status: Addr<StatusActor>,
-    job: Arc<Mutex<Option<(Uuid, i32)>>>,
+    job: Arc<Mutex<Option<RunningAttempt>>>,
     cancel: Arc<watch::Sender<bool>>,
     beat: Duration,
 ) {
     loop {
         tokio::time::sleep(beat).await;
-        let current = *lock(&job);
-        let Some((id, attempt)) = current else {
+        let Some(current) = lock(&job).clone() else {
             continue;
         };
-        match status::touch(&status, id, attempt).await {
+        let (id, attempt) = (current.id, current.attempt);
+        let progress = current.progress.take_unsent();
+        let stored = progress.as_ref().and_then(|p| serde_json::to_value(p).ok());
+        match status::touch(&status, id, attempt, stored).await {
             Ok(Heartbeat::CancelRequested) => {
-                let still_current = lock(&job);
-                if *still_current == current {
+                let still_current = lock(&job).as_ref().is_some_and(|j| j.is(id, attempt));
+                if still_current {
                     tracing::info!(report_id = %id, attempt, "cancel requested; stopping the job");
                     cancel.send_replace(true);
                 }
             }
             Ok(Heartbeat::Alive | Heartbeat::Gone) => {}
-            Err(e) => tracing::warn!(error = %e, "row heartbeat failed"),
+            Err(e) => {
+                if let Some(progress) = &progress {
+                    current.progress.unsent_again(progress);
+                }
+                tracing::warn!(error = %e, "row heartbeat failed");
+            }
         }
+    }
+}
+
+/// The attempt a worker runs: its row is touched, its progress carried, every beat.
+#[derive(Clone)]
+struct RunningAttempt {
+    id: Uuid,
+    attempt: i32,
+    progress: ProgressReporter,
+}
+
+impl RunningAttempt {
+    fn is(&self, id: Uuid, attempt: i32) -> bool {
+        self.id == id && self.attempt == attempt
     }
 }

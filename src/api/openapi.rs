@@ -296,6 +296,33 @@ pub(crate) struct Report {
     /// The cancel's reason, or `expired`.
     #[schema(required = true)]
     pub cancel_reason: Option<String>,
+    /// The latest progress the generator reported; kept across a retry until the new
+    /// attempt reports, 100 % once completed (null: never reported).
+    #[schema(required = true)]
+    pub progress: Option<ProgressReading>,
+    /// Estimated seconds left, for a running report that reported progress in this
+    /// attempt (null otherwise).
+    #[schema(required = true)]
+    pub eta_s: Option<u64>,
+}
+
+/// How far a report is, as its generator said (written with the worker's heartbeat).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)] // A schema of the document only: utoipa reads its fields, nothing builds it.
+pub(crate) struct ProgressReading {
+    #[schema(minimum = 0, maximum = 100)]
+    pub percent: u8,
+    /// What the generator is doing (at most 80 characters).
+    #[schema(required = true)]
+    pub stage: Option<String>,
+    /// Items done, when the generator counts.
+    #[schema(required = true)]
+    pub done: Option<u64>,
+    /// Items in all, when the generator counts.
+    #[schema(required = true)]
+    pub total: Option<u64>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The answer to an accepted submit or retry.

@@ -18,7 +18,7 @@ use crate::db::reconcile::{self, retry_verdict, RetryVerdict};
 use crate::db::reports::CancelOutcome;
 use crate::db::{self, reports};
 use crate::outbox::Timings;
-use crate::report::{report_path, ReportPayload};
+use crate::report::{progress, report_path, ReportPayload};
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -435,6 +435,8 @@ pub(crate) fn record_json(record: &ReportRecord) -> Value {
         "notAfter": record.not_after,
         "cancelRequestedAt": record.cancel_requested_at,
         "cancelReason": record.cancel_reason,
+        "progress": record.progress,
+        "etaS": eta_s(record, Utc::now()),
     })
 }
 
@@ -454,7 +456,9 @@ async fn find_report(state: &AppState, id: Uuid) -> Result<ReportRecord, ApiErro
     summary = "One report's status",
     params(("id" = Uuid, Path, description = "The report's id")),
     responses(
-        (status = 200, description = "The report", body = super::openapi::Report),
+        (status = 200, description = "The report", body = super::openapi::Report,
+            headers(("Retry-After" = u64, description = "While the report is not terminal: seconds \
+                until polling is worth it again (a quarter of `etaS`, 1–30; 2 without an estimate)"))),
         (status = 400, description = "`id` is not a UUID", body = ErrorBody),
         (status = 401, response = super::openapi::Unauthorized),
         (status = 404, description = "No report with this id", body = ErrorBody),
@@ -469,7 +473,44 @@ pub(crate) async fn get(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let record = find_report(&state, parse_id(&path)?).await?;
-    Ok(HttpResponse::Ok().json(record_json(&record)))
+    let mut answer = HttpResponse::Ok();
+    let terminal = JobStatus::parse(&record.status).is_some_and(JobStatus::is_terminal);
+    if !terminal {
+        // When polling is worth it again: sooner for a job about to finish.
+        let wait = retry_after_s(eta_s(&record, Utc::now()));
+        answer.insert_header((header::RETRY_AFTER, wait.to_string()));
+    }
+    Ok(answer.json(record_json(&record)))
+}
+
+/// Seconds a poller should wait: a quarter of the estimated time left, within 1–30 s;
+/// 2 s without an estimate.
+fn retry_after_s(eta_s: Option<u64>) -> u64 {
+    eta_s.map_or(2, |eta| (eta / 4).clamp(1, 30))
+}
+
+/// The running attempt's estimated seconds left, from its latest progress; None when
+/// it is not running, has not reported in this attempt, or is at 0 % or 100 %.
+fn eta_s(record: &ReportRecord, now: DateTime<Utc>) -> Option<u64> {
+    if record.status != JobStatus::InProgress.as_str() {
+        return None;
+    }
+    eta_from(record.progress.as_ref()?, record.started_at?, now)
+}
+
+/// The pure rule of [`eta_s`]: the rest at the pace from `started` to the reading,
+/// less the time since the reading.
+fn eta_from(progress: &Value, started: DateTime<Utc>, now: DateTime<Utc>) -> Option<u64> {
+    let reported: DateTime<Utc> = progress.get("updatedAt")?.as_str()?.parse().ok()?;
+    if reported < started {
+        // The previous attempt's reading: it says nothing about this attempt's pace.
+        return None;
+    }
+    let percent = u8::try_from(progress.get("percent")?.as_u64()?).ok()?;
+    let running_s = (reported - started).num_milliseconds() as f64 / 1e3;
+    let left_at_report = progress::eta_s(percent, running_s)?;
+    let since_report = u64::try_from((now - reported).num_seconds()).unwrap_or(0);
+    Some(left_at_report.saturating_sub(since_report))
 }
 
 #[utoipa::path(
@@ -812,6 +853,27 @@ mod tests {
         let mut object = Map::new();
         object.insert("startDate".into(), Value::String(raw.into()));
         parse_date(&object, "startDate", false)
+    }
+
+    #[test]
+    fn the_eta_is_the_rest_at_this_attempts_pace_less_the_time_since_the_reading() {
+        let started = Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap();
+        let reading = |percent: u64, after_s: i64| json!({"percent": percent, "updatedAt": started + chrono::Duration::seconds(after_s)});
+        let at = |s: i64| started + chrono::Duration::seconds(s);
+        // 25 % after 10 s: 30 s left then, 28 s two seconds later.
+        assert_eq!(eta_from(&reading(25, 10), started, at(12)), Some(28));
+        assert_eq!(eta_from(&reading(25, 10), started, at(100)), Some(0));
+        assert_eq!(eta_from(&reading(0, 10), started, at(10)), None);
+        // A reading from before this attempt started says nothing about it.
+        assert_eq!(eta_from(&reading(50, -5), started, at(1)), None);
+    }
+
+    #[test]
+    fn pollers_wait_a_quarter_of_the_eta_within_one_to_thirty_seconds() {
+        assert_eq!(retry_after_s(None), 2);
+        assert_eq!(retry_after_s(Some(0)), 1);
+        assert_eq!(retry_after_s(Some(40)), 10);
+        assert_eq!(retry_after_s(Some(10_000)), 30);
     }
 
     #[test]

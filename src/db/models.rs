@@ -109,6 +109,9 @@ pub struct ReportRecord {
     pub max_runtime_s: Option<i32>,
     /// A job not started by then is cancelled as `expired`; None = it never expires.
     pub not_after: Option<DateTime<Utc>>,
+    /// The latest progress the generator reported (`{percent, stage, done, total,
+    /// updatedAt}`); None before the first report.
+    pub progress: Option<serde_json::Value>,
 }
 
 /// A row to insert when a report is accepted.

@@ -363,25 +363,35 @@ pub(crate) async fn busy_rows(
     Ok(busy)
 }
 
+/// One row heartbeat: the report, its running attempt, and the progress to record
+/// (None keeps the stored one).
+pub type Touch = (Uuid, i32, Option<serde_json::Value>);
+
 /// Records that these attempts are still alive (the row heartbeat), so that a
-/// duplicate delivery is not mistaken for a crashed holder, and answers whether a cancel
-/// was asked for. One result per item.
+/// duplicate delivery is not mistaken for a crashed holder, writes the progress they
+/// carry, and answers whether a cancel was asked for. One result per item.
 pub async fn touch_many(
     conn: &mut AsyncPgConnection,
-    items: &[(Uuid, i32)],
+    items: &[Touch],
 ) -> QueryResult<Vec<Heartbeat>> {
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    let (ids, attempts): (Vec<Uuid>, Vec<i32>) = items.iter().copied().unzip();
+    let ids: Vec<Uuid> = items.iter().map(|(id, _, _)| *id).collect();
+    let attempts: Vec<i32> = items.iter().map(|(_, attempt, _)| *attempt).collect();
+    let progress: Vec<Option<serde_json::Value>> = items
+        .iter()
+        .map(|(_, _, progress)| progress.clone())
+        .collect();
     let touched: HashMap<Uuid, bool> = diesel::sql_query(
-        "UPDATE report_queue r SET updated_at = now() \
-         FROM unnest($1, $2) AS v(id, attempt) \
+        "UPDATE report_queue r SET updated_at = now(), progress = COALESCE(v.progress, r.progress) \
+         FROM unnest($1, $2, $3) AS v(id, attempt, progress) \
          WHERE r.id = v.id AND r.status = 'in-progress' AND r.attempts = v.attempt \
          RETURNING r.id, r.cancel_requested_at IS NOT NULL AS cancel",
     )
     .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Array<Integer>, _>(&attempts)
+    .bind::<Array<Nullable<Jsonb>>, _>(&progress)
     .load::<TouchedRow>(conn)
     .await?
     .into_iter()
@@ -422,7 +432,8 @@ pub async fn complete_many(
     let urls: Vec<Option<String>> = items.iter().map(|(_, _, url)| url.clone()).collect();
     let completed: HashSet<(Uuid, i32)> = diesel::sql_query(
         "UPDATE report_queue r SET status = 'completed', report_url = v.url, \
-           finished_at = now(), updated_at = now() \
+           finished_at = now(), updated_at = now(), \
+           progress = jsonb_set(r.progress, '{percent}', '100') \
          FROM unnest($1, $2, $3) AS v(id, attempt, url) \
          WHERE r.id = v.id AND r.status = 'in-progress' AND r.attempts = v.attempt \
          RETURNING r.id, r.attempts",

@@ -22,6 +22,7 @@ diesel::table! {
         cancel_reason -> Nullable<Text>,
         max_runtime_s -> Nullable<Int4>,
         not_after -> Nullable<Timestamptz>,
+        progress -> Nullable<Jsonb>,
     }
 }
 

@@ -17,6 +17,10 @@ use uuid::Uuid;
 use crate::config::SimulateSettings;
 use crate::db::{self, DbPool};
 
+pub mod progress;
+
+pub use progress::{Progress, ProgressReporter};
+
 /// The payload stored with a report: who and which range.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -35,6 +39,8 @@ pub struct JobContext {
     pub attempt: i32,
     /// The accepted request as stored, `{"userId", "startDate", "endDate"}` (camelCase).
     pub payload: serde_json::Value,
+    /// Where to say how far the report is; shown by `GET /reports/{id}`.
+    pub progress: ProgressReporter,
 }
 
 /// A finished report.
@@ -166,15 +172,18 @@ impl ReportGenerator for CsvReportGenerator {
         let pool = self.pool.clone();
         let dir = self.output_dir.clone();
         let url = format!("{}/reports/{}/file", self.public_url, job.report_id);
+        let progress = job.progress.clone();
         Box::pin(async move {
             let payload: ReportPayload =
                 serde_json::from_value(job.payload.clone()).map_err(|e| {
                     GeneratorError::Permanent(format!("payload is not a report request: {e}"))
                 })?;
+            progress.report(5, "connecting to the database");
             // No connection at all is the host's trouble, not this job's.
             let mut conn = db::connection(&pool)
                 .await
                 .map_err(|e| GeneratorError::Environment(e.to_string()))?;
+            progress.report(20, "reading the user's activity");
             let rows: Vec<DailyFigures> = diesel::sql_query(
                 "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, count(*)::bigint AS events, \
                  COALESCE(sum(amount_cents), 0)::bigint AS amount_cents \
@@ -196,6 +205,7 @@ impl ReportGenerator for CsvReportGenerator {
                 }
             })?;
             drop(conn);
+            progress.report(80, "writing the file");
             let id = job.report_id;
             // Rendering and the file write are blocking work: keep them off the actors' threads.
             tokio::task::spawn_blocking(move || write_atomically(&dir, id, &render_csv(&rows)))
@@ -274,7 +284,7 @@ impl ReportGenerator for SimulatedGenerator {
                 } else {
                     min
                 };
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                simulate_work(Duration::from_millis(ms), &job.progress).await;
             }
             let attempt = u32::try_from(job.attempt).unwrap_or(0);
             if attempt <= settings.panic_first_attempts {
@@ -297,6 +307,17 @@ impl ReportGenerator for SimulatedGenerator {
 
     fn discard(&self, report_id: Uuid) -> BoxFuture<'static, ()> {
         self.inner.discard(report_id)
+    }
+}
+
+/// Sleeps for `duration` in steps, reporting how much of it has passed, so a simulated
+/// job shows a moving progress bar like a real one.
+async fn simulate_work(duration: Duration, progress: &ProgressReporter) {
+    const STEPS: u32 = 20;
+    let step = duration / STEPS;
+    for done in 0..STEPS {
+        progress.report_counts(u64::from(done), u64::from(STEPS), "simulating work");
+        tokio::time::sleep(step).await;
     }
 }
 

@@ -236,3 +236,60 @@ async fn a_job_not_started_by_not_after_is_cancelled_as_expired_and_never_runs()
     worker.stop().await;
     api.stop().await;
 }
+
+#[actix_web::test]
+async fn progress_rises_while_a_job_runs_carried_by_heartbeats_only() {
+    // Visibility timeout 6 s: a heartbeat every 2 s over a 7 s job.
+    let app = spawn_app(AppOptions {
+        workers: 1,
+        visibility_timeout_s: 6,
+        simulate: zero_work(Some([7_000, 7_000])),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = app.submit_ok(9).await;
+    let mut readings: Vec<(u64, String)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let done = loop {
+        let response = app
+            .http
+            .get(app.url(&format!("/reports/{id}")))
+            .send()
+            .await
+            .expect("GET");
+        let retry_after = response.headers().get("retry-after").cloned();
+        let record: Value = response.json().await.expect("JSON");
+        if record["status"] == "completed" {
+            assert!(retry_after.is_none(), "no Retry-After once terminal");
+            break record;
+        }
+        assert!(
+            retry_after.is_some(),
+            "Retry-After while {}",
+            record["status"]
+        );
+        if let (Some(percent), Some(at)) = (
+            record["progress"]["percent"].as_u64(),
+            record["progress"]["updatedAt"].as_str(),
+        ) {
+            if readings.last().is_none_or(|(_, last)| last != at) {
+                readings.push((percent, at.to_string()));
+            }
+        }
+        assert!(Instant::now() < deadline, "not completed: {record}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(readings.len() >= 2, "progress seen rising: {readings:?}");
+    assert!(
+        readings.windows(2).all(|w| w[0].0 < w[1].0),
+        "each reading further on: {readings:?}"
+    );
+    // One write per heartbeat at most: 7 s of work, a beat every 2 s.
+    assert!(
+        readings.len() <= 4,
+        "written more often than the heartbeat: {readings:?}"
+    );
+    assert_eq!(done["progress"]["percent"], 100, "{done}");
+    assert_eq!(done["progress"]["stage"], "simulating work");
+    app.stop().await;
+}

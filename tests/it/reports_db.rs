@@ -92,7 +92,7 @@ async fn completions_and_heartbeats_are_compare_and_set_on_the_claimed_attempt()
         "a stale attempt number changes nothing"
     );
     assert_eq!(
-        reports::touch_many(&mut conn, &[(ids[0], 1), (ids[1], 1)])
+        reports::touch_many(&mut conn, &[(ids[0], 1, None), (ids[1], 1, None)])
             .await
             .expect("touch"),
         [Heartbeat::Gone, Heartbeat::Alive]
@@ -149,7 +149,7 @@ async fn a_cancel_ends_a_waiting_job_at_once_and_a_running_one_through_its_heart
         Some(CancelOutcome::Requested)
     );
     assert_eq!(
-        reports::touch_many(&mut conn, &[(running, 1)])
+        reports::touch_many(&mut conn, &[(running, 1, None)])
             .await
             .expect("touch"),
         [Heartbeat::CancelRequested],

@@ -38,6 +38,7 @@ async fn a_burst_larger_than_a_batch_is_committed_and_answered_without_stalling(
             WriteOp::Touch {
                 id: uuid::Uuid::new_v4(),
                 attempt: 1,
+                progress: None,
             },
         )
     });

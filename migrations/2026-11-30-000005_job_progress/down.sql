@@ -1,0 +1,1 @@
+ALTER TABLE report_queue DROP COLUMN progress;
