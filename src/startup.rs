@@ -21,6 +21,7 @@ use crate::actors::poller::{GetPollerStats, StopPolling};
 use crate::actors::registry::{ActorRegistry, StormLimit};
 use crate::actors::status::{StatusActor, StatusProbe};
 use crate::actors::worker::{ReportWorker, WorkerDeps};
+use crate::api::events::ReportFeed;
 use crate::api::{self, AppState, QueueDepths};
 use crate::config::{Role, Settings};
 use crate::db::{self, DbError, DbGate, DbPool};
@@ -108,6 +109,10 @@ impl Application {
             actix::spawn(dispatcher.clone().sweep_forever(pool.clone()));
             dispatcher
         });
+        let feed = ReportFeed::default();
+        if settings.has_role(Role::Api) {
+            actix::spawn(feed.clone().run(pool.clone()));
+        }
         let (abort, abort_rx) = watch::channel(false);
         let (poller, workers) = if settings.has_role(Role::Worker) {
             let parts = ConsumerParts {
@@ -137,6 +142,7 @@ impl Application {
             depths,
             status_probe,
             dlq: Default::default(),
+            feed,
         });
         let (server, port) = start_http(&settings, state)?;
         tracing::info!(port, roles = ?settings.server.roles, "reportd listening");

@@ -2,6 +2,7 @@
 
 pub(crate) mod dlq;
 pub(crate) mod error;
+pub(crate) mod events;
 pub(crate) mod health;
 mod input;
 pub(crate) mod openapi;
@@ -47,6 +48,8 @@ pub(crate) struct AppState {
     pub depths: QueueDepths,
     /// The StatusActor's flush figures, readable while its mailbox is full.
     pub status_probe: crate::actors::status::StatusProbe,
+    /// Watched reports' changes for `GET /reports/{id}/events`, read by one task.
+    pub(crate) feed: events::ReportFeed,
     /// The DLQ operations, one at a time (see [`crate::dlq::DlqGate`]).
     pub dlq: crate::dlq::DlqGate,
 }
@@ -202,6 +205,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
         .service(resource("/reports/{id}/file").route(web::get().to(reports::file)))
         .service(resource("/reports/{id}/retry").route(web::post().to(reports::retry)))
         .service(resource("/reports/{id}/cancel").route(web::post().to(reports::cancel)))
+        .service(resource("/reports/{id}/events").route(web::get().to(events::report_events)))
         .service(resource("/dlq").route(web::get().to(dlq::list)))
         .service(resource("/dlq/redrive").route(web::post().to(dlq::redrive)))
         .service(resource("/dlq/{messageId}").route(web::delete().to(dlq::discard)));

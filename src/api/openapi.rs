@@ -46,6 +46,7 @@ use crate::dlq::{DlqEntry, RedriveReport, SkippedMessage};
         reports::file,
         reports::retry,
         reports::cancel,
+        super::events::report_events,
         reports::generate,
         dlq::list,
         dlq::redrive,

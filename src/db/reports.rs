@@ -122,6 +122,18 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
         .optional()
 }
 
+/// The reports with these ids that exist (any order).
+pub(crate) async fn find_many(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> QueryResult<Vec<ReportRecord>> {
+    rq::report_queue
+        .filter(rq::id.eq_any(ids))
+        .select(ReportRecord::as_select())
+        .load(conn)
+        .await
+}
+
 /// The report created with an idempotency key, if any.
 pub(crate) async fn find_by_idempotency_key(
     conn: &mut AsyncPgConnection,

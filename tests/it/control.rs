@@ -293,3 +293,130 @@ async fn progress_rises_while_a_job_runs_carried_by_heartbeats_only() {
     assert_eq!(done["progress"]["stage"], "simulating work");
     app.stop().await;
 }
+
+/// One server-sent event: its type, id and JSON data.
+#[derive(Debug)]
+struct Event {
+    kind: String,
+    id: String,
+    data: Value,
+    /// When the event arrived.
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Reads events from an SSE response until it ends (or `limit` passes).
+async fn read_events(response: reqwest::Response, limit: Duration) -> Vec<Event> {
+    use futures_util::StreamExt;
+    let mut body = response.bytes_stream();
+    let mut blocks: Vec<(String, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    let mut pending = String::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            blocks.push((pending[..end].to_string(), chrono::Utc::now()));
+            pending.drain(..end + 2);
+        }
+    }
+    blocks
+        .into_iter()
+        .filter_map(|(block, at)| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+                    .map(str::to_string)
+            };
+            Some(Event {
+                kind: field("event")?,
+                id: field("id")?,
+                data: serde_json::from_str(&field("data")?).ok()?,
+                at,
+            })
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn a_subscriber_sees_every_status_in_order_then_the_stream_ends_and_a_resume_misses_nothing()
+{
+    let (api, worker) = api_and_worker_options(AppOptions {
+        workers: 1,
+        visibility_timeout_s: 6,
+        simulate: zero_work(Some([5_000, 5_000])),
+        ..AppOptions::default()
+    })
+    .await;
+    let id = api.submit_ok(10).await;
+    let url = api.url(&format!("/reports/{id}/events"));
+    let response = api.http.get(&url).send().await.expect("GET events");
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().is_ok_and(|v| v.starts_with("text/event-stream"))));
+    let reading = tokio::spawn(read_events(response, Duration::from_secs(40)));
+    let worker = spawn_app(worker).await;
+    let events = reading.await.expect("reader");
+    let statuses: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "status")
+        .filter_map(|e| e.data["status"].as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["in-queue", "in-progress", "completed"],
+        "{events:?}"
+    );
+    // The terminal event reaches the client within 1 s of the commit it reports.
+    let completed = events
+        .iter()
+        .find(|e| e.data["status"] == "completed")
+        .expect("completed");
+    let committed: chrono::DateTime<chrono::Utc> = completed.data["finishedAt"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("finishedAt");
+    let delay = completed.at - committed;
+    eprintln!(
+        "completed event {} ms after its commit",
+        delay.num_milliseconds()
+    );
+    assert!(delay < chrono::Duration::seconds(1), "{delay:?}");
+    let progress: Vec<u64> = events
+        .iter()
+        .filter(|e| e.kind == "progress")
+        .filter_map(|e| e.data["percent"].as_u64())
+        .collect();
+    assert!(!progress.is_empty(), "progress events: {events:?}");
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+    let ids: Vec<i64> = events.iter().filter_map(|e| e.id.parse().ok()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
+
+    // Resuming from an early event brings the current (terminal) state, then the end.
+    let first = &events[0].id;
+    let response = api
+        .http
+        .get(&url)
+        .header("Last-Event-ID", first.as_str())
+        .send()
+        .await
+        .expect("resume");
+    let resumed = read_events(response, Duration::from_secs(10)).await;
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert_eq!(resumed[0].data["status"], "completed");
+    // Resuming from the last event: nothing new, and the stream ends.
+    let last = &events[events.len() - 1].id;
+    let response = api
+        .http
+        .get(&url)
+        .header("Last-Event-ID", last.as_str())
+        .send()
+        .await
+        .expect("resume");
+    assert!(read_events(response, Duration::from_secs(10))
+        .await
+        .is_empty());
+    worker.stop().await;
+    api.stop().await;
+}
