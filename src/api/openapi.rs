@@ -70,7 +70,7 @@ use crate::dlq::{DlqEntry, RedriveReport, SkippedMessage};
             Unavailable
         )
     ),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &CancelBodyIsOptional),
     tags(
         (name = "reports", description = "Submit, list and read reports"),
         (name = "dlq", description = "Dead-letter operations"),
@@ -90,6 +90,25 @@ impl Modify for BearerScheme {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// `POST /reports/{id}/cancel` takes no body as well as a JSON object. utoipa makes a
+/// body optional only through `Option<T>`, which also lets it be `null` (a 400 here), so
+/// the attribute names the object and this clears `required`.
+struct CancelBodyIsOptional;
+
+impl Modify for CancelBodyIsOptional {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let body = openapi
+            .paths
+            .paths
+            .get_mut("/reports/{id}/cancel")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|operation| operation.request_body.as_mut());
+        if let Some(body) = body {
+            body.required = Some(utoipa::openapi::Required::False);
+        }
     }
 }
 
@@ -232,8 +251,9 @@ pub(crate) struct ReportRequest {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)] // A schema of the document only: utoipa reads its fields, nothing builds it.
 pub(crate) struct CancelRequest {
-    /// Why; kept as `cancelReason` (the first reason given stays).
-    #[schema(max_length = 500)]
+    /// Why; kept as `cancelReason` (the first reason given stays): at most 500
+    /// characters, no NUL.
+    #[schema(max_length = 500, pattern = "^[^\\u0000]*$")]
     pub reason: Option<String>,
 }
 

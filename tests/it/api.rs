@@ -78,6 +78,14 @@ async fn bad_requests_are_answered_with_a_json_error_naming_the_field() {
         BadRequest { body: String::new(), ..bad("empty body", json!(null), "body") },
         BadRequest { body: "{\"userId\": 1,".into(), ..bad("malformed JSON", json!(null), "body") },
         BadRequest {
+            path: "/reports/00000000-0000-4000-8000-000000000000/cancel",
+            body: "{\"reason\": \"a\\u0000b\"}".into(),
+            ..bad("NUL in a cancel reason", json!(null), "reason")
+        },
+        bad("maxRuntimeS negative", json!({"userId": 1, "startDate": ok_start, "endDate": ok_start, "maxRuntimeS": -1}), "maxRuntimeS"),
+        bad("maxRuntimeS over a week", json!({"userId": 1, "startDate": ok_start, "endDate": ok_start, "maxRuntimeS": 604801}), "maxRuntimeS"),
+        bad("notAfter not a date-time", json!({"userId": 1, "startDate": ok_start, "endDate": ok_start, "notAfter": "tomorrow"}), "notAfter"),
+        BadRequest {
             body: format!("{{\"userId\": 1, \"startDate\": \"{ok_start}\", \"endDate\": \"{ok_start}\", \"userId\": 2}}"),
             ..bad("duplicate key", json!(null), "body")
         },
