@@ -543,7 +543,9 @@ pub(crate) fn dead_letter_verdict(
         _ => false,
     };
     match row.job_status() {
-        None | Some(JobStatus::Completed | JobStatus::Failed) => DeadLetterVerdict::Leave,
+        None | Some(JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled) => {
+            DeadLetterVerdict::Leave
+        }
         Some(JobStatus::InProgress) if row.age() < stranded_after => DeadLetterVerdict::DeleteCopy,
         Some(_) if row.enqueued_at.is_none() || earlier_send => DeadLetterVerdict::DeleteCopy,
         Some(_) if row.send_generation < MAX_SEND_GENERATION => DeadLetterVerdict::Resend,

@@ -242,6 +242,16 @@ pub(crate) fn after_attempt(
     }
 }
 
+/// The decision once the end write found a pending cancel and ended the job
+/// `cancelled` instead of handing it back: settled, like a cancel seen in a heartbeat.
+pub(crate) fn cancelled_at_end() -> Decision {
+    Decision {
+        end: None,
+        message: MessageAction::Delete,
+        group: Group::Continue,
+    }
+}
+
 /// Hands a message back to SQS to be received again after `delay_s`: hidden, or — when
 /// it has few receives left before SQS's redrive — replaced by a fresh copy.
 pub(crate) fn hand_back(delay_s: u32, receive_count: u32, limits: &Limits) -> MessageAction {

@@ -30,7 +30,7 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::registry::ActorSlot;
-use crate::db::models::NewReport;
+use crate::db::models::{JobStatus, NewReport};
 use crate::db::reports::{AttemptEnd, ClaimOutcome, Heartbeat};
 use crate::db::{self, reports, DbError, DbPool};
 use crate::metrics::Metrics;
@@ -83,10 +83,11 @@ pub enum WriteOutcome {
     Claim(ClaimOutcome),
     /// What a heartbeat found.
     Heartbeat(Heartbeat),
-    /// Conditional update: whether the row matched.
-    Applied(bool),
     /// Rows changed.
     Count(usize),
+    /// An attempt's end: the status it left the job in, or None when the row was no
+    /// longer that attempt's.
+    Ended(Option<JobStatus>),
 }
 
 /// Asks the StatusActor to commit one write; answered after the commit, or `Expired`
@@ -492,8 +493,8 @@ async fn apply_all(
     apply_touches(conn, &kinds.touches, &mut outcomes).await?;
     apply_completions(conn, &kinds.completions, &mut outcomes).await?;
     for (i, id, attempt, end) in kinds.ends {
-        let applied = reports::end_attempt(conn, id, attempt, end).await?;
-        outcomes[i] = Some(WriteOutcome::Applied(applied));
+        let ended = reports::end_attempt(conn, id, attempt, end).await?;
+        outcomes[i] = Some(WriteOutcome::Ended(ended));
     }
     // `ByKind::sort` gave every write exactly one kind, so every write has an outcome.
     outcomes
@@ -589,7 +590,7 @@ async fn apply_completions(
         completions.iter().map(|(_, item)| item.clone()).collect();
     let results = reports::complete_many(conn, &items).await?;
     for ((i, _), applied) in completions.iter().zip(results) {
-        outcomes[*i] = Some(WriteOutcome::Applied(applied));
+        outcomes[*i] = Some(WriteOutcome::Ended(applied.then_some(JobStatus::Completed)));
     }
     Ok(())
 }
@@ -658,14 +659,18 @@ pub async fn touch(
     }
 }
 
-/// Ends an attempt (compare-and-set); false when the row is no longer that attempt's.
+/// Ends an attempt (compare-and-set): the status it left the job in, or None when the
+/// row is no longer that attempt's.
 pub(crate) async fn end_attempt(
     addr: &Addr<StatusActor>,
     id: Uuid,
     attempt: i32,
     end: AttemptEnd,
-) -> Result<bool, DbError> {
-    applied(write(addr, WriteOp::EndAttempt { id, attempt, end }).await?)
+) -> Result<Option<JobStatus>, DbError> {
+    match write(addr, WriteOp::EndAttempt { id, attempt, end }).await? {
+        WriteOutcome::Ended(status) => Ok(status),
+        other => Err(mismatch(other)),
+    }
 }
 
 /// Records that SQS accepted these reports' messages; returns how many rows changed.
@@ -675,13 +680,6 @@ pub(crate) async fn mark_enqueued(
 ) -> Result<usize, DbError> {
     match write(addr, WriteOp::MarkEnqueued(ids)).await? {
         WriteOutcome::Count(count) => Ok(count),
-        other => Err(mismatch(other)),
-    }
-}
-
-fn applied(outcome: WriteOutcome) -> Result<bool, DbError> {
-    match outcome {
-        WriteOutcome::Applied(applied) => Ok(applied),
         other => Err(mismatch(other)),
     }
 }

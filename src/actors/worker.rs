@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::fate::{self, AttemptResult, ClaimDecision, ClaimSeen, Decision, Group, MessageAction};
 use super::registry::ActorSlot;
 use super::status::{self, StatusActor};
+use crate::db::models::JobStatus;
 use crate::db::reports::{AttemptEnd, ClaimOutcome, Heartbeat};
 use crate::db::{DbError, DbGate};
 use crate::metrics::Metrics;
@@ -180,6 +181,8 @@ struct Outcome {
     group: Group,
     /// When the group stops: the delay the rest wait, behind this message.
     rest_delay_s: u32,
+    /// FIFO: run the job again here after this delay (the message stays held).
+    run_again_after_s: Option<u32>,
     panicked: bool,
 }
 
@@ -191,9 +194,14 @@ impl Outcome {
             | MessageAction::RunAgainAfter { delay_s } => delay_s,
             MessageAction::Delete | MessageAction::DeadLetter { .. } => 0,
         };
+        let run_again_after_s = match decision.message {
+            MessageAction::RunAgainAfter { delay_s } => Some(delay_s),
+            _ => None,
+        };
         Self {
             group: decision.group,
             rest_delay_s,
+            run_again_after_s,
             panicked: false,
         }
     }
@@ -204,6 +212,7 @@ impl Outcome {
         Self {
             group: Group::Stop,
             rest_delay_s: limits.visibility_timeout_s,
+            run_again_after_s: None,
             panicked: false,
         }
     }
@@ -233,6 +242,7 @@ async fn process_message(
                 return Outcome {
                     group: Group::Continue,
                     rest_delay_s: 0,
+                    run_again_after_s: None,
                     panicked: false,
                 };
             }
@@ -253,6 +263,7 @@ async fn process_message(
                         return Outcome {
                             group: Group::Stop,
                             rest_delay_s: 0,
+                            run_again_after_s: None,
                             panicked,
                         };
                     }
@@ -324,15 +335,11 @@ async fn claim_and_run(
         &deps.limits,
     );
     // The row's heartbeat goes on until the end is recorded.
-    let again = match decision.message {
-        MessageAction::RunAgainAfter { delay_s } => Some(delay_s),
-        _ => None,
-    };
     let (mut outcome, recorded) =
         settle(deps, keepalive, message, id, Some(attempt), decision).await;
     keepalive.set_job(None);
     slot.set_job(None);
-    match again {
+    match outcome.run_again_after_s {
         Some(delay_s) if recorded => Step::Again { delay_s, panicked },
         _ => {
             outcome.panicked = panicked;
@@ -459,7 +466,7 @@ async fn run_attempt(
     mut cancel: watch::Receiver<bool>,
     max_runtime: Option<Duration>,
 ) -> (AttemptResult, bool) {
-    let report_id = job.report_id;
+    let (report_id, attempt) = (job.report_id, job.attempt);
     let mut generation = tokio::spawn(deps.generator.generate(job));
     let mut abort = deps.abort.clone();
     let over_time = async {
@@ -468,7 +475,9 @@ async fn run_attempt(
             None => std::future::pending().await,
         }
     };
+    // Biased: a generator that finished in the same poll as a stop keeps its result.
     let stopped = tokio::select! {
+        biased;
         joined = &mut generation => Ok(joined),
         () = aborted(&mut abort) => Err(AttemptResult::Interrupted),
         () = aborted(&mut cancel) => Err(AttemptResult::Cancelled),
@@ -484,9 +493,8 @@ async fn run_attempt(
         Ok(joined) => joined,
         Err(result) => {
             generation.abort();
-            // Wait for the task to end so no write of it lands after the discard.
             let _ = generation.await;
-            deps.generator.discard(report_id).await;
+            deps.generator.discard(report_id, attempt).await;
             return (result, false);
         }
     };
@@ -552,14 +560,21 @@ async fn settle(
     message: &ReceivedMessage,
     id: Uuid,
     attempt: Option<i32>,
-    decision: Decision,
+    mut decision: Decision,
 ) -> (Outcome, bool) {
     if let (Some(end), Some(attempt)) = (decision.end.clone(), attempt) {
-        if !record_end(deps, id, attempt, end.clone()).await {
+        let Some(status) = record_end(deps, id, attempt, end.clone()).await else {
             keepalive.forget(&message.receipt_handle);
             return (Outcome::left_alone(&deps.limits), false);
+        };
+        if status == JobStatus::Cancelled && end != AttemptEnd::Cancelled {
+            // A hand-back that met a pending cancel: the job is over, not waiting.
+            tracing::info!("the job was cancelled while it ran; its message goes");
+            decision = fate::cancelled_at_end();
+            count_end(deps, &AttemptEnd::Cancelled);
+        } else {
+            count_end(deps, &end);
         }
-        count_end(deps, &end);
     }
     let outcome = Outcome::of(&decision);
     carry_out(deps, keepalive, message, Some(id), decision.message).await;
@@ -582,15 +597,20 @@ const RECORD_END_FOR: Duration = Duration::from_secs(15 * 60);
 
 /// Records an attempt's end, retrying transient failures (database away, row locked)
 /// with backoff; true when recorded. After shutdown's grace period, one try only.
-async fn record_end(deps: &WorkerDeps, id: Uuid, attempt: i32, end: AttemptEnd) -> bool {
+async fn record_end(
+    deps: &WorkerDeps,
+    id: Uuid,
+    attempt: i32,
+    end: AttemptEnd,
+) -> Option<JobStatus> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(200);
     loop {
         match status::end_attempt(&deps.status, id, attempt, end.clone()).await {
-            Ok(true) => return true,
-            Ok(false) => {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {
                 tracing::warn!("the job is no longer this attempt's (claimed again or finished); result dropped");
-                return false;
+                return None;
             }
             Err(e) => {
                 note_db_error(deps, &e);
@@ -598,7 +618,7 @@ async fn record_end(deps: &WorkerDeps, id: Uuid, attempt: i32, end: AttemptEnd) 
                     !e.is_retryable() || *deps.abort.borrow() || started.elapsed() > RECORD_END_FOR;
                 if give_up {
                     tracing::error!(error = %e, "cannot record the attempt's end; the message will come back");
-                    return false;
+                    return None;
                 }
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot record the attempt's end yet; retrying");
                 tokio::time::sleep(delay).await;

@@ -34,13 +34,28 @@ const POLL_EVERY: Duration = Duration::from_millis(250);
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// Most event streams one process serves at once. Each holds a connection for as long as
+/// its report runs; past this a client gets 503, so streams can never take every
+/// connection slot from health probes and submits.
+const MAX_STREAMS: usize = 5_000;
+
 /// What a subscriber is told about: the row as the feed last read it.
 type Snapshot = Option<Arc<ReportRecord>>;
 
 /// The process's feed of watched reports.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct ReportFeed {
     watched: Arc<Mutex<HashMap<Uuid, watch::Sender<Snapshot>>>>,
+    streams: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for ReportFeed {
+    fn default() -> Self {
+        Self {
+            watched: Arc::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+        }
+    }
 }
 
 impl ReportFeed {
@@ -97,11 +112,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Stores `row` when it says something new (status, attempt or progress); true then.
+/// Stores `row` when it is not older than the snapshot and says something new (status,
+/// attempt or progress); true then. A subscriber's own read and the feed's can race: the
+/// older of the two must not take the state back.
 fn replace_if_newer(current: &mut Snapshot, row: ReportRecord) -> bool {
     let changed = current
         .as_ref()
-        .is_none_or(|seen| state_key(seen) != state_key(&row));
+        .is_none_or(|seen| row.updated_at >= seen.updated_at && state_key(seen) != state_key(&row));
     if changed {
         *current = Some(Arc::new(row));
     }
@@ -183,6 +200,7 @@ fn is_terminal(row: &ReportRecord) -> bool {
 fn event_stream(
     mut changes: watch::Receiver<Snapshot>,
     resumed_at: Option<i64>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> impl Stream<Item = sse::Event> {
     let first = changes.borrow_and_update().clone();
     // A resumed client already has every state up to its last event's.
@@ -194,9 +212,11 @@ fn event_stream(
         _ => None,
     };
     let finished = first.as_ref().is_some_and(|row| is_terminal(row));
+    // The permit lives in the stream's state: the slot frees when the stream ends or
+    // the client goes away.
     let rest = futures_util::stream::unfold(
-        (changes, first, finished),
-        |(mut changes, mut last, finished)| async move {
+        (changes, first, finished, permit),
+        |(mut changes, mut last, finished, permit)| async move {
             if finished || changes.changed().await.is_err() {
                 return None;
             }
@@ -204,12 +224,20 @@ fn event_stream(
             let event = events_between(last.as_deref(), &now);
             let finished = is_terminal(&now);
             last = Some(now);
-            Some((event, (changes, last, finished)))
+            Some((event, (changes, last, finished, permit)))
         },
     )
     .filter_map(|event| async move { event });
     futures_util::stream::iter(opening).chain(rest)
 }
+
+/// An event stream, or 204 for a client that has a finished report's last state.
+type EventsAnswer = actix_web::Either<
+    sse::Sse<
+        futures_util::stream::BoxStream<'static, Result<sse::Event, std::convert::Infallible>>,
+    >,
+    actix_web::HttpResponse,
+>;
 
 #[utoipa::path(
     get,
@@ -228,6 +256,7 @@ fn event_stream(
     ),
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 204, description = "The report is finished and `Last-Event-ID` names its last state: nothing more will come"),
         (status = 400, description = "`id` is not a UUID, or a bad `Last-Event-ID` (`field` names it)",
             body = super::error::ErrorBody),
         (status = 401, response = super::openapi::Unauthorized),
@@ -242,7 +271,7 @@ pub(crate) async fn report_events(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> Result<sse::Sse<impl Stream<Item = Result<sse::Event, std::convert::Infallible>>>, ApiError> {
+) -> Result<EventsAnswer, ApiError> {
     let id = Uuid::parse_str(&path)
         .map_err(|_| ApiError::invalid("id", format!("`{}` is not a UUID", path.as_str())))?;
     let resumed_at = last_event_id(&req)?;
@@ -251,9 +280,23 @@ pub(crate) async fn report_events(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))?;
     drop(conn);
+    if is_terminal(&record) && resumed_at.is_some_and(|at| at >= event_id(&record)) {
+        // The client has the last state there will be: 204 tells an EventSource to stop
+        // reconnecting (a 200 that closes at once would bring it back every few seconds).
+        return Ok(actix_web::Either::Right(
+            actix_web::HttpResponse::NoContent().finish(),
+        ));
+    }
+    let permit = state.feed.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable(format!(
+            "this process serves {MAX_STREAMS} event streams already; retry later or poll GET /reports/{{id}}"
+        ))
+    })?;
     let changes = state.feed.subscribe(record);
-    let events = event_stream(changes, resumed_at).map(Ok);
-    Ok(sse::Sse::from_stream(events).with_keep_alive(KEEP_ALIVE))
+    let events = event_stream(changes, resumed_at, permit).map(Ok).boxed();
+    Ok(actix_web::Either::Left(
+        sse::Sse::from_stream(events).with_keep_alive(KEEP_ALIVE),
+    ))
 }
 
 /// The `Last-Event-ID` header: an id this endpoint gave out (microseconds), or a 400.
@@ -345,5 +388,9 @@ mod tests {
             &mut snapshot,
             row("in-progress", 1, None, later)
         ));
+        assert!(
+            !replace_if_newer(&mut snapshot, row("in-queue", 0, None, at)),
+            "an older read never takes the state back"
+        );
     }
 }

@@ -290,8 +290,11 @@ pub(crate) async fn resend_many(
 
 /// Puts a `failed` report back in the queue for a new message (retry, redrive):
 /// `in-queue`, failures forgotten (`failures = 0`; `attempts` is kept as history),
-/// `send_generation + 1`, `enqueued_at` and `finished_at` cleared. If the send that
-/// follows never happens, the reconciler sends it. None when the report is not `failed`.
+/// `send_generation + 1`, `enqueued_at` and `finished_at` cleared. A cancel that came
+/// too late to stop its last attempt and the submission's `notAfter` are cleared too: a
+/// person asking to run it again overrides both, or the next claim would cancel it at
+/// once. If the send that follows never happens, the reconciler sends it. None when the
+/// report is not `failed`.
 pub(crate) async fn reset_failed(
     conn: &mut AsyncPgConnection,
     id: Uuid,
@@ -299,6 +302,7 @@ pub(crate) async fn reset_failed(
     let mut rows: Vec<Resent> = diesel::sql_query(
         "UPDATE report_queue SET status = 'in-queue', failures = 0, \
            send_generation = send_generation + 1, enqueued_at = NULL, finished_at = NULL, \
+           cancel_requested_at = NULL, cancel_reason = NULL, not_after = NULL, \
            updated_at = now() \
          WHERE id = $1 AND status = 'failed' \
          RETURNING id, user_id, send_generation",

@@ -472,16 +472,17 @@ struct CompletedRow {
     attempts: i32,
 }
 
-/// Ends attempt `attempt`; returns false when the row is no longer that attempt's
-/// (another worker re-claimed it, or it is terminal), in which case nothing changed.
+/// Ends attempt `attempt`; returns the status it left the job in (a hand-back leaves
+/// `cancelled` when a cancel was pending), or None when the row is no longer that
+/// attempt's (another worker re-claimed it, or it is terminal) and nothing changed.
 pub async fn end_attempt(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     attempt: i32,
     end: &AttemptEnd,
-) -> QueryResult<bool> {
+) -> QueryResult<Option<JobStatus>> {
     let write = end.write();
-    let n = diesel::sql_query(
+    let row: Option<StatusRow> = diesel::sql_query(
         "UPDATE report_queue SET \
            status = CASE WHEN $3 THEN \
              (CASE WHEN cancel_requested_at IS NULL THEN 'in-queue' ELSE 'cancelled' END) \
@@ -491,7 +492,8 @@ pub async fn end_attempt(
            failures = failures + $6, \
            report_url = CASE WHEN $4 = 'completed' THEN $7 ELSE report_url END, \
            updated_at = now() \
-         WHERE id = $1 AND status = 'in-progress' AND attempts = $2",
+         WHERE id = $1 AND status = 'in-progress' AND attempts = $2 \
+         RETURNING status",
     )
     .bind::<SqlUuid, _>(id)
     .bind::<Integer, _>(attempt)
@@ -500,9 +502,10 @@ pub async fn end_attempt(
     .bind::<Nullable<Text>, _>(write.last_error)
     .bind::<Integer, _>(i32::from(write.counts_failure))
     .bind::<Nullable<Text>, _>(write.report_url)
-    .execute(conn)
-    .await?;
-    Ok(n == 1)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(row.and_then(|row| JobStatus::parse(&row.status)))
 }
 
 /// What ending an attempt writes to its row.

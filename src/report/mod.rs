@@ -110,10 +110,12 @@ pub trait ReportGenerator: Send + Sync + 'static {
         job: JobContext,
     ) -> BoxFuture<'static, Result<GeneratedReport, GeneratorError>>;
 
-    /// Removes what an attempt stopped midway (cancelled, timed out, shut down) left
-    /// behind. Called after the attempt's task has ended. The default does nothing.
-    fn discard(&self, report_id: Uuid) -> BoxFuture<'static, ()> {
-        let _ = report_id;
+    /// Removes what attempt `attempt` of a report, stopped midway (cancelled, timed out,
+    /// shut down), left behind. Called once the attempt's task has ended; it must leave
+    /// other attempts' output alone (another attempt may have completed the report).
+    /// The default does nothing.
+    fn discard(&self, report_id: Uuid, attempt: i32) -> BoxFuture<'static, ()> {
+        let _ = (report_id, attempt);
         Box::pin(async {})
     }
 }
@@ -206,9 +208,10 @@ impl ReportGenerator for CsvReportGenerator {
             })?;
             drop(conn);
             progress.report(80, "writing the file");
-            let id = job.report_id;
+            let (id, attempt) = (job.report_id, job.attempt);
             // Rendering and the file write are blocking work: keep them off the actors' threads.
-            tokio::task::spawn_blocking(move || write_atomically(&dir, id, &render_csv(&rows)))
+            let write = move || write_atomically(&dir, id, attempt, &render_csv(&rows));
+            tokio::task::spawn_blocking(write)
                 .await
                 .map_err(|e| GeneratorError::Retryable(format!("writer task failed: {e}")))??;
             Ok(GeneratedReport {
@@ -217,42 +220,44 @@ impl ReportGenerator for CsvReportGenerator {
         })
     }
 
-    fn discard(&self, report_id: Uuid) -> BoxFuture<'static, ()> {
-        let dir = self.output_dir.clone();
+    fn discard(&self, report_id: Uuid, attempt: i32) -> BoxFuture<'static, ()> {
+        // Only this attempt's temporary file: the final `<id>.csv` may be another
+        // attempt's completed report. A write already inside `spawn_blocking` cannot be
+        // stopped and may still rename its file into place; such a file is never served,
+        // since only a `completed` row's file is.
+        let path = temporary_path(&self.output_dir, report_id, attempt);
         Box::pin(async move {
-            // The temporary file of a write in progress; a finished file of a stopped
-            // attempt is never served (only a `completed` row's file is), but it goes too.
-            for path in [
-                temporary_path(&dir, report_id),
-                report_path(&dir, report_id),
-            ] {
-                match tokio::fs::remove_file(&path).await {
-                    Ok(()) => {
-                        tracing::debug!(path = %path.display(), "removed a stopped attempt's output")
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot remove a stopped attempt's output")
-                    }
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), "removed a stopped attempt's output")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a stopped attempt's output")
                 }
             }
         })
     }
 }
 
-/// Where [`write_atomically`] writes before its rename (one name per process).
-fn temporary_path(dir: &std::path::Path, id: Uuid) -> PathBuf {
-    dir.join(format!(".{id}.csv.{}.tmp", std::process::id()))
+/// Where [`write_atomically`] writes before its rename: one name per process and attempt.
+fn temporary_path(dir: &std::path::Path, id: Uuid, attempt: i32) -> PathBuf {
+    dir.join(format!(".{id}.csv.{}.{attempt}.tmp", std::process::id()))
 }
 
 /// Writes to a temporary file in the same directory, then renames, so a reader never
 /// sees half a report and a crash leaves no partial file under the final name.
-fn write_atomically(dir: &std::path::Path, id: Uuid, contents: &str) -> Result<(), GeneratorError> {
+fn write_atomically(
+    dir: &std::path::Path,
+    id: Uuid,
+    attempt: i32,
+    contents: &str,
+) -> Result<(), GeneratorError> {
     let io = |what: &str, e: std::io::Error| {
         GeneratorError::from_io(&format!("{what} {}", dir.display()), &e)
     };
     std::fs::create_dir_all(dir).map_err(|e| io("cannot create", e))?;
-    let tmp = temporary_path(dir, id);
+    let tmp = temporary_path(dir, id, attempt);
     std::fs::write(&tmp, contents).map_err(|e| io("cannot write in", e))?;
     std::fs::rename(&tmp, report_path(dir, id)).map_err(|e| io("cannot rename in", e))?;
     Ok(())
@@ -305,8 +310,8 @@ impl ReportGenerator for SimulatedGenerator {
         })
     }
 
-    fn discard(&self, report_id: Uuid) -> BoxFuture<'static, ()> {
-        self.inner.discard(report_id)
+    fn discard(&self, report_id: Uuid, attempt: i32) -> BoxFuture<'static, ()> {
+        self.inner.discard(report_id, attempt)
     }
 }
 

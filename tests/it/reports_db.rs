@@ -155,10 +155,11 @@ async fn a_cancel_ends_a_waiting_job_at_once_and_a_running_one_through_its_heart
         [Heartbeat::CancelRequested],
         "the next heartbeat carries the request"
     );
-    assert!(
+    assert_eq!(
         reports::end_attempt(&mut conn, running, 1, &AttemptEnd::Cancelled)
             .await
-            .expect("end")
+            .expect("end"),
+        Some(JobStatus::Cancelled)
     );
     let row = reports::find(&mut conn, running)
         .await
@@ -195,9 +196,13 @@ async fn a_job_handed_back_while_its_cancel_was_pending_ends_cancelled_and_never
     let requeued = AttemptEnd::Requeued {
         error: "failed before it saw the cancel".into(),
     };
-    assert!(reports::end_attempt(&mut conn, id, 1, &requeued)
-        .await
-        .expect("end"));
+    assert_eq!(
+        reports::end_attempt(&mut conn, id, 1, &requeued)
+            .await
+            .expect("end"),
+        Some(JobStatus::Cancelled),
+        "the end write says so, so the worker deletes the message"
+    );
     assert_eq!(status_of(&mut conn, id).await.0, "cancelled");
     assert_eq!(
         reports::claim_many(&mut conn, &[id], 60)
