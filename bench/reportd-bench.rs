@@ -142,6 +142,17 @@ enum Cmd {
     DropDatabase,
     /// Deletes the main queue and its DLQ.
     DropQueues,
+    /// Opens one `GET /reports/{id}/events` stream for each of the newest N reports and
+    /// reads them until their terminal event; reports commit → event latencies.
+    Subscribe {
+        /// The API's base URL.
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 1_000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+    },
     /// Prints a free loopback TCP port.
     FreePort,
     /// Prints the current Unix time in seconds (fractional), the clock `--since` uses.
@@ -196,6 +207,14 @@ async fn run(cli: Cli) -> anyhow::Result<Value> {
             Ok(json!(listener.local_addr()?.port()))
         }
         Cmd::Now => Ok(json!(unix_now())),
+        Cmd::Subscribe {
+            url,
+            subscribers,
+            timeout_s,
+        } => {
+            let s = settings(&cli)?;
+            subscribe(&s, url, *subscribers, Duration::from_secs(*timeout_s)).await
+        }
         Cmd::Ceiling {
             messages,
             concurrency,
@@ -1017,4 +1036,97 @@ async fn wait(
         );
     }
     Ok(out)
+}
+
+/// One subscriber's stream, read until its terminal status event: when that event
+/// arrived (unix seconds), the `finishedAt` it reports, and when the stream was open.
+async fn follow(address: &str, host: &str, id: &str) -> anyhow::Result<(f64, f64, f64)> {
+    let mut stream = TcpStream::connect(address).await?;
+    let request = format!(
+        "GET /reports/{id}/events HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut seen: Vec<u8> = Vec::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut opened = None;
+    loop {
+        let n = stream.read(&mut buffer).await?;
+        anyhow::ensure!(n > 0, "stream for {id} closed before its terminal event");
+        let arrived = unix_now();
+        seen.extend_from_slice(&buffer[..n]);
+        if opened.is_none() && find(&seen, b"\r\n\r\n").is_some() {
+            anyhow::ensure!(
+                seen.starts_with(b"HTTP/1.1 200"),
+                "events for {id}: not a 200"
+            );
+            opened = Some(arrived);
+        }
+        let text = String::from_utf8_lossy(&seen);
+        for line in text.lines().filter(|l| l.starts_with("data: {\"")) {
+            let data: Value = match serde_json::from_str(&line["data: ".len()..]) {
+                Ok(data) => data,
+                Err(_) => continue,
+            };
+            let terminal = matches!(
+                data["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            );
+            if terminal {
+                let finished = data["finishedAt"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.timestamp_micros() as f64 / 1e6)
+                    .unwrap_or(arrived);
+                return Ok((arrived, finished, opened.unwrap_or(arrived)));
+            }
+        }
+    }
+}
+
+async fn subscribe(s: &Settings, url: &str, n: usize, timeout: Duration) -> anyhow::Result<Value> {
+    let mut conn = connect(&s.database.url).await?;
+    let ids: Vec<IdRow> = diesel_async::RunQueryDsl::load(
+        diesel::sql_query("SELECT id FROM report_queue ORDER BY created_at DESC, id DESC LIMIT $1")
+            .bind::<BigInt, _>(n as i64),
+        &mut conn,
+    )
+    .await?;
+    drop(conn);
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let started = unix_now();
+    let ids: Vec<String> = ids.iter().map(|row| row.id.to_string()).collect();
+    let follows = ids.iter().map(|id| follow(&address, &address, id));
+    let results = tokio::time::timeout(timeout, futures_util::future::join_all(follows)).await?;
+    let mut latencies_ms: Vec<f64> = Vec::new();
+    let (mut ended, mut before_open, mut errors) = (0, 0, Vec::new());
+    for result in results {
+        match result {
+            Ok((arrived, finished, opened)) => {
+                ended += 1;
+                // Only a job finished while its stream was open has a commit → event time.
+                if finished >= opened {
+                    latencies_ms.push(((arrived - finished) * 1e3).max(0.0));
+                } else {
+                    before_open += 1;
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    latencies_ms.sort_by(|a, b| a.total_cmp(b));
+    errors.truncate(5);
+    Ok(json!({
+        "subscribers": ids.len(),
+        "ended_with_terminal_event": ended,
+        "finished_before_stream_opened": before_open,
+        "latency_p50_ms": round(percentile(&latencies_ms, 50.0), 1),
+        "latency_p99_ms": round(percentile(&latencies_ms, 99.0), 1),
+        "latency_max_ms": round(latencies_ms.last().copied().unwrap_or(0.0), 1),
+        "measured": latencies_ms.len(),
+        "errors": errors,
+        "wall_s": round(unix_now() - started, 2),
+    }))
 }
