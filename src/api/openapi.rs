@@ -327,6 +327,23 @@ pub(crate) struct Report {
     pub eta_s: Option<u64>,
 }
 
+/// One event of `GET /reports/{id}/events` (the stream's `text/event-stream` lines, as
+/// OpenAPI 3.1 tools read them).
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // A schema of the document only: utoipa reads its fields, nothing builds it.
+pub(crate) struct ReportEvent {
+    /// `status` (the data is the report as `GET /reports/{id}` shows it) or `progress`
+    /// (the data is the progress reading).
+    #[schema(pattern = "^(status|progress)$")]
+    pub event: String,
+    /// Send back as `Last-Event-ID` to resume (the row's `updated_at` in microseconds).
+    #[schema(pattern = "^[0-9]+$")]
+    pub id: String,
+    /// The event's JSON, as text.
+    pub data: String,
+}
+
 /// How far a report is, as its generator said (written with the worker's heartbeat).
 #[derive(ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
