@@ -185,27 +185,19 @@ impl ReportGenerator for CsvReportGenerator {
             let mut conn = db::connection(&pool)
                 .await
                 .map_err(|e| GeneratorError::Environment(e.to_string()))?;
-            progress.report(20, "reading the user's activity");
-            let rows: Vec<DailyFigures> = diesel::sql_query(
-                "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, count(*)::bigint AS events, \
-                 COALESCE(sum(amount_cents), 0)::bigint AS amount_cents \
-                 FROM user_activity WHERE user_id = $1 AND occurred_at >= $2 AND occurred_at <= $3 \
-                 GROUP BY 1 ORDER BY 1",
-            )
-            .bind::<BigInt, _>(payload.user_id)
-            .bind::<Timestamptz, _>(payload.start_date)
-            .bind::<Timestamptz, _>(payload.end_date)
-            .load(&mut conn)
-            .await
-            .map_err(|e| {
-                let error = crate::db::DbError::Query(e);
-                let text = format!("activity query failed: {error}");
-                if error.is_database_away() {
-                    GeneratorError::Environment(text)
-                } else {
-                    GeneratorError::Retryable(text)
-                }
-            })?;
+            let chunks = day_chunks(payload.start_date, payload.end_date, CHUNK_DAYS);
+            let mut rows: Vec<DailyFigures> = Vec::new();
+            for (done, &(from, until)) in chunks.iter().enumerate() {
+                // 20–80 % while reading, in steps of one chunk.
+                let percent = 20 + 60 * done / chunks.len();
+                let stage = format!(
+                    "reading the user's activity ({} of {})",
+                    done + 1,
+                    chunks.len()
+                );
+                progress.report(u8::try_from(percent).unwrap_or(80), &stage);
+                rows.extend(daily_figures(&mut conn, payload.user_id, from, until).await?);
+            }
             drop(conn);
             progress.report(80, "writing the file");
             let (id, attempt) = (job.report_id, job.attempt);
@@ -243,6 +235,62 @@ impl ReportGenerator for CsvReportGenerator {
 /// Where [`write_atomically`] writes before its rename: one name per process and attempt.
 fn temporary_path(dir: &std::path::Path, id: Uuid, attempt: i32) -> PathBuf {
     dir.join(format!(".{id}.csv.{}.{attempt}.tmp", std::process::id()))
+}
+
+/// Days of activity one query of the CSV generator reads: the unit of its progress.
+const CHUNK_DAYS: i64 = 30;
+
+/// Per-day figures of one user with `from <= occurred_at < until`.
+async fn daily_figures(
+    conn: &mut diesel_async::AsyncPgConnection,
+    user_id: i64,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<DailyFigures>, GeneratorError> {
+    diesel::sql_query(
+        "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, count(*)::bigint AS events, \
+         COALESCE(sum(amount_cents), 0)::bigint AS amount_cents \
+         FROM user_activity WHERE user_id = $1 AND occurred_at >= $2 AND occurred_at < $3 \
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind::<BigInt, _>(user_id)
+    .bind::<Timestamptz, _>(from)
+    .bind::<Timestamptz, _>(until)
+    .load(conn)
+    .await
+    .map_err(|e| {
+        let error = crate::db::DbError::Query(e);
+        let text = format!("activity query failed: {error}");
+        if error.is_database_away() {
+            GeneratorError::Environment(text)
+        } else {
+            GeneratorError::Retryable(text)
+        }
+    })
+}
+
+/// `[start, end]` as consecutive half-open ranges of at most `days` UTC days, cut at
+/// UTC midnights so that every day (one CSV line) falls in exactly one range.
+fn day_chunks(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    days: i64,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let until = end + chrono::Duration::microseconds(1);
+    let first_midnight = start
+        .date_naive()
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc();
+    let mut chunks = Vec::new();
+    let mut from = start;
+    let mut step = 1;
+    while from < until {
+        let cut = (first_midnight + chrono::Duration::days(days * step)).min(until);
+        chunks.push((from, cut));
+        from = cut;
+        step += 1;
+    }
+    chunks
 }
 
 /// Writes to a temporary file in the same directory, then renames, so a reader never
@@ -359,6 +407,30 @@ pub(crate) async fn seed_demo(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn day_chunks_cover_the_range_once_and_cut_only_at_midnights() {
+        use chrono::TimeZone;
+        let start = Utc.with_ymd_and_hms(2024, 1, 10, 15, 30, 0).unwrap();
+        let end = Utc.with_ymd_and_hms(2024, 4, 8, 23, 59, 59).unwrap();
+        let chunks = day_chunks(start, end, 30);
+        assert_eq!(chunks.len(), 3, "{chunks:?}");
+        assert_eq!(chunks[0].0, start);
+        assert_eq!(chunks[2].1, end + chrono::Duration::microseconds(1));
+        for pair in chunks.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0, "contiguous");
+            assert_eq!(pair[0].1.time(), chrono::NaiveTime::MIN, "cut at midnight");
+        }
+        assert_eq!(
+            chunks[0].1,
+            Utc.with_ymd_and_hms(2024, 2, 9, 0, 0, 0).unwrap()
+        );
+        let instant = day_chunks(start, start, 30);
+        assert_eq!(
+            instant,
+            vec![(start, start + chrono::Duration::microseconds(1))]
+        );
+    }
 
     #[test]
     fn too_many_open_files_and_a_full_disk_are_host_trouble() {
