@@ -25,13 +25,13 @@ impl From<DlqError> for ApiError {
     tag = "dlq",
     operation_id = "listDlq",
     summary = "The DLQ's messages with their reports, without consuming them",
-    params(super::openapi::DlqListQuery),
+    params(super::schemas::DlqListQuery),
     responses(
-        (status = 200, description = "The messages", body = super::openapi::DlqPage),
+        (status = 200, description = "The messages", body = super::schemas::DlqPage),
         (status = 400, description = "A bad or unknown query parameter (`field` names it)", body = ErrorBody),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 405, response = super::openapi::MethodNotAllowed),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 405, response = super::schemas::MethodNotAllowed),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = []))
 )]
@@ -65,17 +65,17 @@ const REDRIVE: BodyShape = BodyShape {
     summary = "Send failed reports in the DLQ back to the main queue",
     description = "Each chosen report is reset, sent a new message, and then its DLQ copy is \
         deleted. Messages whose report is not failed stay (`skipped`).",
-    request_body(content = super::openapi::RedriveRequest, content_type = "application/json"),
+    request_body(content = super::schemas::RedriveRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "What moved, what stayed and why", body = crate::dlq::RedriveReport),
         (status = 400, description = "Empty or malformed JSON, an unknown field, no id and no `\"all\": true` (`field` names it)",
             body = ErrorBody),
-        (status = 401, response = super::openapi::Unauthorized),
-        (status = 405, response = super::openapi::MethodNotAllowed),
-        (status = 408, response = super::openapi::RequestTimeout),
-        (status = 413, response = super::openapi::PayloadTooLarge),
-        (status = 415, response = super::openapi::UnsupportedMediaType),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 401, response = super::schemas::Unauthorized),
+        (status = 405, response = super::schemas::MethodNotAllowed),
+        (status = 408, response = super::schemas::RequestTimeout),
+        (status = 413, response = super::schemas::PayloadTooLarge),
+        (status = 415, response = super::schemas::UnsupportedMediaType),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = []))
 )]
@@ -134,10 +134,10 @@ pub(crate) async fn redrive(
     params(("messageId" = String, Path, description = "The SQS message id, as `GET /dlq` lists it")),
     responses(
         (status = 204, description = "Discarded"),
-        (status = 401, response = super::openapi::Unauthorized),
+        (status = 401, response = super::schemas::Unauthorized),
         (status = 404, description = "No such message in the DLQ", body = ErrorBody),
-        (status = 405, response = super::openapi::MethodNotAllowed),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 405, response = super::schemas::MethodNotAllowed),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = []))
 )]

@@ -257,13 +257,13 @@ type EventsAnswer = actix_web::Either<
     ),
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream",
-            body = super::openapi::ReportEvent),
+            body = super::schemas::ReportEvent),
         (status = 204, description = "The report is finished and `Last-Event-ID` names its last state: nothing more will come"),
         (status = 400, description = "`id` is not a UUID", body = super::error::ErrorBody),
-        (status = 401, response = super::openapi::Unauthorized),
+        (status = 401, response = super::schemas::Unauthorized),
         (status = 404, description = "No report with this id", body = super::error::ErrorBody),
-        (status = 405, response = super::openapi::MethodNotAllowed),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 405, response = super::schemas::MethodNotAllowed),
+        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = []))
 )]

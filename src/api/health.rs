@@ -113,9 +113,9 @@ fn actor_state(answered: bool, view: Option<&ActorView>) -> &'static str {
     operation_id = "liveness",
     summary = "Liveness: the poll loop ticks and no actor is stuck",
     responses(
-        (status = 200, description = "Healthy", body = super::openapi::HealthStatus),
-        (status = 503, description = "Not healthy: the body says which part", body = super::openapi::HealthStatus),
-        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 200, description = "Healthy", body = super::schemas::HealthStatus),
+        (status = 503, description = "Not healthy: the body says which part", body = super::schemas::HealthStatus),
+        (status = 405, response = super::schemas::MethodNotAllowed),
     ),
     security(())
 )]
@@ -181,9 +181,9 @@ async fn dependencies(state: &AppState) -> (Value, bool) {
     operation_id = "readiness",
     summary = "Readiness: database and SQS reachable, the poller receiving",
     responses(
-        (status = 200, description = "Healthy", body = super::openapi::HealthStatus),
-        (status = 503, description = "Not healthy: the body says which part", body = super::openapi::HealthStatus),
-        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 200, description = "Healthy", body = super::schemas::HealthStatus),
+        (status = 503, description = "Not healthy: the body says which part", body = super::schemas::HealthStatus),
+        (status = 405, response = super::schemas::MethodNotAllowed),
     ),
     security(())
 )]
@@ -210,9 +210,9 @@ pub(crate) async fn ready(req: HttpRequest, state: web::Data<AppState>) -> HttpR
     operation_id = "health",
     summary = "Every actor and dependency in detail",
     responses(
-        (status = 200, description = "Healthy", body = super::openapi::HealthStatus),
-        (status = 503, description = "Not healthy: the body says which part", body = super::openapi::HealthStatus),
-        (status = 405, response = super::openapi::MethodNotAllowed),
+        (status = 200, description = "Healthy", body = super::schemas::HealthStatus),
+        (status = 503, description = "Not healthy: the body says which part", body = super::schemas::HealthStatus),
+        (status = 405, response = super::schemas::MethodNotAllowed),
     ),
     security(())
 )]

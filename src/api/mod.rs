@@ -7,6 +7,7 @@ pub(crate) mod health;
 mod input;
 pub(crate) mod openapi;
 pub(crate) mod reports;
+pub(crate) mod schemas;
 
 use std::sync::Arc;
 
@@ -171,7 +172,7 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
     summary = "Prometheus metrics (text format 0.0.4)",
     responses(
         (status = 200, description = "The metrics", content_type = "text/plain", body = String),
-        (status = 405, response = openapi::MethodNotAllowed),
+        (status = 405, response = schemas::MethodNotAllowed),
     ),
     security(())
 )]
