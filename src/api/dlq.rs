@@ -29,9 +29,7 @@ impl From<DlqError> for ApiError {
     responses(
         (status = 200, description = "The messages", body = super::schemas::DlqPage),
         (status = 400, description = "A bad or unknown query parameter (`field` names it)", body = ErrorBody),
-        (status = 401, response = super::schemas::Unauthorized),
-        (status = 405, response = super::schemas::MethodNotAllowed),
-        (status = 503, response = super::schemas::Unavailable),
+        super::schemas::ReadErrors,
     ),
     security(("bearer" = []))
 )]
@@ -70,12 +68,7 @@ const REDRIVE: BodyShape = BodyShape {
         (status = 200, description = "What moved, what stayed and why", body = crate::dlq::RedriveReport),
         (status = 400, description = "Empty or malformed JSON, an unknown field, no id and no `\"all\": true` (`field` names it)",
             body = ErrorBody),
-        (status = 401, response = super::schemas::Unauthorized),
-        (status = 405, response = super::schemas::MethodNotAllowed),
-        (status = 408, response = super::schemas::RequestTimeout),
-        (status = 413, response = super::schemas::PayloadTooLarge),
-        (status = 415, response = super::schemas::UnsupportedMediaType),
-        (status = 503, response = super::schemas::Unavailable),
+        super::schemas::WriteErrors,
     ),
     security(("bearer" = []))
 )]
@@ -134,10 +127,8 @@ pub(crate) async fn redrive(
     params(("messageId" = String, Path, description = "The SQS message id, as `GET /dlq` lists it")),
     responses(
         (status = 204, description = "Discarded"),
-        (status = 401, response = super::schemas::Unauthorized),
+        super::schemas::ReadErrors,
         (status = 404, description = "No such message in the DLQ", body = ErrorBody),
-        (status = 405, response = super::schemas::MethodNotAllowed),
-        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = []))
 )]

@@ -260,10 +260,8 @@ type EventsAnswer = actix_web::Either<
             body = super::schemas::ReportEvent),
         (status = 204, description = "The report is finished and `Last-Event-ID` names its last state: nothing more will come"),
         (status = 400, description = "`id` is not a UUID", body = super::error::ErrorBody),
-        (status = 401, response = super::schemas::Unauthorized),
+        super::schemas::ReadErrors,
         (status = 404, description = "No report with this id", body = super::error::ErrorBody),
-        (status = 405, response = super::schemas::MethodNotAllowed),
-        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = []))
 )]

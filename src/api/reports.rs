@@ -41,13 +41,8 @@ const MAX_LIMIT: i64 = 500;
             body = super::schemas::Accepted, headers(("Location" = String, description = "The report's path"))),
         (status = 400, description = "Empty or malformed JSON, a rule broken, an unknown field, a bad Idempotency-Key (`field` names it)",
             body = ErrorBody),
-        (status = 401, response = super::schemas::Unauthorized),
-        (status = 405, response = super::schemas::MethodNotAllowed),
-        (status = 408, response = super::schemas::RequestTimeout),
+        super::schemas::WriteErrors,
         (status = 409, description = "The Idempotency-Key was used with another body (`code: idempotency_conflict`)", body = ErrorBody),
-        (status = 413, response = super::schemas::PayloadTooLarge),
-        (status = 415, response = super::schemas::UnsupportedMediaType),
-        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = []))
 )]
@@ -74,9 +69,7 @@ pub(crate) async fn submit(
     responses(
         (status = 202, description = "Accepted: the report is queued", body = super::schemas::Accepted,
             headers(("Location" = String, description = "The report's path"))),
-        (status = 401, response = super::schemas::Unauthorized),
-        (status = 405, response = super::schemas::MethodNotAllowed),
-        (status = 503, response = super::schemas::Unavailable),
+        super::schemas::ReadErrors,
     ),
     security(("bearer" = []))
 )]
@@ -460,10 +453,8 @@ async fn find_report(state: &AppState, id: Uuid) -> Result<ReportRecord, ApiErro
             headers(("Retry-After" = u64, description = "While the report is not terminal: seconds \
                 until polling is worth it again (a quarter of `etaS`, 1–30; 2 without an estimate)"))),
         (status = 400, description = "`id` is not a UUID", body = ErrorBody),
-        (status = 401, response = super::schemas::Unauthorized),
+        super::schemas::ReadErrors,
         (status = 404, description = "No report with this id", body = ErrorBody),
-        (status = 405, response = super::schemas::MethodNotAllowed),
-        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = []))
 )]
@@ -575,9 +566,7 @@ pub(crate) async fn file(
     responses(
         (status = 200, description = "A page of reports", body = super::schemas::ReportPage),
         (status = 400, description = "A bad or unknown query parameter (`field` names it)", body = ErrorBody),
-        (status = 401, response = super::schemas::Unauthorized),
-        (status = 405, response = super::schemas::MethodNotAllowed),
-        (status = 503, response = super::schemas::Unavailable),
+        super::schemas::ReadErrors,
     ),
     security(("bearer" = []))
 )]
@@ -676,14 +665,12 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
         (status = 202, description = "A new message is on its way; `status` is the report's status after the reset",
             body = super::schemas::Accepted, headers(("Location" = String, description = "The report's path"))),
         (status = 400, description = "`id` is not a UUID", body = ErrorBody),
-        (status = 401, response = super::schemas::Unauthorized),
+        super::schemas::ReadErrors,
         (status = 404, description = "No report with this id", body = ErrorBody),
-        (status = 405, response = super::schemas::MethodNotAllowed),
         (status = 408, response = super::schemas::RequestTimeout),
         (status = 409, description = "The report is completed, or in-queue/in-progress and alive (`code: not_retryable`)",
             body = ErrorBody),
         (status = 413, response = super::schemas::PayloadTooLarge),
-        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = []))
 )]
@@ -759,14 +746,9 @@ const MAX_REASON_CHARS: usize = 500;
         (status = 202, description = "The report, running; its worker stops it at its next heartbeat",
             body = super::schemas::Report),
         (status = 400, description = "`id` is not a UUID, or a bad body (`field` names it)", body = ErrorBody),
-        (status = 401, response = super::schemas::Unauthorized),
+        super::schemas::WriteErrors,
         (status = 404, description = "No report with this id", body = ErrorBody),
-        (status = 405, response = super::schemas::MethodNotAllowed),
-        (status = 408, response = super::schemas::RequestTimeout),
         (status = 409, description = "The report is completed or failed (`code: not_cancellable`)", body = ErrorBody),
-        (status = 413, response = super::schemas::PayloadTooLarge),
-        (status = 415, response = super::schemas::UnsupportedMediaType),
-        (status = 503, response = super::schemas::Unavailable),
     ),
     security(("bearer" = []))
 )]

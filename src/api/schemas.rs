@@ -416,6 +416,46 @@ reusable_error!(
     )
 );
 
+/// The error answers of a guarded route without a body: 401, 405, 503.
+pub(crate) struct ReadErrors;
+
+/// The error answers of a guarded route that takes a body: 401, 405, 408, 413, 415, 503.
+pub(crate) struct WriteErrors;
+
+/// References to the shared answers, by status.
+fn shared_answers(answers: &[(&str, &str)]) -> std::collections::BTreeMap<String, RefOr<Response>> {
+    answers
+        .iter()
+        .map(|(status, name)| {
+            let reference = utoipa::openapi::Ref::from_response_name(*name);
+            (status.to_string(), RefOr::Ref(reference))
+        })
+        .collect()
+}
+
+impl utoipa::IntoResponses for ReadErrors {
+    fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+        shared_answers(&[
+            ("401", "Unauthorized"),
+            ("405", "MethodNotAllowed"),
+            ("503", "Unavailable"),
+        ])
+    }
+}
+
+impl utoipa::IntoResponses for WriteErrors {
+    fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+        shared_answers(&[
+            ("401", "Unauthorized"),
+            ("405", "MethodNotAllowed"),
+            ("408", "RequestTimeout"),
+            ("413", "PayloadTooLarge"),
+            ("415", "UnsupportedMediaType"),
+            ("503", "Unavailable"),
+        ])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
