@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::db::models::{JobStatus, ReportRecord};
+use crate::db::models::ReportRecord;
 use crate::db::{self, reports, DbPool};
 
 /// How often the feed reads the watched rows: status events reach clients within this
@@ -191,10 +191,6 @@ fn events_between(before: Option<&ReportRecord>, now: &ReportRecord) -> Option<s
     )
 }
 
-fn is_terminal(row: &ReportRecord) -> bool {
-    JobStatus::parse(&row.status).is_some_and(JobStatus::is_terminal)
-}
-
 /// The stream of one subscriber: the current state unless `Last-Event-ID` says the
 /// client has it, then every change, ending after the terminal status.
 fn event_stream(
@@ -211,7 +207,7 @@ fn event_stream(
         (Some(row), None) => events_between(None, row),
         _ => None,
     };
-    let finished = first.as_ref().is_some_and(|row| is_terminal(row));
+    let finished = first.as_ref().is_some_and(|row| row.is_terminal());
     // The permit lives in the stream's state: the slot frees when the stream ends or
     // the client goes away.
     let rest = futures_util::stream::unfold(
@@ -222,7 +218,7 @@ fn event_stream(
             }
             let now = changes.borrow_and_update().clone()?;
             let event = events_between(last.as_deref(), &now);
-            let finished = is_terminal(&now);
+            let finished = now.is_terminal();
             last = Some(now);
             Some((event, (changes, last, finished, permit)))
         },
@@ -271,15 +267,9 @@ pub(crate) async fn report_events(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<EventsAnswer, ApiError> {
-    let id = Uuid::parse_str(&path)
-        .map_err(|_| ApiError::invalid("id", format!("`{}` is not a UUID", path.as_str())))?;
+    let record = super::reports::find_report(&state, super::reports::parse_id(&path)?).await?;
     let resumed_at = last_event_id(&req);
-    let mut conn = db::connection(&state.pool).await?;
-    let record = reports::find(&mut conn, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))?;
-    drop(conn);
-    if is_terminal(&record) && resumed_at.is_some_and(|at| at >= event_id(&record)) {
+    if record.is_terminal() && resumed_at.is_some_and(|at| at >= event_id(&record)) {
         // The client has the last state there will be: 204 tells an EventSource to stop
         // reconnecting (a 200 that closes at once would bring it back every few seconds).
         return Ok(actix_web::Either::Right(

@@ -406,7 +406,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::invalid("id", format!("`{raw}` is not a UUID")))
 }
 
@@ -434,7 +434,7 @@ pub(crate) fn record_json(record: &ReportRecord) -> Value {
 }
 
 /// One report, or a 404 naming the id.
-async fn find_report(state: &AppState, id: Uuid) -> Result<ReportRecord, ApiError> {
+pub(crate) async fn find_report(state: &AppState, id: Uuid) -> Result<ReportRecord, ApiError> {
     let mut conn = db::connection(&state.pool).await?;
     reports::find(&mut conn, id)
         .await?
@@ -465,8 +465,7 @@ pub(crate) async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let record = find_report(&state, parse_id(&path)?).await?;
     let mut answer = HttpResponse::Ok();
-    let terminal = JobStatus::parse(&record.status).is_some_and(JobStatus::is_terminal);
-    if !terminal {
+    if !record.is_terminal() {
         // When polling is worth it again: sooner for a job about to finish.
         let wait = retry_after_s(eta_s(&record, Utc::now()));
         answer.insert_header((header::RETRY_AFTER, wait.to_string()));

@@ -114,6 +114,13 @@ pub struct ReportRecord {
     pub progress: Option<serde_json::Value>,
 }
 
+impl ReportRecord {
+    /// Whether the job reached a terminal status (an unknown spelling is not terminal).
+    pub(crate) fn is_terminal(&self) -> bool {
+        JobStatus::parse(&self.status).is_some_and(JobStatus::is_terminal)
+    }
+}
+
 /// A row to insert when a report is accepted.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = report_queue)]
