@@ -21,6 +21,7 @@ use crate::actors::poller::{GetPollerStats, StopPolling};
 use crate::actors::registry::{ActorRegistry, StormLimit};
 use crate::actors::status::{StatusActor, StatusProbe};
 use crate::actors::worker::{ReportWorker, WorkerDeps};
+use crate::api::all_events::AllReportsFeed;
 use crate::api::events::ReportFeed;
 use crate::api::{self, AppState, QueueDepths};
 use crate::config::{Role, Settings};
@@ -110,8 +111,10 @@ impl Application {
             dispatcher
         });
         let feed = ReportFeed::default();
+        let all_feed = AllReportsFeed::new(feed.stream_slots());
         if settings.has_role(Role::Api) {
             actix::spawn(feed.clone().run(pool.clone()));
+            actix::spawn(all_feed.clone().run(pool.clone()));
         }
         let (abort, abort_rx) = watch::channel(false);
         let (poller, workers) = if settings.has_role(Role::Worker) {
@@ -143,6 +146,7 @@ impl Application {
             status_probe,
             dlq: Default::default(),
             feed,
+            all_feed,
         });
         let (server, port) = start_http(&settings, state)?;
         tracing::info!(port, roles = ?settings.server.roles, "reportd listening");

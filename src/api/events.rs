@@ -32,7 +32,7 @@ use crate::db::{self, reports, DbPool};
 const POLL_EVERY: Duration = Duration::from_millis(250);
 
 /// A comment line this often keeps proxies from closing an idle stream.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Most event streams one process serves at once. Each holds a connection for as long as
 /// its report runs; past this a client gets 503, so streams can never take every
@@ -59,6 +59,11 @@ impl Default for ReportFeed {
 }
 
 impl ReportFeed {
+    /// The slots every event stream of this process takes one of (see [`MAX_STREAMS`]).
+    pub(crate) fn stream_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.streams.clone()
+    }
+
     /// Watches one report: its current row first, then every change the feed sees.
     fn subscribe(&self, record: ReportRecord) -> watch::Receiver<Snapshot> {
         let mut watched = lock(&self.watched);
@@ -106,7 +111,7 @@ async fn read(pool: &DbPool, ids: &[Uuid]) -> Result<Vec<ReportRecord>, db::DbEr
     Ok(reports::find_many(&mut conn, ids).await?)
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -147,7 +152,7 @@ fn event_id(row: &ReportRecord) -> i64 {
 
 /// The two kinds of event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     /// The status or the attempt changed; the data is the report as `GET /reports/{id}`
     /// shows it.
     Status,
@@ -156,7 +161,7 @@ enum Kind {
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Kind::Status => "status",
             Kind::Progress => "progress",
@@ -166,7 +171,7 @@ impl Kind {
 
 /// What moving from `before` to `now` is worth telling: a status event when the status
 /// or attempt changed, else a progress event when a new reading came, else nothing.
-fn kind_between(before: Option<&ReportRecord>, now: &ReportRecord) -> Option<Kind> {
+pub(super) fn kind_between(before: Option<&ReportRecord>, now: &ReportRecord) -> Option<Kind> {
     let status_changed =
         before.is_none_or(|b| (&b.status, b.attempts) != (&now.status, now.attempts));
     if status_changed {
@@ -292,7 +297,7 @@ pub(crate) async fn report_events(
 /// It is only a hint for resuming: anything else counts as none, so the client gets the
 /// current state, as on a first connect (what the SSE specification expects of a server
 /// that does not know the id).
-fn last_event_id(req: &HttpRequest) -> Option<i64> {
+pub(super) fn last_event_id(req: &HttpRequest) -> Option<i64> {
     req.headers()
         .get("Last-Event-ID")?
         .to_str()
@@ -303,11 +308,11 @@ fn last_event_id(req: &HttpRequest) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use chrono::{DateTime, Utc};
 
-    fn row(
+    pub(in crate::api) fn row(
         status: &str,
         attempts: i32,
         progress_at: Option<&str>,

@@ -1,5 +1,6 @@
 //! The actix-web HTTP API, one module per resource.
 
+pub(crate) mod all_events;
 pub(crate) mod dlq;
 pub(crate) mod error;
 pub(crate) mod events;
@@ -51,6 +52,8 @@ pub(crate) struct AppState {
     pub status_probe: crate::actors::status::StatusProbe,
     /// Watched reports' changes for `GET /reports/{id}/events`, read by one task.
     pub(crate) feed: events::ReportFeed,
+    /// Every report's changes for `GET /events`, read by one task while someone listens.
+    pub(crate) all_feed: all_events::AllReportsFeed,
     /// The DLQ operations, one at a time (see [`crate::dlq::DlqGate`]).
     pub dlq: crate::dlq::DlqGate,
 }
@@ -207,6 +210,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
         .service(resource("/reports/{id}/retry").route(web::post().to(reports::retry)))
         .service(resource("/reports/{id}/cancel").route(web::post().to(reports::cancel)))
         .service(resource("/reports/{id}/events").route(web::get().to(events::report_events)))
+        .service(resource("/events").route(web::get().to(all_events::all_events)))
         .service(resource("/dlq").route(web::get().to(dlq::list)))
         .service(resource("/dlq/redrive").route(web::post().to(dlq::redrive)))
         .service(resource("/dlq/{messageId}").route(web::delete().to(dlq::discard)));

@@ -44,6 +44,7 @@ use crate::dlq::{DlqEntry, RedriveReport, SkippedMessage};
         reports::retry,
         reports::cancel,
         super::events::report_events,
+        super::all_events::all_events,
         reports::generate,
         dlq::list,
         dlq::redrive,

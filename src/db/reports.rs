@@ -134,6 +134,67 @@ pub(crate) async fn find_many(
         .await
 }
 
+/// The time before which every write to `report_queue` is visible now: the start of the
+/// oldest transaction still open in this database (a row's `created_at`, `updated_at`
+/// and `finished_at` are its writer's transaction start), or the clock when none is.
+/// Never more than `max_lag_s` behind the clock: a session idle in a transaction for
+/// minutes must not make every look re-read minutes of rows.
+pub(crate) async fn write_horizon(
+    conn: &mut AsyncPgConnection,
+    max_lag_s: i32,
+) -> QueryResult<DateTime<Utc>> {
+    #[derive(QueryableByName)]
+    struct Horizon {
+        #[diesel(sql_type = Timestamptz)]
+        horizon: DateTime<Utc>,
+    }
+    let row: Horizon = diesel::sql_query(
+        "SELECT greatest(coalesce(min(xact_start), clock_timestamp()), \
+                clock_timestamp() - make_interval(secs => $1)) AS horizon \
+         FROM pg_stat_activity \
+         WHERE datname = current_database() AND backend_type = 'client backend' \
+           AND pid <> pg_backend_pid() AND xact_start IS NOT NULL",
+    )
+    .bind::<Integer, _>(max_lag_s)
+    .get_result(conn)
+    .await?;
+    Ok(row.horizon)
+}
+
+/// Reports created at or after `since` (the created index), oldest first.
+pub(crate) async fn created_since(
+    conn: &mut AsyncPgConnection,
+    since: DateTime<Utc>,
+) -> QueryResult<Vec<ReportRecord>> {
+    rq::report_queue
+        .filter(rq::created_at.ge(since))
+        .order(rq::created_at.asc())
+        .select(ReportRecord::as_select())
+        .load(conn)
+        .await
+}
+
+/// Reports that finished at or after `since` (the partial finished index).
+pub(crate) async fn finished_since(
+    conn: &mut AsyncPgConnection,
+    since: DateTime<Utc>,
+) -> QueryResult<Vec<ReportRecord>> {
+    rq::report_queue
+        .filter(rq::finished_at.ge(since))
+        .select(ReportRecord::as_select())
+        .load(conn)
+        .await
+}
+
+/// Every running report (the status index): as many as the fleet has worker slots.
+pub(crate) async fn running(conn: &mut AsyncPgConnection) -> QueryResult<Vec<ReportRecord>> {
+    rq::report_queue
+        .filter(rq::status.eq(JobStatus::InProgress.as_str()))
+        .select(ReportRecord::as_select())
+        .load(conn)
+        .await
+}
+
 /// The report created with an idempotency key, if any.
 pub(crate) async fn find_by_idempotency_key(
     conn: &mut AsyncPgConnection,

@@ -452,6 +452,13 @@ async fn openapi_document_lists_every_route_and_every_route_is_served() {
         }
         let response = request.send().await.expect("sent");
         let status = response.status().as_u16();
+        let streams = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if streams {
+            continue; // an event stream that never ends is served by its handler
+        }
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert_ne!(status, 405, "{method} {path}: {body}");
         assert!(

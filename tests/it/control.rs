@@ -306,35 +306,70 @@ struct Event {
 
 /// Reads events from an SSE response until it ends (or `limit` passes).
 async fn read_events(response: reqwest::Response, limit: Duration) -> Vec<Event> {
-    use futures_util::StreamExt;
-    let mut body = response.bytes_stream();
-    let mut blocks: Vec<(String, chrono::DateTime<chrono::Utc>)> = Vec::new();
-    let mut pending = String::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await {
-        pending.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = pending.find("\n\n") {
-            blocks.push((pending[..end].to_string(), chrono::Utc::now()));
-            pending.drain(..end + 2);
+    read_events_until(response, limit, |_| false).await
+}
+
+/// Reads events from an SSE response until `enough` says so, it ends, or `limit` passes.
+async fn read_events_until(
+    response: reqwest::Response,
+    limit: Duration,
+    enough: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
+    let mut reader = EventReader::new(response);
+    reader.until(limit, enough).await;
+    reader.events
+}
+
+/// An SSE response read a piece at a time.
+struct EventReader {
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<actix_web::web::Bytes>>,
+    pending: String,
+    events: Vec<Event>,
+}
+
+impl EventReader {
+    fn new(response: reqwest::Response) -> Self {
+        use futures_util::StreamExt;
+        Self {
+            body: response.bytes_stream().boxed(),
+            pending: String::new(),
+            events: Vec::new(),
         }
     }
-    blocks
-        .into_iter()
-        .filter_map(|(block, at)| {
-            let field = |name: &str| {
-                block
-                    .lines()
-                    .find_map(|line| line.strip_prefix(&format!("{name}: ")))
-                    .map(str::to_string)
+
+    /// Reads on until `enough` says so of every event so far, the stream ends, or `limit`
+    /// passes.
+    async fn until(&mut self, limit: Duration, enough: impl Fn(&[Event]) -> bool) {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        while !enough(&self.events) {
+            let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, self.body.next()).await
+            else {
+                return;
             };
-            Some(Event {
-                kind: field("event")?,
-                id: field("id")?,
-                data: serde_json::from_str(&field("data")?).ok()?,
-                at,
-            })
-        })
-        .collect()
+            self.pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = self.pending.find("\n\n") {
+                self.events.extend(parse_event(&self.pending[..end]));
+                self.pending.drain(..end + 2);
+            }
+        }
+    }
+}
+
+/// One event block; `None` for a comment (keep-alive).
+fn parse_event(block: &str) -> Option<Event> {
+    let field = |name: &str| {
+        block
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .map(str::to_string)
+    };
+    Some(Event {
+        kind: field("event")?,
+        id: field("id").unwrap_or_default(),
+        data: serde_json::from_str(&field("data")?).ok()?,
+        at: chrono::Utc::now(),
+    })
 }
 
 #[actix_web::test]
@@ -415,6 +450,99 @@ async fn a_subscriber_sees_every_status_in_order_then_the_stream_ends_and_a_resu
         .await
         .expect("resume");
     assert_eq!(response.status().as_u16(), 204);
+    worker.stop().await;
+    api.stop().await;
+}
+
+/// The statuses `events` tell of one report, in order.
+fn statuses_of(events: &[Event], id: Uuid) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.kind == "status" && e.data["id"] == json!(id))
+        .filter_map(|e| e.data["status"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[actix_web::test]
+async fn the_stream_of_all_reports_tells_each_change_of_the_chosen_user_and_resumes_from_an_id() {
+    let (api, worker) = api_and_worker_options(AppOptions {
+        workers: 2,
+        visibility_timeout_s: 6,
+        simulate: zero_work(Some([4_000, 4_000])),
+        ..AppOptions::default()
+    })
+    .await;
+    let open = |query: &str| api.http.get(api.url(&format!("/events{query}"))).send();
+    let response = open("?userId=7001").await.expect("GET /events");
+    assert_eq!(response.status().as_u16(), 200);
+    let (mine, theirs) = (api.submit_ok(7001).await, api.submit_ok(7002).await);
+    let mut reader = EventReader::new(response);
+    // A state shorter than one look of the feed may be skipped (the next event tells
+    // the latest): the worker starts once the waiting state has been told.
+    let told = |status: &'static str| {
+        move |events: &[Event]| statuses_of(events, mine).iter().any(|s| s == status)
+    };
+    reader
+        .until(Duration::from_secs(10), told("in-queue"))
+        .await;
+    let worker = spawn_app(worker).await;
+    reader
+        .until(Duration::from_secs(40), told("completed"))
+        .await;
+    let events = reader.events;
+    let done = told("completed");
+    assert_eq!(
+        statuses_of(&events, mine),
+        ["in-queue", "in-progress", "completed"],
+        "{events:?}"
+    );
+    assert!(
+        statuses_of(&events, theirs).is_empty(),
+        "filtered: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "progress" && e.data["reportId"] == json!(mine)),
+        "progress events name their report: {events:?}"
+    );
+
+    // From the first event's id, every later change comes again (the filter still holds).
+    let response = api
+        .http
+        .get(api.url("/events?userId=7001"))
+        .header("Last-Event-ID", events[0].id.as_str())
+        .send()
+        .await
+        .expect("resume");
+    let resumed = read_events_until(response, Duration::from_secs(10), done).await;
+    assert!(
+        statuses_of(&resumed, mine).ends_with(&["completed".to_string()]),
+        "{resumed:?}"
+    );
+    assert!(statuses_of(&resumed, theirs).is_empty(), "{resumed:?}");
+
+    // An id from before anything this process keeps: a reset, then live events.
+    let response = api
+        .http
+        .get(api.url("/events"))
+        .header("Last-Event-ID", "1")
+        .send()
+        .await
+        .expect("resume from long ago");
+    let opening = read_events_until(response, Duration::from_secs(10), |e| !e.is_empty()).await;
+    assert_eq!(
+        opening.first().map(|e| e.kind.as_str()),
+        Some("reset"),
+        "{opening:?}"
+    );
+
+    let (status, body) = api.get_json("/events?status=done").await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (400, &json!("status")),
+        "{body}"
+    );
     worker.stop().await;
     api.stop().await;
 }

@@ -1,0 +1,1 @@
+DROP INDEX report_queue_finished_idx;
