@@ -121,6 +121,52 @@ impl ReportRecord {
     }
 }
 
+/// A row's `file_*` columns, read apart from [`ReportRecord`] (which the listings,
+/// the event feed and their tests build as they are).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = report_queue, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct FileColumns {
+    pub id: Uuid,
+    pub file_key: Option<String>,
+    pub file_size_bytes: Option<i64>,
+    pub file_sha256: Option<String>,
+    pub file_content_type: Option<String>,
+    pub file_rows: Option<i64>,
+    pub file_gzip: Option<bool>,
+}
+
+impl FileColumns {
+    /// The row's file, when the completion recorded one (all its columns are set).
+    pub(crate) fn into_file(self) -> Option<ReportFile> {
+        Some(ReportFile {
+            key: self.file_key?,
+            size_bytes: self.file_size_bytes?,
+            sha256: self.file_sha256?,
+            content_type: self.file_content_type?,
+            rows: self.file_rows?,
+            gzip: self.file_gzip?,
+        })
+    }
+}
+
+/// A finished report file as the report store holds it; recorded on the row by the
+/// completion (`file_*` columns), so any api process can serve or link it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportFile {
+    /// Its key in the store: a file name in `report.output_dir`, or the S3 object key.
+    pub key: String,
+    /// Bytes stored (after compression when `gzip`).
+    pub size_bytes: i64,
+    /// Hex SHA-256 of the stored bytes: what a download returns, byte for byte.
+    pub sha256: String,
+    /// Media type of the content, e.g. `text/csv; charset=utf-8`.
+    pub content_type: String,
+    /// CSV data rows (the header not counted).
+    pub rows: i64,
+    /// Whether the stored bytes are gzip-compressed (`Content-Encoding: gzip`).
+    pub gzip: bool,
+}
+
 /// A row to insert when a report is accepted.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = report_queue)]
