@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
-use reportd::config::{Settings, StorageSettings};
+use reportd::config::{Role, Settings, StorageSettings};
 use reportd::startup::Application;
 use reportd::storage::{ObjectInfo, ReportStore};
 use serde_json::Value;
@@ -221,6 +221,65 @@ async fn an_s3_report_is_uploaded_recorded_and_downloaded_through_a_presigned_re
 }
 
 #[actix_web::test]
+async fn an_api_only_process_serves_what_a_worker_only_process_on_another_dir_uploaded() {
+    let s3 = s3_client().await;
+    let bucket = unique_bucket_name("s3split");
+    let api = spawn_app(AppOptions {
+        roles: vec![Role::Api],
+        storage: Some(s3_storage(&bucket)),
+        ..AppOptions::default()
+    })
+    .await;
+    let worker = spawn_app(AppOptions {
+        roles: vec![Role::Worker],
+        storage: Some(s3_storage(&bucket)),
+        database_url: Some(api.settings.database.url.clone()),
+        queue_name: Some(api.settings.sqs.queue_name.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    assert_ne!(api.output_dir, worker.output_dir);
+    seed_activity(&api).await;
+    let id = submit_report(&api).await;
+    let record = api
+        .wait_for_status(id, "completed", Duration::from_secs(30))
+        .await;
+    let recorded = record["file"]["sha256"]
+        .as_str()
+        .expect("a recorded sha256");
+    let response = no_redirects()
+        .get(api.url(&format!("/reports/{id}/file")))
+        .send()
+        .await
+        .expect("GET file");
+    assert_eq!(response.status().as_u16(), 302);
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("a Location")
+        .to_string();
+    let download = reqwest::get(&location)
+        .await
+        .expect("GET the presigned URL");
+    assert_eq!(download.status().as_u16(), 200);
+    let bytes = download.bytes().await.expect("downloaded bytes");
+    assert_eq!(sha256_hex(&bytes), recorded);
+    assert_eq!(String::from_utf8_lossy(&bytes), EXPECTED_CSV);
+    assert_eq!(
+        object_bytes(&s3, &bucket, &format!("{id}.csv")).await,
+        bytes.to_vec()
+    );
+    // Nothing stays on either host: the worker uploaded and removed its temporary file.
+    for dir in [&api.output_dir, &worker.output_dir] {
+        let files = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(files, 0, "{}", dir.display());
+    }
+    worker.stop().await;
+    api.stop().await;
+}
+
+#[actix_web::test]
 async fn with_gzip_the_object_is_compressed_and_says_so() {
     let s3 = s3_client().await;
     let bucket = unique_bucket_name("s3gz");
@@ -389,6 +448,97 @@ async fn a_large_file_goes_up_in_parts_and_arrives_whole() {
         .await
         .expect("ListMultipartUploads");
     assert!(uploads.uploads().is_empty(), "{uploads:?}");
+}
+
+/// A proxy to LocalStack that drops any connection on which a request line carries
+/// `refuse` (e.g. `partNumber=2`): one kind of call fails, every other one goes through.
+async fn refusing_proxy(refuse: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = common::sqs_endpoint()
+        .trim_start_matches("http://")
+        .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let port = listener.local_addr().expect("proxy addr").port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (mut client_rx, mut client_tx) = inbound.into_split();
+            let (mut server_rx, mut server_tx) = outbound.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0_u8; 64 * 1024];
+                while let Ok(n) = client_rx.read(&mut buf).await {
+                    let chunk = &buf[..n];
+                    if n == 0 || chunk.windows(refuse.len()).any(|w| w == refuse) {
+                        break;
+                    }
+                    if server_tx.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                // Dropping both halves closes the connection to the client too.
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[actix_web::test]
+async fn a_multipart_upload_that_fails_midway_is_aborted_and_leaves_no_object() {
+    let s3 = s3_client().await;
+    let bucket = unique_bucket_name("s3abort");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("CreateBucket");
+    let (mut settings, _tmp) = test_settings(&AppOptions::default()).await;
+    settings.storage = StorageSettings {
+        endpoint_url: Some(refusing_proxy(b"partNumber=2").await),
+        ..s3_storage(&bucket)
+    };
+    let store = ReportStore::open(&settings).await;
+    let size = 2 * reportd::storage::s3::MULTIPART_THRESHOLD;
+    let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    std::fs::create_dir_all(store.scratch_dir()).expect("scratch dir");
+    let temp = store.scratch_dir().join("big.tmp");
+    std::fs::write(&temp, &bytes).expect("write the file");
+    let id = Uuid::new_v4();
+    let key = store.key_for(id, false);
+    let info = ObjectInfo {
+        report_id: id,
+        attempt: 1,
+        content_type: "text/csv; charset=utf-8".into(),
+        gzip: false,
+        sha256: sha256_hex(&bytes),
+        rows: 0,
+    };
+    let error = store
+        .put(&temp, &key, &info)
+        .await
+        .expect_err("part 2 cannot arrive");
+    assert!(error.to_string().contains("UploadPart"), "{error}");
+    assert!(
+        !temp.exists(),
+        "the temporary file is removed after a failure"
+    );
+    assert!(!object_exists(&s3, &bucket, &key).await);
+    let uploads = s3
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("ListMultipartUploads");
+    assert!(
+        uploads.uploads().is_empty(),
+        "the upload was not aborted: {uploads:?}"
+    );
 }
 
 /// `reportd <args>` with a config file holding `config`.
