@@ -414,38 +414,6 @@ pub(crate) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 /// The record as clients see it, without `file` (which needs the file columns and the
 /// store): the event stream's and the cancel answer's report.
 pub(crate) fn record_json(record: &ReportRecord) -> Value {
-    base_json(record)
-}
-
-/// A report as `GET /reports/{id}` and the listing show it: [`record_json`] plus
-/// `file` (`{sizeBytes, sha256, contentType, expiresAt}`, or null without a file).
-/// `expiresAt` is when a download link fetched now would stop working (s3 backend:
-/// now + `storage.presign_ttl_s`); null for the local backend, whose file does not expire.
-pub(crate) fn record_json_with_file(
-    record: &ReportRecord,
-    file: Option<&ReportFile>,
-    store: &ReportStore,
-) -> Value {
-    let mut value = base_json(record);
-    let file = file.map(|file| {
-        let expires_at = store.link_ttl_s().map(|ttl| {
-            Utc::now() + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX))
-        });
-        json!({
-            "sizeBytes": file.size_bytes,
-            "sha256": file.sha256,
-            "contentType": file.content_type,
-            "expiresAt": expires_at,
-        })
-    });
-    if let Value::Object(map) = &mut value {
-        map.insert("file".into(), file.unwrap_or(Value::Null));
-    }
-    value
-}
-
-/// The report's own fields.
-fn base_json(record: &ReportRecord) -> Value {
     json!({
         "id": record.id,
         "status": record.status,
@@ -465,6 +433,34 @@ fn base_json(record: &ReportRecord) -> Value {
         "progress": record.progress,
         "etaS": eta_s(record, Utc::now()),
     })
+}
+
+/// A report as `GET /reports/{id}` and the listing show it: [`record_json`] plus
+/// `file` (`{sizeBytes, sha256, contentType, expiresAt}`, or null without a file).
+/// `expiresAt` is when a download link fetched now would stop working (s3 backend:
+/// now + `storage.presign_ttl_s`); null for the local backend, whose file does not expire.
+pub(crate) fn record_json_with_file(
+    record: &ReportRecord,
+    file: Option<&ReportFile>,
+    store: &ReportStore,
+) -> Value {
+    let mut value = record_json(record);
+    let file = file.map(|file| {
+        let expires_at = store
+            .link_ttl_s()
+            .and_then(|ttl| chrono::Duration::try_seconds(i64::try_from(ttl).ok()?))
+            .map(|ttl| Utc::now() + ttl);
+        json!({
+            "sizeBytes": file.size_bytes,
+            "sha256": file.sha256,
+            "contentType": file.content_type,
+            "expiresAt": expires_at,
+        })
+    });
+    if let Value::Object(map) = &mut value {
+        map.insert("file".into(), file.unwrap_or(Value::Null));
+    }
+    value
 }
 
 /// One report, or a 404 naming the id.
@@ -601,7 +597,7 @@ pub(crate) async fn file(
         .await
         .map_err(|e| ApiError::unavailable(format!("cannot reach the report file: {e}")))?;
     match download {
-        Download::Redirect { url, .. } => Ok(HttpResponse::Found()
+        Download::Redirect(url) => Ok(HttpResponse::Found()
             .insert_header((header::LOCATION, url))
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .finish()),

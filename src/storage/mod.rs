@@ -93,13 +93,8 @@ pub struct ObjectInfo {
 pub(crate) enum Download {
     /// This host's file (local backend).
     File(PathBuf),
-    /// A presigned URL, valid until `expires_at` (s3 backend).
-    Redirect {
-        /// The presigned GET URL.
-        url: String,
-        /// When the URL stops working.
-        expires_at: chrono::DateTime<chrono::Utc>,
-    },
+    /// A presigned GET URL, valid for `storage.presign_ttl_s` (s3 backend).
+    Redirect(String),
 }
 
 /// The configured report store (`pub` for the integration tests, which upload through it).

@@ -425,8 +425,6 @@ impl S3Store {
             message: e.to_string(),
             unreachable: false,
         })?;
-        let expires_at = chrono::Utc::now()
-            + chrono::Duration::seconds(i64::try_from(self.presign_ttl_s).unwrap_or(0));
         let request = self
             .client
             .get_object()
@@ -436,10 +434,7 @@ impl S3Store {
             .presigned(config)
             .await
             .map_err(|e| self.error("GetObject (presign)", e))?;
-        Ok(Download::Redirect {
-            url: request.uri().to_string(),
-            expires_at,
-        })
+        Ok(Download::Redirect(request.uri().to_string()))
     }
 }
 
