@@ -37,6 +37,12 @@ pub enum Command {
         #[command(subcommand)]
         command: QueuesCommand,
     },
+    /// Check the report store (`[storage]`).
+    Storage {
+        /// The `storage` subcommand to run.
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
     /// Inspect the configuration.
     Config {
         /// The `config` subcommand to run.
@@ -105,6 +111,15 @@ pub enum DlqCommand {
     },
 }
 
+/// `reportd storage`: the report store.
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// Verify that the store is reachable and writable: put and delete a small probe
+    /// object under the prefix (s3), or a probe file in `report.output_dir` (local).
+    /// Creates nothing else, not even a missing bucket.
+    Check,
+}
+
 /// `reportd config`: inspect the configuration.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -143,6 +158,13 @@ pub async fn run_tool(command: Command, settings: Settings) -> anyhow::Result<()
             let client = queue::build_client(&settings.sqs).await;
             let report = queue::provision::ensure_queues(&client, &settings.sqs).await?;
             print!("{report}");
+        }
+        Command::Storage {
+            command: StorageCommand::Check,
+        } => {
+            let store = crate::storage::ReportStore::open(&settings).await;
+            let found = store.check().await?;
+            println!("storage: {found}");
         }
         Command::Dlq { command } => run_dlq(command, &settings).await?,
         Command::Cancel { ids, reason } => run_cancel(&ids, reason.as_deref(), &settings).await?,

@@ -51,6 +51,9 @@ pub struct Settings {
     /// Where generated reports are written.
     #[serde(default)]
     pub report: ReportSettings,
+    /// Where finished report files are kept and how clients download them.
+    #[serde(default)]
+    pub storage: StorageSettings,
     /// Demo/load-test knobs that reproduce the original article's slow, flaky jobs.
     #[serde(default)]
     pub simulate: SimulateSettings,
@@ -400,6 +403,72 @@ impl Default for ReportSettings {
     }
 }
 
+/// Where finished report files go.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// `report.output_dir` of the worker that ran the report (one host only).
+    Local,
+    /// An S3 bucket (or an S3-compatible store): downloadable through any api process.
+    S3,
+}
+
+/// `[storage]`: the report store. `local` keeps today's files in `report.output_dir`;
+/// `s3` uploads each finished file and answers downloads with presigned URLs, so api
+/// and worker processes may run on different hosts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// `local` or `s3`.
+    pub backend: StorageBackend,
+    /// The bucket of the `s3` backend (required there).
+    pub bucket: Option<String>,
+    /// Prepended to every object key (`reports/` → `reports/<id>.csv`); a missing
+    /// trailing `/` is added.
+    pub prefix: String,
+    /// AWS region of the bucket.
+    pub region: String,
+    /// S3-compatible endpoint (LocalStack, MinIO); absent means real AWS, with
+    /// credentials from the default chain.
+    pub endpoint_url: Option<String>,
+    /// Path-style URLs (`endpoint/bucket/key`), which LocalStack and MinIO need.
+    pub force_path_style: bool,
+    /// Create the bucket at `serve` start when it is missing (like `sqs.create_queues`);
+    /// off, a missing bucket stops `serve` at once.
+    pub create_bucket: bool,
+    /// Seconds a download link (presigned GET URL) stays valid.
+    pub presign_ttl_s: u64,
+    /// Server-side encryption asked for on every upload (`AES256`, `aws:kms`,
+    /// `aws:kms:dsse`); absent = the bucket's default.
+    pub server_side_encryption: Option<String>,
+    /// Store report files gzip-compressed (`Content-Encoding: gzip`).
+    pub gzip: bool,
+}
+
+/// Longest `storage.presign_ttl_s`: AWS refuses SigV4 presigned URLs valid longer than
+/// 7 days.
+pub const MAX_PRESIGN_TTL_S: u64 = 7 * 24 * 3600;
+
+/// The values `storage.server_side_encryption` may take (S3's `x-amz-server-side-encryption`).
+pub(crate) const SERVER_SIDE_ENCRYPTIONS: [&str; 3] = ["AES256", "aws:kms", "aws:kms:dsse"];
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Local,
+            bucket: None,
+            prefix: String::new(),
+            region: "us-east-1".into(),
+            endpoint_url: None,
+            force_path_style: false,
+            create_bucket: false,
+            presign_ttl_s: 3600,
+            server_side_encryption: None,
+            gzip: false,
+        }
+    }
+}
+
 /// `[simulate]`: demo/load-test knobs that slow jobs down or make them fail (all off by default).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -600,6 +669,7 @@ impl Settings {
         self.validate_sqs()?;
         self.validate_jobs()?;
         self.validate_api()?;
+        self.validate_storage()?;
         self.validate_simulate()
     }
 
@@ -854,6 +924,53 @@ impl Settings {
         Ok(())
     }
 
+    /// `[storage]`: the link lifetime, the encryption name, and for `s3` a bucket.
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        let storage = &self.storage;
+        if !(1..=MAX_PRESIGN_TTL_S).contains(&storage.presign_ttl_s) {
+            return invalid(
+                "storage.presign_ttl_s",
+                format!(
+                    "{} is outside 1..={MAX_PRESIGN_TTL_S} seconds (7 days, the longest a presigned URL may live)",
+                    storage.presign_ttl_s
+                ),
+            );
+        }
+        if let Some(sse) = &storage.server_side_encryption {
+            if !SERVER_SIDE_ENCRYPTIONS.contains(&sse.as_str()) {
+                return invalid(
+                    "storage.server_side_encryption",
+                    format!("`{sse}` is not one of {SERVER_SIDE_ENCRYPTIONS:?}"),
+                );
+            }
+        }
+        if let Some(endpoint) = &storage.endpoint_url {
+            if let Err(e) = parse_http_url(endpoint) {
+                return invalid("storage.endpoint_url", e);
+            }
+        }
+        if storage.region.trim().is_empty() {
+            return invalid("storage.region", "must not be empty".into());
+        }
+        if storage.prefix.starts_with('/') {
+            return invalid(
+                "storage.prefix",
+                format!("`{}` must not start with `/`", storage.prefix),
+            );
+        }
+        match (&storage.bucket, storage.backend) {
+            (None, StorageBackend::S3) => {
+                invalid("storage.bucket", "the s3 backend needs a bucket".into())
+            }
+            (Some(bucket), _) if !is_bucket_name(bucket) => invalid(
+                "storage.bucket",
+                format!("`{bucket}` is not a bucket name (3–63 of a-z, 0-9, `.` and `-`, starting and ending with a letter or digit)"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// `[simulate]`.
     fn validate_simulate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
@@ -964,6 +1081,18 @@ fn is_secret_param(raw_name: &str) -> bool {
         .map(|(name, _)| name.to_ascii_lowercase())
         .collect();
     SECRET_PARAMS.iter().any(|secret| name.contains(secret))
+}
+
+/// S3's bucket naming rules (the ones a typo breaks): 3–63 characters of lowercase
+/// letters, digits, `.` and `-`, starting and ending with a letter or digit.
+fn is_bucket_name(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge(name.chars().next())
+        && edge(name.chars().last())
 }
 
 fn parse_http_url(raw: &str) -> Result<url::Url, String> {
@@ -1213,5 +1342,81 @@ mod tests {
         assert!(shown.starts_with("# could not render"), "{shown}");
         assert!(shown.lines().all(|l| l.starts_with('#')), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn storage_defaults_to_local_and_s3_needs_a_bucket() {
+        let env = HashMap::new();
+        let settings = Settings::from_toml_str("", &env).expect("defaults are valid");
+        assert_eq!(settings.storage.backend, StorageBackend::Local);
+        assert_eq!(settings.storage.presign_ttl_s, 3600);
+        let error = Settings::from_toml_str("[storage]\nbackend = \"s3\"\n", &env)
+            .expect_err("s3 without a bucket");
+        assert!(
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    key: "storage.bucket",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let ok = "[storage]\nbackend = \"s3\"\nbucket = \"my-reports\"\n";
+        assert!(Settings::from_toml_str(ok, &env).is_ok());
+    }
+
+    #[test]
+    fn presign_ttl_is_between_one_second_and_seven_days() {
+        let env = HashMap::new();
+        let with_ttl = |ttl: u64| {
+            Settings::from_toml_str(&format!("[storage]\npresign_ttl_s = {ttl}\n"), &env)
+        };
+        assert!(with_ttl(MAX_PRESIGN_TTL_S).is_ok());
+        assert!(with_ttl(1).is_ok());
+        for bad in [0, MAX_PRESIGN_TTL_S + 1] {
+            let error = with_ttl(bad).expect_err("out of range");
+            assert!(
+                matches!(
+                    error,
+                    ConfigError::Invalid {
+                        key: "storage.presign_ttl_s",
+                        ..
+                    }
+                ),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn bucket_names_encryption_and_prefix_follow_s3s_rules() {
+        for good in ["abc", "my-reports.2026", "a1-b"] {
+            assert!(is_bucket_name(good), "{good}");
+        }
+        for bad in ["ab", "My-Reports", "-abc", "abc-", "a_b", &"a".repeat(64)] {
+            assert!(!is_bucket_name(bad), "{bad}");
+        }
+        let env = HashMap::new();
+        let key_of = |toml: &str| match Settings::from_toml_str(toml, &env) {
+            Err(ConfigError::Invalid { key, .. }) => Some(key),
+            _ => None,
+        };
+        assert_eq!(
+            key_of("[storage]\nserver_side_encryption = \"aes\"\n"),
+            Some("storage.server_side_encryption")
+        );
+        assert_eq!(
+            key_of("[storage]\nserver_side_encryption = \"aws:kms\"\n"),
+            None
+        );
+        assert_eq!(
+            key_of("[storage]\nprefix = \"/abs\"\n"),
+            Some("storage.prefix")
+        );
+        assert_eq!(
+            key_of("[storage]\nbucket = \"Bad_Name\"\n"),
+            Some("storage.bucket")
+        );
     }
 }

@@ -4,6 +4,8 @@
 //! - [`db`]: PostgreSQL pool, migrations and the `report_queue` queries.
 //! - [`queue`]: the SQS adapter: client, provisioning, batched calls.
 //! - `sqs_limits`: the limits SQS sets, for the adapter and for config validation.
+//! - [`storage`]: the report store, `local` (`report.output_dir`) or `s3` (uploads,
+//!   presigned download links).
 //! - [`actors`]: `StatusActor` (the single DB writer), `PollerActor` and the
 //!   `ReportWorker` pool (the consumer), and the fate rules the workers apply.
 //! - `outbox`: the dispatcher that sends accepted reports after their commit, and the
@@ -29,4 +31,5 @@ pub mod queue;
 pub mod report;
 pub(crate) mod sqs_limits;
 pub mod startup;
+pub mod storage;
 pub mod telemetry;

@@ -31,6 +31,7 @@ use crate::outbox::{Dispatcher, Timings};
 use crate::queue::provision::{ensure_queues, EnsureReport};
 use crate::queue::{self, QueueError, SqsBatchers, SqsQueue};
 use crate::report::{CsvReportGenerator, ReportGenerator, SimulatedGenerator};
+use crate::storage::{ReportStore, StoreError};
 
 /// Why the process could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,10 @@ pub enum StartupError {
     /// The queues could not be provisioned (`sqs.create_queues`) or found.
     #[error("SQS: {0}")]
     Queue(#[from] QueueError),
+    /// The report store is unusable: the bucket is missing (and `storage.create_bucket`
+    /// is off) or unreachable, or the local directory cannot be created.
+    #[error("storage: {0}")]
+    Storage(#[from] StoreError),
     /// The HTTP listener could not be opened.
     #[error("cannot listen on {bind}: {source}")]
     Bind {
@@ -98,6 +103,7 @@ impl Application {
         let pool = db::build_pool(&settings.database.url, settings.database.pool_size)?;
         let metrics = Metrics::new();
         let (sqs, queues) = connect_queues(&settings, &metrics).await?;
+        let store = open_store(&settings).await?;
         let registry = ActorRegistry::new(storm_limit(&settings), metrics.clone());
         let batchers = SqsBatchers::spawn(&sqs);
         let depths = QueueDepths::default();
@@ -111,7 +117,7 @@ impl Application {
             dispatcher
         });
         let feed = ReportFeed::default();
-        let all_feed = AllReportsFeed::new(feed.stream_slots());
+        let all_feed = AllReportsFeed::new(feed.stream_slots(), store.link_ttl_s());
         if settings.has_role(Role::Api) {
             actix::spawn(feed.clone().run(pool.clone()));
             actix::spawn(all_feed.clone().run(pool.clone()));
@@ -126,6 +132,7 @@ impl Application {
                 status: &status,
                 metrics: &metrics,
                 registry: &registry,
+                store: &store,
             };
             let (poller, workers) = start_consumer(parts, generator, abort_rx);
             (Some(poller), workers)
@@ -147,6 +154,7 @@ impl Application {
             dlq: Default::default(),
             feed,
             all_feed,
+            store,
         });
         let (server, port) = start_http(&settings, state)?;
         tracing::info!(port, roles = ?settings.server.roles, "reportd listening");
@@ -206,6 +214,15 @@ impl Application {
     }
 }
 
+/// The report store `[storage]` asks for, checked (and its bucket created, when
+/// `storage.create_bucket`) before anything runs: a missing bucket stops `serve` here.
+async fn open_store(settings: &Settings) -> Result<Arc<ReportStore>, StartupError> {
+    let store = ReportStore::open(settings).await;
+    let found = store.prepare().await?;
+    tracing::info!("storage: {found}");
+    Ok(Arc::new(store))
+}
+
 /// Creates or checks the queues as the config asks, and connects to both.
 async fn connect_queues(
     settings: &Settings,
@@ -260,19 +277,21 @@ struct ConsumerParts<'a> {
     status: &'a Addr<StatusActor>,
     metrics: &'a Arc<Metrics>,
     registry: &'a ActorRegistry,
+    store: &'a Arc<ReportStore>,
 }
 
 /// The built-in CSV generator unless the caller brought one, wrapped by `[simulate]`.
 fn choose_generator(
-    settings: &Settings,
-    pool: &DbPool,
+    parts: &ConsumerParts<'_>,
     custom: Option<Arc<dyn ReportGenerator>>,
 ) -> Arc<dyn ReportGenerator> {
+    let settings = parts.settings;
     let base: Arc<dyn ReportGenerator> = custom.unwrap_or_else(|| {
         Arc::new(CsvReportGenerator::new(
-            pool.clone(),
-            settings.report.output_dir.clone(),
+            parts.pool.clone(),
+            parts.store.clone(),
             settings.server.public_url.clone(),
+            settings.storage.gzip,
         ))
     });
     if settings.simulate.is_active() {
@@ -295,7 +314,7 @@ fn start_consumer(
         status: parts.status.clone(),
         queue: parts.sqs.clone(),
         batchers: parts.batchers.clone(),
-        generator: choose_generator(settings, parts.pool, generator),
+        generator: choose_generator(&parts, generator),
         limits: fate::Limits {
             max_attempts: settings.jobs.max_attempts,
             max_receive_count: settings.sqs.max_receive_count,

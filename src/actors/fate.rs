@@ -65,17 +65,13 @@ pub(crate) enum ClaimSeen {
 pub(crate) enum AttemptResult {
     Completed {
         report_url: Option<String>,
+        /// The stored file, recorded on the row with the completion.
+        file: Option<crate::db::models::ReportFile>,
     },
     /// The generator failed (or panicked); `permanent` when no retry can help.
-    Failed {
-        error: String,
-        permanent: bool,
-    },
+    Failed { error: String, permanent: bool },
     /// The host is in trouble, not the job; receives pause for `pause_s`.
-    HostTrouble {
-        error: String,
-        pause_s: u32,
-    },
+    HostTrouble { error: String, pause_s: u32 },
     /// Shutdown's grace period ended while it ran.
     Interrupted,
     /// Someone cancelled the job while it ran (seen in a heartbeat's answer).
@@ -174,9 +170,10 @@ pub(crate) fn after_attempt(
     limits: &Limits,
 ) -> Decision {
     match result {
-        AttemptResult::Completed { report_url } => Decision {
+        AttemptResult::Completed { report_url, file } => Decision {
             end: Some(AttemptEnd::Completed {
                 report_url: report_url.clone(),
+                file: file.clone(),
             }),
             message: MessageAction::Delete,
             group: Group::Continue,
@@ -405,7 +402,10 @@ mod tests {
 
     #[test]
     fn completion_deletes_the_message_and_lets_the_group_go_on() {
-        let result = AttemptResult::Completed { report_url: None };
+        let result = AttemptResult::Completed {
+            report_url: None,
+            file: None,
+        };
         let decision = after_attempt(&result, 0, 1, &limits(true));
         assert_eq!(decision.message, MessageAction::Delete);
         assert_eq!(decision.group, Group::Continue);

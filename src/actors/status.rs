@@ -460,10 +460,10 @@ impl<'a> ByKind<'a> {
                 WriteOp::EndAttempt {
                     id,
                     attempt,
-                    end: AttemptEnd::Completed { report_url },
+                    end: AttemptEnd::Completed { report_url, file },
                 } => kinds
                     .completions
-                    .push((i, (*id, *attempt, report_url.clone()))),
+                    .push((i, (*id, *attempt, report_url.clone(), file.clone()))),
                 WriteOp::EndAttempt { id, attempt, end } => {
                     kinds.ends.push((i, *id, *attempt, end))
                 }
@@ -722,7 +722,10 @@ mod tests {
                 attempt: 1,
                 progress: None,
             },
-            end(AttemptEnd::Completed { report_url: None }),
+            end(AttemptEnd::Completed {
+                report_url: None,
+                file: None,
+            }),
             end(AttemptEnd::Released { note: None }),
             WriteOp::Claim {
                 id,

@@ -502,6 +502,7 @@ async fn run_attempt(
         Ok(Ok(report)) => (
             AttemptResult::Completed {
                 report_url: report.report_url,
+                file: report.file,
             },
             false,
         ),

@@ -74,9 +74,9 @@ pub(crate) struct FeedEvent {
 }
 
 impl FeedEvent {
-    fn new(kind: Kind, row: &ReportRecord, seen_at: i64) -> Self {
+    fn new(kind: Kind, row: &ReportRecord, seen_at: i64, link_ttl_s: Option<u64>) -> Self {
         let data = match kind {
-            Kind::Status => super::reports::record_json(row),
+            Kind::Status => super::reports::record_json(row, link_ttl_s),
             Kind::Progress => json!({ "reportId": row.id, "progress": row.progress }),
         };
         Self {
@@ -110,6 +110,8 @@ struct FeedState {
     buffer: VecDeque<(Instant, Arc<FeedEvent>)>,
     /// Every change written at or after this (microseconds) is in `buffer`.
     covered_since: Option<i64>,
+    /// What a status event's report says of its file link's expiry.
+    link_ttl_s: Option<u64>,
 }
 
 impl FeedState {
@@ -125,7 +127,10 @@ impl FeedState {
     }
 
     fn stop(&mut self) {
-        *self = Self::default();
+        *self = Self {
+            link_ttl_s: self.link_ttl_s,
+            ..Self::default()
+        };
     }
 
     /// Ids that ran at the last look and are in none of this look's reads.
@@ -144,7 +149,7 @@ impl FeedState {
                 continue; // an older read of a row seen newer already
             }
             if let Some(kind) = kind_between(before.map(Arc::as_ref), &row) {
-                events.push(FeedEvent::new(kind, &row, seen_at));
+                events.push(FeedEvent::new(kind, &row, seen_at, self.link_ttl_s));
             }
             self.known.insert(row.id, Arc::new(row));
         }
@@ -213,10 +218,14 @@ pub(crate) struct AllReportsFeed {
 
 impl AllReportsFeed {
     /// A feed whose streams take their slots from `streams` (shared with the
-    /// per-report streams).
-    pub(crate) fn new(streams: Arc<Semaphore>) -> Self {
+    /// per-report streams); `link_ttl_s` as for [`super::reports::record_json`].
+    pub(crate) fn new(streams: Arc<Semaphore>, link_ttl_s: Option<u64>) -> Self {
+        let state = FeedState {
+            link_ttl_s,
+            ..FeedState::default()
+        };
         Self {
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(state)),
             sender: broadcast::channel(SUBSCRIBER_BACKLOG).0,
             wake: Arc::new(Notify::new()),
             started: Arc::new(watch::channel(false).0),
@@ -547,7 +556,7 @@ mod tests {
         let now = Instant::now();
         for i in 0..=BUFFER_EVENTS {
             let queued = with_id(row("in-queue", 0, None, at(1)), i as u128);
-            let event = FeedEvent::new(Kind::Status, &queued, at(1).timestamp_micros());
+            let event = FeedEvent::new(Kind::Status, &queued, at(1).timestamp_micros(), None);
             state.remember(Arc::new(event), now);
         }
         assert_eq!(state.buffer.len(), BUFFER_EVENTS);

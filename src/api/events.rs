@@ -181,10 +181,16 @@ pub(super) fn kind_between(before: Option<&ReportRecord>, now: &ReportRecord) ->
     (progress_changed && now.progress.is_some()).then_some(Kind::Progress)
 }
 
-fn events_between(before: Option<&ReportRecord>, now: &ReportRecord) -> Option<sse::Event> {
+/// The event for moving from `before` to `now`; a status event's report shows a file
+/// link's expiry from `link_ttl_s` (see [`super::reports::record_json`]).
+fn events_between(
+    before: Option<&ReportRecord>,
+    now: &ReportRecord,
+    link_ttl_s: Option<u64>,
+) -> Option<sse::Event> {
     let kind = kind_between(before, now)?;
     let data = match kind {
-        Kind::Status => super::reports::record_json(now),
+        Kind::Status => super::reports::record_json(now, link_ttl_s),
         Kind::Progress => now.progress.clone().unwrap_or(Value::Null),
     };
     let id = event_id(now).to_string();
@@ -202,6 +208,7 @@ fn event_stream(
     mut changes: watch::Receiver<Snapshot>,
     resumed_at: Option<i64>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    link_ttl_s: Option<u64>,
 ) -> impl Stream<Item = sse::Event> {
     let first = changes.borrow_and_update().clone();
     // A resumed client already has every state up to its last event's.
@@ -209,7 +216,7 @@ fn event_stream(
         .clone()
         .filter(|row| resumed_at.is_some_and(|at| at >= event_id(row)));
     let opening = match (&first, &sent) {
-        (Some(row), None) => events_between(None, row),
+        (Some(row), None) => events_between(None, row, link_ttl_s),
         _ => None,
     };
     let finished = first.as_ref().is_some_and(|row| row.is_terminal());
@@ -217,12 +224,12 @@ fn event_stream(
     // the client goes away.
     let rest = futures_util::stream::unfold(
         (changes, first, finished, permit),
-        |(mut changes, mut last, finished, permit)| async move {
+        move |(mut changes, mut last, finished, permit)| async move {
             if finished || changes.changed().await.is_err() {
                 return None;
             }
             let now = changes.borrow_and_update().clone()?;
-            let event = events_between(last.as_deref(), &now);
+            let event = events_between(last.as_deref(), &now, link_ttl_s);
             let finished = now.is_terminal();
             last = Some(now);
             Some((event, (changes, last, finished, permit)))
@@ -287,7 +294,10 @@ pub(crate) async fn report_events(
         ))
     })?;
     let changes = state.feed.subscribe(record);
-    let events = event_stream(changes, resumed_at, permit).map(Ok).boxed();
+    let link_ttl_s = state.store.link_ttl_s();
+    let events = event_stream(changes, resumed_at, permit, link_ttl_s)
+        .map(Ok)
+        .boxed();
     Ok(actix_web::Either::Left(
         sse::Sse::from_stream(events).with_keep_alive(KEEP_ALIVE),
     ))
@@ -340,6 +350,7 @@ pub(super) mod tests {
             max_runtime_s: None,
             not_after: None,
             progress: progress_at.map(|at| serde_json::json!({"percent": 5, "updatedAt": at})),
+            file: Default::default(),
         }
     }
 

@@ -56,6 +56,8 @@ pub(crate) struct AppState {
     pub(crate) all_feed: all_events::AllReportsFeed,
     /// The DLQ operations, one at a time (see [`crate::dlq::DlqGate`]).
     pub dlq: crate::dlq::DlqGate,
+    /// The report store: where `GET /reports/{id}/file` finds a file or a download link.
+    pub store: Arc<crate::storage::ReportStore>,
 }
 
 /// The last queue depths read from SQS, refreshed every few seconds in the background

@@ -18,7 +18,8 @@ use crate::db::reconcile::{self, retry_verdict, RetryVerdict};
 use crate::db::reports::CancelOutcome;
 use crate::db::{self, reports};
 use crate::outbox::Timings;
-use crate::report::{progress, report_path, ReportPayload};
+use crate::report::{progress, ReportPayload};
+use crate::storage::Download;
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -410,13 +411,28 @@ pub(crate) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::invalid("id", format!("`{raw}` is not a UUID")))
 }
 
-/// The whole record as clients see it.
-pub(crate) fn record_json(record: &ReportRecord) -> Value {
+/// The record as clients see it. `file` is `{sizeBytes, sha256, contentType, expiresAt}`
+/// (null without a file), where `expiresAt` is when a download link fetched now would
+/// stop working: now + `link_ttl_s` (the s3 backend's `storage.presign_ttl_s`); null
+/// for the local backend, whose file does not expire.
+pub(crate) fn record_json(record: &ReportRecord, link_ttl_s: Option<u64>) -> Value {
+    let file = record.file.to_file().map(|file| {
+        let expires_at = link_ttl_s
+            .and_then(|ttl| chrono::Duration::try_seconds(i64::try_from(ttl).ok()?))
+            .map(|ttl| Utc::now() + ttl);
+        json!({
+            "sizeBytes": file.size_bytes,
+            "sha256": file.sha256,
+            "contentType": file.content_type,
+            "expiresAt": expires_at,
+        })
+    });
     json!({
         "id": record.id,
         "status": record.status,
         "payload": record.payload,
         "reportUrl": record.report_url,
+        "file": file,
         "attempts": record.attempts,
         "failures": record.failures,
         "lastError": record.last_error,
@@ -470,7 +486,7 @@ pub(crate) async fn get(
         let wait = retry_after_s(eta_s(&record, Utc::now()));
         answer.insert_header((header::RETRY_AFTER, wait.to_string()));
     }
-    Ok(answer.json(record_json(&record)))
+    Ok(answer.json(record_json(&record, state.store.link_ttl_s())))
 }
 
 /// Seconds a poller should wait: a quarter of the estimated time left, within 1–30 s;
@@ -511,18 +527,24 @@ fn eta_from(progress: &Value, started: DateTime<Utc>, now: DateTime<Utc>) -> Opt
     summary = "The CSV of a completed report",
     params(("id" = Uuid, Path, description = "The report's id")),
     responses(
-        (status = 200, description = "The CSV", content_type = "text/csv", body = String,
-            headers(("Content-Disposition" = String, description = "`attachment; filename=\"<id>.csv\"`"))),
+        (status = 200, description = "The CSV (local backend)", content_type = "text/csv", body = String,
+            headers(
+                ("Content-Disposition" = String, description = "`attachment; filename=\"<id>.csv\"`"),
+                ("Content-Encoding" = String, description = "`gzip` when the file is stored compressed (`storage.gzip`)"))),
+        (status = 302, description = "s3 backend: a presigned GET URL of the object, valid for `storage.presign_ttl_s` \
+            seconds, which downloads it as `<id>.csv`",
+            headers(("Location" = String, description = "The presigned URL (carries `response-content-disposition`)"))),
         (status = 400, description = "`id` is not a UUID", body = ErrorBody),
         (status = 401, response = super::schemas::Unauthorized),
         (status = 404, description = "No report with this id, not completed, or its file is not on this host", body = ErrorBody),
         (status = 405, response = super::schemas::MethodNotAllowed),
-        (status = 503, description = "The database is unreachable or the file unreadable; retry later (`code: unavailable`)",
-            body = ErrorBody),
+        (status = 503, description = "The database or the report store is unreachable, or the file unreadable; \
+            retry later (`code: unavailable`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
-/// `GET /reports/{id}/file`: the CSV, once the report is completed.
+/// `GET /reports/{id}/file`: the CSV, once the report is completed: this host's file
+/// (local backend) or a redirect to a presigned URL (s3 backend).
 pub(crate) async fn file(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -536,15 +558,52 @@ pub(crate) async fn file(
         ))
         .with_field("id"));
     }
-    let path = report_path(&state.settings.report.output_dir, id);
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => Ok(HttpResponse::Ok()
-            .content_type("text/csv; charset=utf-8")
-            .insert_header((
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{id}.csv\""),
-            ))
-            .body(bytes)),
+    let file = record.file.to_file();
+    // A row completed before files were recorded has its file under the plain name.
+    let (key, gzip) = match &file {
+        Some(file) => (file.key.clone(), file.gzip),
+        None if state.store.is_local() => (crate::storage::file_name(id, false), false),
+        None => {
+            return Err(
+                ApiError::not_found(format!("report {id} is completed but has no file"))
+                    .with_field("id"),
+            )
+        }
+    };
+    let download = state
+        .store
+        .download(id, &key)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot reach the report file: {e}")))?;
+    match download {
+        Download::Redirect(url) => Ok(HttpResponse::Found()
+            .insert_header((header::LOCATION, url))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish()),
+        Download::File(path) => local_file(id, &path, gzip).await,
+    }
+}
+
+/// This host's copy of report `id`'s file.
+async fn local_file(
+    id: Uuid,
+    path: &std::path::Path,
+    gzip: bool,
+) -> Result<HttpResponse, ApiError> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => {
+            let mut answer = HttpResponse::Ok();
+            answer
+                .content_type(crate::report::CSV_CONTENT_TYPE)
+                .insert_header((
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{id}.csv\""),
+                ));
+            if gzip {
+                answer.insert_header((header::CONTENT_ENCODING, "gzip"));
+            }
+            Ok(answer.body(bytes))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::not_found(format!(
             "report {id} is completed but has no file on this host"
         ))
@@ -582,7 +641,8 @@ pub(crate) async fn list(
     } else {
         None
     };
-    let items: Vec<Value> = rows.iter().map(record_json).collect();
+    let ttl = state.store.link_ttl_s();
+    let items: Vec<Value> = rows.iter().map(|r| record_json(r, ttl)).collect();
     Ok(HttpResponse::Ok().json(json!({ "items": items, "nextCursor": next_cursor })))
 }
 
@@ -784,7 +844,7 @@ pub(crate) async fn cancel(
         None if record.status == JobStatus::Cancelled.as_str() => HttpResponse::Ok(),
         None => return Err(not_cancellable(id, &record.status)),
     };
-    Ok(answer.json(record_json(&record)))
+    Ok(answer.json(record_json(&record, state.store.link_ttl_s())))
 }
 
 fn not_cancellable(id: Uuid, status: &str) -> ApiError {

@@ -141,6 +141,27 @@ pub(crate) struct Report {
     /// attempt (null otherwise).
     #[schema(required = true)]
     pub eta_s: Option<u64>,
+    /// The stored file of a completed report (null without one).
+    #[schema(required = true)]
+    pub file: Option<ReportFileInfo>,
+}
+
+/// A completed report's stored file, as `GET /reports/{id}` shows it.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)] // A schema of the document only: utoipa reads its fields, nothing builds it.
+pub(crate) struct ReportFileInfo {
+    /// Bytes stored, and downloaded (compressed when stored with `gzip`).
+    pub size_bytes: i64,
+    /// Hex SHA-256 of the stored bytes, which a download returns unchanged.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub sha256: String,
+    /// The content's media type, e.g. `text/csv; charset=utf-8`.
+    pub content_type: String,
+    /// s3 backend: when a download link fetched now stops working (now +
+    /// `storage.presign_ttl_s`); null for the local backend.
+    #[schema(required = true)]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One event of `GET /reports/{id}/events` (the stream's `text/event-stream` lines, as

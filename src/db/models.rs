@@ -112,6 +112,9 @@ pub struct ReportRecord {
     /// The latest progress the generator reported (`{percent, stage, done, total,
     /// updatedAt}`); None before the first report.
     pub progress: Option<serde_json::Value>,
+    /// The finished file as the report store holds it (see [`FileColumns::to_file`]).
+    #[diesel(embed)]
+    pub file: FileColumns,
 }
 
 impl ReportRecord {
@@ -119,6 +122,57 @@ impl ReportRecord {
     pub(crate) fn is_terminal(&self) -> bool {
         JobStatus::parse(&self.status).is_some_and(JobStatus::is_terminal)
     }
+}
+
+/// A row's `file_*` columns (see [`ReportFile`]); all None until a completion records
+/// a file.
+#[derive(Debug, Clone, Default, Queryable, Selectable)]
+#[diesel(table_name = report_queue, check_for_backend(diesel::pg::Pg))]
+pub struct FileColumns {
+    /// See [`ReportFile::key`].
+    pub file_key: Option<String>,
+    /// See [`ReportFile::size_bytes`].
+    pub file_size_bytes: Option<i64>,
+    /// See [`ReportFile::sha256`].
+    pub file_sha256: Option<String>,
+    /// See [`ReportFile::content_type`].
+    pub file_content_type: Option<String>,
+    /// See [`ReportFile::rows`].
+    pub file_rows: Option<i64>,
+    /// See [`ReportFile::gzip`].
+    pub file_gzip: Option<bool>,
+}
+
+impl FileColumns {
+    /// The row's file, when the completion recorded one (all its columns are set).
+    pub(crate) fn to_file(&self) -> Option<ReportFile> {
+        Some(ReportFile {
+            key: self.file_key.clone()?,
+            size_bytes: self.file_size_bytes?,
+            sha256: self.file_sha256.clone()?,
+            content_type: self.file_content_type.clone()?,
+            rows: self.file_rows?,
+            gzip: self.file_gzip?,
+        })
+    }
+}
+
+/// A finished report file as the report store holds it; recorded on the row by the
+/// completion (`file_*` columns), so any api process can serve or link it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportFile {
+    /// Its key in the store: a file name in `report.output_dir`, or the S3 object key.
+    pub key: String,
+    /// Bytes stored (after compression when `gzip`).
+    pub size_bytes: i64,
+    /// Hex SHA-256 of the stored bytes: what a download returns, byte for byte.
+    pub sha256: String,
+    /// Media type of the content, e.g. `text/csv; charset=utf-8`.
+    pub content_type: String,
+    /// CSV data rows (the header not counted).
+    pub rows: i64,
+    /// Whether the stored bytes are gzip-compressed (`Content-Encoding: gzip`).
+    pub gzip: bool,
 }
 
 /// A row to insert when a report is accepted.

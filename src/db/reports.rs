@@ -13,10 +13,10 @@ use uuid::Uuid;
 use std::collections::{HashMap, HashSet};
 
 use diesel::sql_types::{
-    Array, BigInt, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
 
-use super::models::{JobStatus, NewReport, ReportRecord};
+use super::models::{JobStatus, NewReport, ReportFile, ReportRecord};
 use super::schema::report_queue::dsl as rq;
 
 /// What a worker's claim found.
@@ -55,6 +55,9 @@ pub enum AttemptEnd {
     Completed {
         /// Where clients fetch the file (stored as `report_url`); None when none was written.
         report_url: Option<String>,
+        /// The file as the report store holds it (the `file_*` columns); None when none
+        /// was written.
+        file: Option<ReportFile>,
     },
     /// A failure with tries left: back to `in-queue`, one more failure counted.
     Requeued {
@@ -488,8 +491,36 @@ struct TouchedRow {
     cancel: bool,
 }
 
-/// A completion: report id, the attempt that completed it, the file's URL.
-pub(crate) type Completion = (Uuid, i32, Option<String>);
+/// A completion: report id, the attempt that completed it, the file's URL, the file.
+pub(crate) type Completion = (Uuid, i32, Option<String>, Option<ReportFile>);
+
+/// The `file_*` columns of several completions, one array per column (for `unnest`).
+#[derive(Default)]
+struct FileArrays {
+    keys: Vec<Option<String>>,
+    sizes: Vec<Option<i64>>,
+    sha256s: Vec<Option<String>>,
+    content_types: Vec<Option<String>>,
+    rows: Vec<Option<i64>>,
+    gzips: Vec<Option<bool>>,
+}
+
+impl FileArrays {
+    fn of<'a>(files: impl Iterator<Item = Option<&'a ReportFile>>) -> Self {
+        let mut arrays = Self::default();
+        for file in files {
+            arrays.keys.push(file.map(|f| f.key.clone()));
+            arrays.sizes.push(file.map(|f| f.size_bytes));
+            arrays.sha256s.push(file.map(|f| f.sha256.clone()));
+            arrays
+                .content_types
+                .push(file.map(|f| f.content_type.clone()));
+            arrays.rows.push(file.map(|f| f.rows));
+            arrays.gzips.push(file.map(|f| f.gzip));
+        }
+        arrays
+    }
+}
 
 /// Completes several attempts in one statement (compare-and-set on each claimed
 /// attempt); one result per item: false when the row is no longer that attempt's.
@@ -500,20 +531,30 @@ pub async fn complete_many(
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = items.iter().map(|(id, _, _)| *id).collect();
-    let attempts: Vec<i32> = items.iter().map(|(_, attempt, _)| *attempt).collect();
-    let urls: Vec<Option<String>> = items.iter().map(|(_, _, url)| url.clone()).collect();
+    let ids: Vec<Uuid> = items.iter().map(|(id, ..)| *id).collect();
+    let attempts: Vec<i32> = items.iter().map(|(_, attempt, ..)| *attempt).collect();
+    let urls: Vec<Option<String>> = items.iter().map(|(_, _, url, _)| url.clone()).collect();
+    let files = FileArrays::of(items.iter().map(|(.., file)| file.as_ref()));
     let completed: HashSet<(Uuid, i32)> = diesel::sql_query(
         "UPDATE report_queue r SET status = 'completed', report_url = v.url, \
+           file_key = v.key, file_size_bytes = v.size, file_sha256 = v.sha256, \
+           file_content_type = v.content_type, file_rows = v.rows, file_gzip = v.gzip, \
            finished_at = now(), updated_at = now(), \
            progress = jsonb_set(r.progress, '{percent}', '100') \
-         FROM unnest($1, $2, $3) AS v(id, attempt, url) \
+         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+           AS v(id, attempt, url, key, size, sha256, content_type, rows, gzip) \
          WHERE r.id = v.id AND r.status = 'in-progress' AND r.attempts = v.attempt \
          RETURNING r.id, r.attempts",
     )
     .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Array<Integer>, _>(&attempts)
     .bind::<Array<Nullable<Text>>, _>(&urls)
+    .bind::<Array<Nullable<Text>>, _>(&files.keys)
+    .bind::<Array<Nullable<BigInt>>, _>(&files.sizes)
+    .bind::<Array<Nullable<Text>>, _>(&files.sha256s)
+    .bind::<Array<Nullable<Text>>, _>(&files.content_types)
+    .bind::<Array<Nullable<BigInt>>, _>(&files.rows)
+    .bind::<Array<Nullable<Bool>>, _>(&files.gzips)
     .load::<CompletedRow>(conn)
     .await?
     .into_iter()
@@ -521,7 +562,7 @@ pub async fn complete_many(
     .collect();
     Ok(items
         .iter()
-        .map(|(id, attempt, _)| completed.contains(&(*id, *attempt)))
+        .map(|(id, attempt, ..)| completed.contains(&(*id, *attempt)))
         .collect())
 }
 
@@ -542,6 +583,13 @@ pub async fn end_attempt(
     attempt: i32,
     end: &AttemptEnd,
 ) -> QueryResult<Option<JobStatus>> {
+    if let AttemptEnd::Completed { report_url, file } = end {
+        // One owner of the completion's columns: the batched statement.
+        let item = (id, attempt, report_url.clone(), file.clone());
+        let done = complete_many(conn, &[item]).await?;
+        let applied = done.contains(&true);
+        return Ok(applied.then_some(JobStatus::Completed));
+    }
     let write = end.write();
     let row: Option<StatusRow> = diesel::sql_query(
         "UPDATE report_queue SET \
@@ -587,7 +635,7 @@ impl AttemptEnd {
     /// The pure rule of [`end_attempt`]: what each way of ending writes.
     fn write(&self) -> EndWrite<'_> {
         let (status, last_error, counts_failure, report_url) = match self {
-            AttemptEnd::Completed { report_url } => (
+            AttemptEnd::Completed { report_url, .. } => (
                 Some(JobStatus::Completed),
                 None,
                 false,
@@ -678,6 +726,7 @@ mod tests {
             (
                 AttemptEnd::Completed {
                     report_url: Some("u".into()),
+                    file: None,
                 },
                 Some(JobStatus::Completed),
                 false,

@@ -23,6 +23,12 @@ diesel::table! {
         max_runtime_s -> Nullable<Int4>,
         not_after -> Nullable<Timestamptz>,
         progress -> Nullable<Jsonb>,
+        file_key -> Nullable<Text>,
+        file_size_bytes -> Nullable<Int8>,
+        file_sha256 -> Nullable<Text>,
+        file_content_type -> Nullable<Text>,
+        file_rows -> Nullable<Int8>,
+        file_gzip -> Nullable<Bool>,
     }
 }
 

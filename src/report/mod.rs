@@ -1,7 +1,8 @@
 //! Report generation: the [`ReportGenerator`] extension point, the built-in CSV
 //! generator over the demo `user_activity` table, and the `[simulate]` wrapper.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::SimulateSettings;
+use crate::db::models::ReportFile;
 use crate::db::{self, DbPool};
+use crate::storage::{ObjectInfo, ReportStore, StoreError};
 
 pub mod progress;
 
@@ -44,10 +47,13 @@ pub struct JobContext {
 }
 
 /// A finished report.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct GeneratedReport {
     /// Where clients fetch it; `None` for zero-work jobs.
     pub report_url: Option<String>,
+    /// The file as the report store holds it, recorded on the row with the completion;
+    /// `None` when no file was stored.
+    pub file: Option<ReportFile>,
 }
 
 /// Why a generation failed, and whether trying again can help.
@@ -75,29 +81,12 @@ impl GeneratorError {
     /// [`GeneratorError::Environment`], the rest are retryable job failures.
     pub fn from_io(context: &str, error: &std::io::Error) -> Self {
         let text = format!("{context}: {error}");
-        if is_host_trouble(error) {
+        if crate::storage::is_host_trouble(error) {
             GeneratorError::Environment(text)
         } else {
             GeneratorError::Retryable(text)
         }
     }
-}
-
-/// OS errors that say the host is short of something (files, space, memory), whatever
-/// the job: EMFILE, ENFILE, ENOSPC, EDQUOT, ENOMEM.
-pub(crate) fn is_host_trouble(error: &std::io::Error) -> bool {
-    const EMFILE: i32 = 24;
-    const ENFILE: i32 = 23;
-    const ENOSPC: i32 = 28;
-    const EDQUOT: i32 = 122;
-    const ENOMEM: i32 = 12;
-    matches!(
-        error.raw_os_error(),
-        Some(EMFILE | ENFILE | ENOSPC | EDQUOT | ENOMEM)
-    ) || matches!(
-        error.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory
-    )
 }
 
 /// What users implement to make reportd produce their reports. The future runs on a
@@ -121,22 +110,34 @@ pub trait ReportGenerator: Send + Sync + 'static {
 }
 
 /// The built-in generator: per-day event counts and amounts of one user over the range,
-/// from `user_activity`, written as `<output_dir>/<id>.csv`.
+/// from `user_activity`, written to a temporary file (gzip-compressed when `gzip`) and
+/// handed to the report store as `<id>.csv` (`<id>.csv.gz`).
 pub(crate) struct CsvReportGenerator {
     pool: DbPool,
-    output_dir: PathBuf,
+    store: Arc<ReportStore>,
     public_url: String,
+    /// `storage.gzip`: compress the file as it is written.
+    gzip: bool,
 }
 
 impl CsvReportGenerator {
-    pub(crate) fn new(pool: DbPool, output_dir: PathBuf, public_url: String) -> Self {
+    pub(crate) fn new(
+        pool: DbPool,
+        store: Arc<ReportStore>,
+        public_url: String,
+        gzip: bool,
+    ) -> Self {
         Self {
             pool,
-            output_dir,
+            store,
             public_url: public_url.trim_end_matches('/').to_string(),
+            gzip,
         }
     }
 }
+
+/// The media type of the built-in generator's files.
+pub(crate) const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
 
 /// One line of the CSV.
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
@@ -149,21 +150,13 @@ pub(crate) struct DailyFigures {
     pub amount_cents: i64,
 }
 
-/// The report file's path for an id.
-pub(crate) fn report_path(output_dir: &std::path::Path, id: Uuid) -> PathBuf {
-    output_dir.join(format!("{id}.csv"))
-}
-
-/// Renders the CSV text (header + one line per day that had activity).
-pub(crate) fn render_csv(rows: &[DailyFigures]) -> String {
-    let mut out = String::from("day,events,amount_cents\n");
+/// Writes the CSV (header + one line per day that had activity).
+fn write_csv(out: &mut impl Write, rows: &[DailyFigures]) -> std::io::Result<()> {
+    out.write_all(b"day,events,amount_cents\n")?;
     for row in rows {
-        out.push_str(&format!(
-            "{},{},{}\n",
-            row.day, row.events, row.amount_cents
-        ));
+        writeln!(out, "{},{},{}", row.day, row.events, row.amount_cents)?;
     }
-    out
+    Ok(())
 }
 
 impl ReportGenerator for CsvReportGenerator {
@@ -172,7 +165,8 @@ impl ReportGenerator for CsvReportGenerator {
         job: JobContext,
     ) -> BoxFuture<'static, Result<GeneratedReport, GeneratorError>> {
         let pool = self.pool.clone();
-        let dir = self.output_dir.clone();
+        let store = self.store.clone();
+        let gzip = self.gzip;
         let url = format!("{}/reports/{}/file", self.public_url, job.report_id);
         let progress = job.progress.clone();
         Box::pin(async move {
@@ -200,40 +194,158 @@ impl ReportGenerator for CsvReportGenerator {
             }
             drop(conn);
             progress.report(80, "writing the file");
-            let (id, attempt) = (job.report_id, job.attempt);
-            // Rendering and the file write are blocking work: keep them off the actors' threads.
-            let write = move || write_atomically(&dir, id, attempt, &render_csv(&rows));
-            tokio::task::spawn_blocking(write)
-                .await
-                .map_err(|e| GeneratorError::Retryable(format!("writer task failed: {e}")))??;
+            let file = store_report(&store, job.report_id, job.attempt, gzip, rows).await?;
             Ok(GeneratedReport {
                 report_url: Some(url),
+                file: Some(file),
             })
         })
     }
 
     fn discard(&self, report_id: Uuid, attempt: i32) -> BoxFuture<'static, ()> {
-        // Only this attempt's temporary file: the final `<id>.csv` may be another
-        // attempt's completed report. A write already inside `spawn_blocking` cannot be
-        // stopped and may still rename its file into place; such a file is never served,
-        // since only a `completed` row's file is.
-        let path = temporary_path(&self.output_dir, report_id, attempt);
+        // Only this attempt's temporary file and unfinished upload: the stored file may
+        // be another attempt's completed report. A local rename already inside the store
+        // cannot be stopped and may still put its file into place; such a file is never
+        // served, since only a `completed` row's file is.
+        let store = self.store.clone();
         Box::pin(async move {
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => {
-                    tracing::debug!(path = %path.display(), "removed a stopped attempt's output")
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a stopped attempt's output")
-                }
-            }
+            let temp = temporary_path(store.scratch_dir(), report_id, attempt);
+            store.discard(&temp, report_id, attempt).await;
         })
     }
 }
 
-/// Where [`write_atomically`] writes before its rename: one name per process and attempt.
-fn temporary_path(dir: &std::path::Path, id: Uuid, attempt: i32) -> PathBuf {
+/// Writes the report to this attempt's temporary file, measuring it as it goes, and
+/// hands it to the store.
+async fn store_report(
+    store: &ReportStore,
+    id: Uuid,
+    attempt: i32,
+    gzip: bool,
+    rows: Vec<DailyFigures>,
+) -> Result<ReportFile, GeneratorError> {
+    let dir = store.scratch_dir().to_path_buf();
+    let temp = temporary_path(&dir, id, attempt);
+    let path = temp.clone();
+    // Compression, hashing and the file write are blocking work: keep them off the
+    // actors' threads.
+    let written = tokio::task::spawn_blocking(move || write_measured(&dir, &path, &rows, gzip))
+        .await
+        .map_err(|e| GeneratorError::Retryable(format!("writer task failed: {e}")))??;
+    let key = store.key_for(id, gzip);
+    let info = ObjectInfo {
+        report_id: id,
+        attempt,
+        content_type: CSV_CONTENT_TYPE.into(),
+        gzip,
+        sha256: written.sha256.clone(),
+        rows: written.rows,
+    };
+    store.put(&temp, &key, &info).await.map_err(store_failure)?;
+    Ok(ReportFile {
+        key,
+        size_bytes: written.size_bytes,
+        sha256: written.sha256,
+        content_type: info.content_type,
+        rows: written.rows,
+        gzip,
+    })
+}
+
+/// A store that could not take the file. When the store gave no answer at all (S3
+/// unreachable, or the host out of files or space), it is `Environment`: like the
+/// database being away, it fails every job alike, so counting it would use up the
+/// jobs' attempts during an outage; the job is handed back uncounted and the process
+/// pauses receiving until jobs complete again. An answer that refused the upload (no
+/// such bucket, access denied) is the job's `Retryable` failure: retried with backoff
+/// and counted, so a lasting misconfiguration ends in `failed` reports a person sees.
+fn store_failure(error: StoreError) -> GeneratorError {
+    let text = format!("cannot store the report file: {error}");
+    if error.is_unreachable() {
+        GeneratorError::Environment(text)
+    } else {
+        GeneratorError::Retryable(text)
+    }
+}
+
+/// What [`write_measured`] wrote.
+struct Written {
+    /// Bytes in the file (compressed when gzip).
+    size_bytes: i64,
+    /// Hex SHA-256 of those bytes.
+    sha256: String,
+    /// CSV data rows.
+    rows: i64,
+}
+
+/// Counts and hashes the bytes on their way to the file, so that size and SHA-256 come
+/// with the write instead of a second read.
+struct Measured<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Measured<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the CSV to `temp` in `dir` (gzip-compressed when `gzip`) and measures it; on
+/// failure the temporary file is removed.
+fn write_measured(
+    dir: &Path,
+    temp: &Path,
+    rows: &[DailyFigures],
+    gzip: bool,
+) -> Result<Written, GeneratorError> {
+    let write = || -> std::io::Result<Measured<std::io::BufWriter<std::fs::File>>> {
+        std::fs::create_dir_all(dir)?;
+        let file = std::io::BufWriter::new(std::fs::File::create(temp)?);
+        let mut out = Measured {
+            inner: file,
+            hasher: sha2::Digest::new(),
+            bytes: 0,
+        };
+        if gzip {
+            let mut encoder =
+                flate2::write::GzEncoder::new(&mut out, flate2::Compression::default());
+            write_csv(&mut encoder, rows)?;
+            encoder.finish()?;
+        } else {
+            write_csv(&mut out, rows)?;
+        }
+        out.flush()?;
+        Ok(out)
+    };
+    match write() {
+        Ok(out) => Ok(Written {
+            size_bytes: i64::try_from(out.bytes).unwrap_or(i64::MAX),
+            sha256: hex::encode(sha2::Digest::finalize(out.hasher)),
+            rows: i64::try_from(rows.len()).unwrap_or(i64::MAX),
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(temp);
+            Err(GeneratorError::from_io(
+                &format!("cannot write in {}", dir.display()),
+                &e,
+            ))
+        }
+    }
+}
+
+/// Where an attempt writes its file before handing it to the store: one name per
+/// process and attempt.
+fn temporary_path(dir: &Path, id: Uuid, attempt: i32) -> PathBuf {
     dir.join(format!(".{id}.csv.{}.{attempt}.tmp", std::process::id()))
 }
 
@@ -293,24 +405,6 @@ fn day_chunks(
     chunks
 }
 
-/// Writes to a temporary file in the same directory, then renames, so a reader never
-/// sees half a report and a crash leaves no partial file under the final name.
-fn write_atomically(
-    dir: &std::path::Path,
-    id: Uuid,
-    attempt: i32,
-    contents: &str,
-) -> Result<(), GeneratorError> {
-    let io = |what: &str, e: std::io::Error| {
-        GeneratorError::from_io(&format!("{what} {}", dir.display()), &e)
-    };
-    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", e))?;
-    let tmp = temporary_path(dir, id, attempt);
-    std::fs::write(&tmp, contents).map_err(|e| io("cannot write in", e))?;
-    std::fs::rename(&tmp, report_path(dir, id)).map_err(|e| io("cannot rename in", e))?;
-    Ok(())
-}
-
 /// Wraps a generator with the `[simulate]` knobs (demos and load tests).
 pub(crate) struct SimulatedGenerator {
     inner: Arc<dyn ReportGenerator>,
@@ -352,7 +446,7 @@ impl ReportGenerator for SimulatedGenerator {
                 return Err(GeneratorError::Retryable("simulated random failure".into()));
             }
             if settings.skip_generator {
-                return Ok(GeneratedReport { report_url: None });
+                return Ok(GeneratedReport::default());
             }
             inner.generate(job).await
         })

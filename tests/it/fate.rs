@@ -215,7 +215,7 @@ impl ReportGenerator for OutOfFiles {
                     &emfile,
                 ));
             }
-            Ok(GeneratedReport { report_url: None })
+            Ok(GeneratedReport::default())
         })
     }
 }

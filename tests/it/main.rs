@@ -18,3 +18,4 @@ mod queues;
 mod reconcile;
 mod reports_db;
 mod status_actor;
+mod storage;

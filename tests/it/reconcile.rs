@@ -509,7 +509,7 @@ impl ReportGenerator for FailsFirstAttemptForGood {
             if job.attempt == 1 {
                 Err(GeneratorError::Permanent("bad on the first try".into()))
             } else {
-                Ok(GeneratedReport { report_url: None })
+                Ok(GeneratedReport::default())
             }
         })
     }

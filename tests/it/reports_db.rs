@@ -40,7 +40,7 @@ async fn one_claim_statement_answers_each_copy_and_each_kind_of_row() {
         panic!("{claimed:?}")
     };
     assert_eq!(
-        reports::complete_many(&mut conn, &[(done, attempt, None)])
+        reports::complete_many(&mut conn, &[(done, attempt, None, None)])
             .await
             .expect("complete"),
         [true]
@@ -82,7 +82,10 @@ async fn completions_and_heartbeats_are_compare_and_set_on_the_claimed_attempt()
     let url = Some("http://x/file".to_string());
     let results = reports::complete_many(
         &mut conn,
-        &[(ids[0], 1, url.clone()), (ids[1], 7, url.clone())],
+        &[
+            (ids[0], 1, url.clone(), None),
+            (ids[1], 7, url.clone(), None),
+        ],
     )
     .await
     .expect("complete");
@@ -105,7 +108,7 @@ async fn completions_and_heartbeats_are_compare_and_set_on_the_claimed_attempt()
     assert_eq!(row.report_url, url);
     // A second completion of a completed job never applies.
     assert_eq!(
-        reports::complete_many(&mut conn, &[(ids[0], 1, None)])
+        reports::complete_many(&mut conn, &[(ids[0], 1, None, None)])
             .await
             .expect("complete"),
         [false]
@@ -170,7 +173,7 @@ async fn a_cancel_ends_a_waiting_job_at_once_and_a_running_one_through_its_heart
         ("cancelled", 1, 0)
     );
 
-    reports::complete_many(&mut conn, &[(done, 1, None)])
+    reports::complete_many(&mut conn, &[(done, 1, None, None)])
         .await
         .expect("complete");
     assert_eq!(

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reportd::config::{Role, Settings, SimulateSettings};
+use reportd::config::{Role, Settings, SimulateSettings, StorageSettings};
 use reportd::queue::SqsQueue;
 use reportd::report::ReportGenerator;
 use reportd::startup::Application;
@@ -40,6 +40,8 @@ pub(crate) struct AppOptions {
     pub max_body_bytes: usize,
     /// SQS endpoint (e.g. a cuttable proxy); None: LocalStack itself.
     pub sqs_endpoint: Option<String>,
+    /// `[storage]`; None: the default (local, in the test's temporary directory).
+    pub storage: Option<StorageSettings>,
 }
 
 impl Default for AppOptions {
@@ -61,6 +63,7 @@ impl Default for AppOptions {
             max_range_days: 366,
             max_body_bytes: 256 * 1024,
             sqs_endpoint: None,
+            storage: None,
         }
     }
 }
@@ -111,6 +114,9 @@ pub(crate) async fn test_settings(options: &AppOptions) -> (Settings, Arc<tempfi
     settings.api.max_body_bytes = options.max_body_bytes;
     settings.retry.backoff_base_s = options.backoff_base_s;
     settings.report.output_dir = tmp.path().join("reports");
+    if let Some(storage) = &options.storage {
+        settings.storage = storage.clone();
+    }
     settings.validate().expect("test settings are valid");
     (settings, tmp)
 }

@@ -111,7 +111,7 @@ impl ReportGenerator for Recorder {
             if let Ok(mut runs) = runs.lock() {
                 runs.push((job.report_id, start, Instant::now()));
             }
-            Ok(GeneratedReport { report_url: None })
+            Ok(GeneratedReport::default())
         })
     }
 }

@@ -16,7 +16,7 @@ pub(crate) mod app;
 pub(crate) mod jobs;
 pub(crate) mod proxy;
 
-use reportd::config::SqsSettings;
+use reportd::config::{SqsSettings, StorageBackend, StorageSettings};
 
 /// PostgreSQL server used when `REPORTD_TEST_PG` is not set (no database name).
 pub(crate) const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432";
@@ -126,10 +126,20 @@ pub(crate) fn sqs_endpoint() -> String {
 
 /// Panics unless LocalStack answers its health check with SQS available.
 pub(crate) async fn require_sqs() {
+    require_localstack("sqs", "SQS").await;
+}
+
+/// Panics unless LocalStack answers its health check with S3 available (the same
+/// LocalStack as SQS: `scripts/dev-services` starts it with `SERVICES=sqs,s3`).
+pub(crate) async fn require_s3() {
+    require_localstack("s3", "S3").await;
+}
+
+async fn require_localstack(service: &str, name: &str) {
     let endpoint = sqs_endpoint();
     let health = format!("{endpoint}/_localstack/health");
     let fail = |why: String| -> ! {
-        panic!("LocalStack SQS is not reachable at {endpoint} ({why}): run scripts/dev-services or set REPORTD_TEST_SQS")
+        panic!("LocalStack {name} is not reachable at {endpoint} ({why}): run scripts/dev-services or set REPORTD_TEST_SQS")
     };
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(2))
@@ -146,13 +156,31 @@ pub(crate) async fn require_sqs() {
         Ok(b) => b,
         Err(e) => fail(format!("GET {health} returned no JSON: {e}")),
     };
-    let sqs = body
+    let state = body
         .get("services")
-        .and_then(|s| s.get("sqs"))
+        .and_then(|s| s.get(service))
         .and_then(|s| s.as_str())
         .unwrap_or("missing");
-    if !matches!(sqs, "available" | "running") {
-        fail(format!("its health check reports sqs = {sqs:?}"));
+    if !matches!(state, "available" | "running") {
+        fail(format!("its health check reports {service} = {state:?}"));
+    }
+}
+
+/// A bucket name no other test uses: `t-<prefix>-<8 hex chars>`.
+pub(crate) fn unique_bucket_name(prefix: &str) -> String {
+    unique_queue_name(prefix)
+}
+
+/// `[storage]` for LocalStack's S3: backend `s3`, bucket `bucket` (created at start),
+/// path-style URLs, every other field at its default.
+pub(crate) fn s3_storage(bucket: &str) -> StorageSettings {
+    StorageSettings {
+        backend: StorageBackend::S3,
+        bucket: Some(bucket.to_string()),
+        endpoint_url: Some(sqs_endpoint()),
+        force_path_style: true,
+        create_bucket: true,
+        ..StorageSettings::default()
     }
 }
 
