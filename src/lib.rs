@@ -20,6 +20,7 @@
 
 pub mod actors;
 pub(crate) mod api;
+pub(crate) mod aws_endpoint;
 pub(crate) mod batcher;
 pub mod cli;
 pub mod config;

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
-use aws_sdk_sqs::config::Credentials;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
     SendMessageBatchRequestEntry,
@@ -143,7 +142,7 @@ fn is_stale_receipt_code(code: &str) -> bool {
 /// Builds an SQS client. With an `endpoint_url` (LocalStack) and no AWS credentials in
 /// the environment, static dummy credentials are used, since such endpoints accept any.
 pub async fn build_client(settings: &SqsSettings) -> Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+    let loader = aws_config::defaults(BehaviorVersion::latest())
         .region(aws_config::Region::new(settings.region.clone()))
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
@@ -158,20 +157,7 @@ pub async fn build_client(settings: &SqsSettings) -> Client {
         // retries a call once, for a reset connection, so a dead endpoint cannot hide
         // behind SDK retries.
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2));
-    if let Some(endpoint) = &settings.endpoint_url {
-        loader = loader.endpoint_url(endpoint);
-        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
-            && std::env::var_os("AWS_PROFILE").is_none()
-        {
-            loader = loader.credentials_provider(Credentials::new(
-                "test",
-                "test",
-                None,
-                None,
-                "reportd-local",
-            ));
-        }
-    }
+    let loader = crate::aws_endpoint::at_endpoint(loader, settings.endpoint_url.as_deref());
     Client::new(&loader.load().await)
 }
 

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation};
+use aws_sdk_s3::config::RequestChecksumCalculation;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
@@ -75,7 +75,7 @@ pub(crate) fn object_key(prefix: &str, id: Uuid, gzip: bool) -> String {
 /// (LocalStack, MinIO) and no AWS credentials in the environment, static dummy
 /// credentials; otherwise the default credential chain.
 pub async fn build_client(settings: &StorageSettings) -> Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+    let loader = aws_config::defaults(BehaviorVersion::latest())
         .region(aws_config::Region::new(settings.region.clone()))
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
@@ -85,20 +85,7 @@ pub async fn build_client(settings: &StorageSettings) -> Client {
                 .build(),
         )
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2));
-    if let Some(endpoint) = &settings.endpoint_url {
-        loader = loader.endpoint_url(endpoint);
-        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
-            && std::env::var_os("AWS_PROFILE").is_none()
-        {
-            loader = loader.credentials_provider(Credentials::new(
-                "test",
-                "test",
-                None,
-                None,
-                "reportd-local",
-            ));
-        }
-    }
+    let loader = crate::aws_endpoint::at_endpoint(loader, settings.endpoint_url.as_deref());
     let config = aws_sdk_s3::config::Builder::from(&loader.load().await)
         .force_path_style(settings.force_path_style)
         // No automatic CRC32 trailers (aws-chunked bodies, per-part checksums that the
