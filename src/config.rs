@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::sqs_limits as limits;
 
+pub mod report_types;
+
+pub use report_types::ReportTypeSettings;
+
 /// Everything reportd reads from its configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +61,9 @@ pub struct Settings {
     /// Demo/load-test knobs that reproduce the original article's slow, flaky jobs.
     #[serde(default)]
     pub simulate: SimulateSettings,
+    /// Report types declared in config (`[[report_types]]`), besides the built-in one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub report_types: Vec<ReportTypeSettings>,
     /// When restarting actors counts as a restart storm.
     #[serde(default)]
     pub supervisor: SupervisorSettings,
@@ -514,6 +521,14 @@ pub enum ConfigError {
         /// Why the value is refused.
         reason: String,
     },
+    /// Like `Invalid`, for a key built at run time (`report_types[2].params.startDate`).
+    #[error("invalid value for `{key}`: {reason}")]
+    InvalidKey {
+        /// The dotted key at fault.
+        key: String,
+        /// Why the value is refused.
+        reason: String,
+    },
 }
 
 impl From<figment::Error> for ConfigError {
@@ -670,6 +685,7 @@ impl Settings {
         self.validate_jobs()?;
         self.validate_api()?;
         self.validate_storage()?;
+        report_types::validate(&self.report_types)?;
         self.validate_simulate()
     }
 

@@ -25,6 +25,14 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A report type's query that does not prepare is a configuration error.
+        Err(e)
+            if e.chain()
+                .any(|cause| cause.is::<reportd::report::ReportTypeError>()) =>
+        {
+            eprintln!("reportd: bad configuration: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("reportd: {e:#}");
             ExitCode::FAILURE

@@ -20,9 +20,14 @@ use crate::db::models::ReportFile;
 use crate::db::{self, DbPool};
 use crate::storage::{ObjectInfo, ReportStore, StoreError};
 
+pub(crate) mod command;
 pub mod progress;
+pub(crate) mod sink;
+pub mod sql;
+pub(crate) mod types;
 
 pub use progress::{Progress, ProgressReporter};
+pub use sql::{check_queries, ReportTypeError};
 
 /// The payload stored with a report: who and which range.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
