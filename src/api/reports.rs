@@ -108,6 +108,41 @@ impl Submission {
     }
 }
 
+/// A typed submission's `params` (absent = none).
+fn params_object(object: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
+    match object.get("params") {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(params)) => Ok(params.clone()),
+        Some(other) => Err(ApiError::invalid(
+            "params",
+            format!("params must be an object, got {}", type_name(other)),
+        )),
+    }
+}
+
+/// `{"type": "user-activity", "params": {userId, startDate, endDate}}`: the original
+/// body's rules, with the fields named `params.<name>`.
+fn built_in_by_name(
+    params: &Map<String, Value>,
+    max_range_days: i64,
+) -> Result<Submission, ApiError> {
+    use crate::config::report_types::BUILT_IN_TYPE;
+    if let Some(unknown) = params
+        .keys()
+        .find(|k| !BUILT_IN_PARAMS.contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid(
+            &format!("params.{unknown}"),
+            format!("`{unknown}` is not a parameter of report type `{BUILT_IN_TYPE}`"),
+        ));
+    }
+    let payload = parse_submission(params, max_range_days).map_err(|mut e| {
+        e.field = e.field.map(|f| format!("params.{f}"));
+        e
+    })?;
+    Submission::built_in(&payload)
+}
+
 /// The parameters of the built-in type (the original body's fields).
 pub(crate) const BUILT_IN_PARAMS: [&str; 3] = ["userId", "startDate", "endDate"];
 
@@ -144,31 +179,9 @@ pub(crate) fn parse_typed_submission(
             format!("with type, {field} goes inside params"),
         ));
     }
-    let params = match object.get("params") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(params)) => params.clone(),
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "params",
-                format!("params must be an object, got {}", type_name(other)),
-            ))
-        }
-    };
+    let params = params_object(object)?;
     if name == BUILT_IN_TYPE {
-        if let Some(unknown) = params
-            .keys()
-            .find(|k| !BUILT_IN_PARAMS.contains(&k.as_str()))
-        {
-            return Err(ApiError::invalid(
-                &format!("params.{unknown}"),
-                format!("`{unknown}` is not a parameter of report type `{BUILT_IN_TYPE}`"),
-            ));
-        }
-        let payload = parse_submission(&params, settings.api.max_range_days).map_err(|mut e| {
-            e.field = e.field.map(|f| format!("params.{f}"));
-            e
-        })?;
-        return Submission::built_in(&payload);
+        return built_in_by_name(&params, settings.api.max_range_days);
     }
     let declared = settings
         .report_types
@@ -633,15 +646,17 @@ fn eta_from(progress: &Value, started: DateTime<Utc>, now: DateTime<Utc>) -> Opt
     path = "/reports/{id}/file",
     tag = "reports",
     operation_id = "getReportFile",
-    summary = "The CSV of a completed report",
+    summary = "The file of a completed report",
     params(("id" = Uuid, Path, description = "The report's id")),
     responses(
-        (status = 200, description = "The CSV (local backend)", content_type = "text/csv", body = String,
+        (status = 200, description = "The file (local backend), with the content type recorded for it: CSV for the \
+            built-in type and `csv` report types, JSON lines for `jsonl` ones, a command type's `content_type`",
+            content((String = "text/csv"), (String = "application/jsonl"), (String = "application/octet-stream")),
             headers(
-                ("Content-Disposition" = String, description = "`attachment; filename=\"<id>.csv\"`"),
+                ("Content-Disposition" = String, description = "`attachment; filename=\"<id>.<extension>\"` (`<id>.csv`, `<id>.jsonl`, …)"),
                 ("Content-Encoding" = String, description = "`gzip` when the file is stored compressed (`storage.gzip`)"))),
         (status = 302, description = "s3 backend: a presigned GET URL of the object, valid for `storage.presign_ttl_s` \
-            seconds, which downloads it as `<id>.csv`",
+            seconds, which downloads it as `<id>.<extension>`",
             headers(("Location" = String, description = "The presigned URL (carries `response-content-disposition`)"))),
         (status = 400, description = "`id` is not a UUID", body = ErrorBody),
         (status = 401, response = super::schemas::Unauthorized),

@@ -23,7 +23,7 @@ use crate::storage::{ObjectInfo, ReportStore, StoreError};
 pub(crate) mod command;
 pub mod progress;
 pub(crate) mod sink;
-pub mod sql;
+pub(crate) mod sql;
 pub(crate) mod types;
 
 pub use progress::{Progress, ProgressReporter};
@@ -45,7 +45,8 @@ pub struct JobContext {
     pub report_id: Uuid,
     /// 1-based attempt number (claims, not SQS receives).
     pub attempt: i32,
-    /// The accepted request as stored, `{"userId", "startDate", "endDate"}` (camelCase).
+    /// The accepted request as stored: `{"userId", "startDate", "endDate"}` (camelCase) for
+    /// the built-in type, `{"type", "params"}` for a declared report type.
     pub payload: serde_json::Value,
     /// Where to say how far the report is; shown by `GET /reports/{id}`.
     pub progress: ProgressReporter,

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
 use super::sink::{Described, FileSink, CHUNK_BYTES};
 use super::{GeneratedReport, GeneratorError, JobContext, ReportGenerator};
@@ -280,7 +280,10 @@ pub async fn check_queries(
     }
     let mut client = connect(url).await.map_err(|e| ReportTypeError {
         name: sql_types[0].name.clone(),
-        problem: format!("cannot connect to the database to check the query: {e}"),
+        problem: format!(
+            "cannot connect to the database to check the query: {}",
+            describe(&e)
+        ),
     })?;
     for declared in &sql_types {
         let problem = |problem: String| ReportTypeError {
@@ -410,6 +413,47 @@ impl ReportGenerator for SqlGenerator {
 /// Rows written between two progress readings.
 const PROGRESS_EVERY_ROWS: i64 = 10_000;
 
+/// Opens the READ ONLY transaction with the type's statement timeout and prepares the
+/// query (for its column names) and the form that is run.
+async fn begin<'c>(
+    client: &'c mut Client,
+    declared: &ReportTypeSettings,
+    rewritten: &Rewritten,
+) -> Result<(Transaction<'c>, Statement, Statement), GeneratorError> {
+    let failed = |e: tokio_postgres::Error| query_failure("report query", &e);
+    let tx = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(failed)?;
+    // SET LOCAL: the settings end with the transaction. UTC makes timestamps in the file
+    // the same whatever the server's default.
+    let settings = format!(
+        "SET LOCAL statement_timeout = {}; SET LOCAL TimeZone = 'UTC'",
+        u64::from(declared.statement_timeout_s) * 1000
+    );
+    tx.batch_execute(&settings).await.map_err(failed)?;
+    let inner = tx.prepare(&rewritten.sql).await.map_err(failed)?;
+    let outer = wrapped(&rewritten.sql, declared.format, inner.columns().len());
+    let statement = tx.prepare(&outer).await.map_err(failed)?;
+    Ok((tx, inner, statement))
+}
+
+/// Appends one row in the file's format.
+fn encode_row(format: ReportFormat, row: &tokio_postgres::Row, chunk: &mut Vec<u8>) {
+    match format {
+        ReportFormat::Csv => {
+            let fields: Vec<Option<&str>> = (0..row.len()).map(|c| row.get(c)).collect();
+            csv_line(chunk, &fields);
+        }
+        ReportFormat::Jsonl => {
+            chunk.extend_from_slice(row.get::<_, &str>(0).as_bytes());
+            chunk.push(b'\n');
+        }
+    }
+}
+
 /// Runs the query and streams its rows into `sink`; returns the rows written. The rows
 /// arrive as the socket delivers them (tokio-postgres stops reading while the stream is
 /// not polled), so memory holds one chunk, never the result.
@@ -421,33 +465,7 @@ async fn stream_rows(
     sink: &mut FileSink,
     job: &JobContext,
 ) -> Result<i64, GeneratorError> {
-    let tx = client
-        .build_transaction()
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|e| query_failure("report query", &e))?;
-    // SET LOCAL: the settings end with the transaction. UTC makes timestamps in the file
-    // the same whatever the server's default.
-    let settings = format!(
-        "SET LOCAL statement_timeout = {}; SET LOCAL TimeZone = 'UTC'",
-        u64::from(declared.statement_timeout_s) * 1000
-    );
-    tx.batch_execute(&settings)
-        .await
-        .map_err(|e| query_failure("report query", &e))?;
-    let inner = tx
-        .prepare(&rewritten.sql)
-        .await
-        .map_err(|e| query_failure("report query", &e))?;
-    let statement = tx
-        .prepare(&wrapped(
-            &rewritten.sql,
-            declared.format,
-            inner.columns().len(),
-        ))
-        .await
-        .map_err(|e| query_failure("report query", &e))?;
+    let (tx, inner, statement) = begin(client, declared, rewritten).await?;
     let mut chunk = Vec::with_capacity(CHUNK_BYTES);
     if declared.format == ReportFormat::Csv {
         let header: Vec<Option<&str>> = inner.columns().iter().map(|c| Some(c.name())).collect();
@@ -463,16 +481,7 @@ async fn stream_rows(
     let mut rows: i64 = 0;
     while let Some(row) = stream.next().await {
         let row = row.map_err(|e| query_failure("reading the report's rows", &e))?;
-        match declared.format {
-            ReportFormat::Csv => {
-                let fields: Vec<Option<&str>> = (0..row.len()).map(|c| row.get(c)).collect();
-                csv_line(&mut chunk, &fields);
-            }
-            ReportFormat::Jsonl => {
-                chunk.extend_from_slice(row.get::<_, &str>(0).as_bytes());
-                chunk.push(b'\n');
-            }
-        }
+        encode_row(declared.format, &row, &mut chunk);
         rows += 1;
         if chunk.len() >= CHUNK_BYTES {
             sink.write(std::mem::replace(
