@@ -1030,7 +1030,8 @@ impl Settings {
         }
     }
 
-    /// A copy with the database URL redacted and every API token replaced.
+    /// A copy with the database URL redacted and every API token and report type `env`
+    /// value replaced.
     fn redacted(&self) -> Settings {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
@@ -1040,6 +1041,12 @@ impl Settings {
             .iter()
             .map(|_| "<redacted>".to_string())
             .collect();
+        // A command's environment is where its credentials go.
+        for declared in &mut shown.report_types {
+            for value in declared.env.values_mut() {
+                *value = "<redacted>".to_string();
+            }
+        }
         shown
     }
 }

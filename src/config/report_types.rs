@@ -573,6 +573,24 @@ mod tests {
     }
 
     #[test]
+    fn config_check_never_prints_a_command_environment_value() {
+        let mut command = sql_type(BTreeMap::new());
+        command.kind = ReportKind::Command;
+        command.query = None;
+        command.command = vec!["true".into()];
+        command.env.insert("API_KEY".into(), "s3cret".into());
+        let settings = super::super::Settings {
+            report_types: vec![command],
+            ..Default::default()
+        };
+        let shown = settings.to_redacted_toml();
+        assert!(
+            shown.contains("API_KEY") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn validation_names_the_key_at_fault() {
         let ok = sql_type(BTreeMap::new());
         assert!(validate(std::slice::from_ref(&ok)).is_ok());

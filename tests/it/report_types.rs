@@ -400,6 +400,48 @@ async fn config_check_prepares_every_query_and_names_the_type_at_fault() {
     }
 }
 
+#[actix_web::test]
+async fn serve_refuses_to_start_with_a_query_that_does_not_prepare() {
+    let url = migrated_database().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    let config = format!(
+        "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n\
+         [sqs]\nendpoint_url = \"{}\"\nqueue_name = \"{}\"\n\n\
+         [[report_types]]\nname = \"broken\"\nquery = \"select nope from user_activity\"\n",
+        crate::common::sqs_endpoint(),
+        crate::common::unique_queue_name("broken")
+    );
+    std::fs::write(&path, config).expect("write config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_reportd"))
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .env_remove("DATABASE_URL")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run reportd");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve did not stop on a broken report type");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("report type `broken`") && stderr.contains("nope"),
+        "{stderr}"
+    );
+}
+
 fn pid_of(dir: &Path, id: Uuid) -> Option<i32> {
     std::fs::read_to_string(dir.join(format!("{id}.pid")))
         .ok()
