@@ -136,7 +136,8 @@ pub async fn run_tool(command: Command, settings: Settings) -> anyhow::Result<()
             command: ConfigCommand::Check,
         } => {
             // Prepared before printing: a query that does not prepare is a bad config.
-            crate::report::check_queries(&settings.database.url, &settings.report_types).await?;
+            crate::report::check_queries(settings.database.reports_url(), &settings.report_types)
+                .await?;
             print!("{}", settings.to_redacted_toml());
         }
         Command::Migrate => {

@@ -160,6 +160,17 @@ pub struct DatabaseSettings {
     /// touch rows held by someone else fail (retryably) and the rest of the batch
     /// commits. Other writers hold rows for milliseconds, so this stays short.
     pub lock_timeout_ms: u64,
+    /// Where declared `sql` report types run their queries (a replica, or a role that
+    /// may only read); unset = `url`. Redacted like `url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reports_url: Option<String>,
+}
+
+impl DatabaseSettings {
+    /// The URL report type queries use: `reports_url`, else `url`.
+    pub fn reports_url(&self) -> &str {
+        self.reports_url.as_deref().unwrap_or(&self.url)
+    }
 }
 
 impl Default for DatabaseSettings {
@@ -171,6 +182,7 @@ impl Default for DatabaseSettings {
             create_if_missing: true,
             statement_timeout_ms: 10_000,
             lock_timeout_ms: 200,
+            reports_url: None,
         }
     }
 }
@@ -184,6 +196,7 @@ impl fmt::Debug for DatabaseSettings {
             .field("create_if_missing", &self.create_if_missing)
             .field("statement_timeout_ms", &self.statement_timeout_ms)
             .field("lock_timeout_ms", &self.lock_timeout_ms)
+            .field("reports_url", &self.reports_url.as_deref().map(redact_url))
             .finish()
     }
 }
@@ -577,7 +590,7 @@ fn describe_figment_error(error: figment::Error) -> String {
 
 /// Keys whose values are secrets. An error about one names the key and what was
 /// expected, never the value: a token put where a list belongs is still a token.
-const SECRET_KEYS: &[&str] = &["api.tokens", "database.url"];
+const SECRET_KEYS: &[&str] = &["api.tokens", "database.url", "database.reports_url"];
 
 /// Whether `key` (a dotted path, e.g. `api.tokens.1` for a list element) is or lies
 /// under a secret key.
@@ -755,6 +768,16 @@ impl Settings {
                 )
             }
             Err(e) => return invalid("database.url", format!("not a URL ({e})")),
+        }
+        if let Some(reports_url) = &self.database.reports_url {
+            let is_postgres = url::Url::parse(reports_url)
+                .is_ok_and(|u| matches!(u.scheme(), "postgres" | "postgresql"));
+            if !is_postgres {
+                return invalid(
+                    "database.reports_url",
+                    "not a postgres:// or postgresql:// URL".into(),
+                );
+            }
         }
         if self.database.pool_size == 0 {
             return invalid("database.pool_size", "must be at least 1".into());
@@ -1035,6 +1058,7 @@ impl Settings {
     fn redacted(&self) -> Settings {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
+        shown.database.reports_url = shown.database.reports_url.as_deref().map(redact_url);
         shown.api.tokens = shown
             .api
             .tokens

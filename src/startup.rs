@@ -105,7 +105,8 @@ impl Application {
         let settings = Arc::new(settings);
         prepare_database(&settings).await?;
         let checked =
-            crate::report::check_queries(&settings.database.url, &settings.report_types).await?;
+            crate::report::check_queries(settings.database.reports_url(), &settings.report_types)
+                .await?;
         if checked > 0 {
             tracing::info!(checked, "report type queries prepare");
         }

@@ -591,6 +591,31 @@ mod tests {
     }
 
     #[test]
+    fn queries_use_reports_url_when_set_and_it_is_redacted_like_url() {
+        let mut settings = super::super::Settings::default();
+        assert_eq!(settings.database.reports_url(), settings.database.url);
+        settings.database.reports_url = Some("postgres://ro:hunter2@replica/reports".into());
+        assert_eq!(
+            settings.database.reports_url(),
+            "postgres://ro:hunter2@replica/reports"
+        );
+        let shown = settings.to_redacted_toml();
+        assert!(
+            shown.contains("replica") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        settings.database.reports_url = Some("mysql://x/y".into());
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                key: "database.reports_url",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn validation_names_the_key_at_fault() {
         let ok = sql_type(BTreeMap::new());
         assert!(validate(std::slice::from_ref(&ok)).is_ok());

@@ -36,7 +36,7 @@ impl TypedGenerators {
             .map(|declared| {
                 let generator: Arc<dyn ReportGenerator> = match declared.kind {
                     ReportKind::Sql => Arc::new(SqlGenerator::new(
-                        settings.database.url.clone(),
+                        settings.database.reports_url().to_string(),
                         declared.clone(),
                         store.clone(),
                         public_url,
