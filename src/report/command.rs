@@ -197,9 +197,12 @@ async fn run(
         "params": job.payload.get("params").cloned().unwrap_or_else(|| json!({})),
     });
     let errors = tokio::spawn(read_stderr(stderr, job.progress.clone()));
-    // A program that does not read its input is fine: a closed pipe is not an error.
-    let _ = stdin.write_all(format!("{input}\n").as_bytes()).await;
-    drop(stdin);
+    // On a task of its own: a program that writes its output before reading all of its
+    // input must not deadlock against us. One that never reads it is fine too (a closed
+    // pipe is not an error).
+    tokio::spawn(async move {
+        let _ = stdin.write_all(format!("{input}\n").as_bytes()).await;
+    });
     let mut written = 0u64;
     let mut buffer = vec![0u8; CHUNK_BYTES];
     loop {
@@ -217,8 +220,10 @@ async fn run(
         .wait()
         .await
         .map_err(|e| GeneratorError::from_io("waiting for the command", &e))?;
-    running.child = None;
+    // Standard error ends when every process holding it has exited; until then (a
+    // leftover child) the group is still signalled if the attempt is stopped.
     let last_lines = errors.await.unwrap_or_default();
+    running.child = None;
     exit_verdict(status.code(), &last_lines).map(|()| written)
 }
 
