@@ -123,7 +123,8 @@ pub enum StorageCommand {
 /// `reportd config`: inspect the configuration.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print the resolved configuration with secrets redacted.
+    /// Print the resolved configuration with secrets redacted, after preparing every
+    /// declared SQL report type's query against the database.
     Check,
 }
 
@@ -134,6 +135,9 @@ pub async fn run_tool(command: Command, settings: Settings) -> anyhow::Result<()
         Command::Config {
             command: ConfigCommand::Check,
         } => {
+            // Prepared before printing: a query that does not prepare is a bad config.
+            crate::report::check_queries(settings.database.reports_url(), &settings.report_types)
+                .await?;
             print!("{}", settings.to_redacted_toml());
         }
         Command::Migrate => {

@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::sqs_limits as limits;
 
+pub mod report_types;
+
+pub use report_types::ReportTypeSettings;
+
 /// Everything reportd reads from its configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +61,9 @@ pub struct Settings {
     /// Demo/load-test knobs that reproduce the original article's slow, flaky jobs.
     #[serde(default)]
     pub simulate: SimulateSettings,
+    /// Report types declared in config (`[[report_types]]`), besides the built-in one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub report_types: Vec<ReportTypeSettings>,
     /// When restarting actors counts as a restart storm.
     #[serde(default)]
     pub supervisor: SupervisorSettings,
@@ -153,6 +160,17 @@ pub struct DatabaseSettings {
     /// touch rows held by someone else fail (retryably) and the rest of the batch
     /// commits. Other writers hold rows for milliseconds, so this stays short.
     pub lock_timeout_ms: u64,
+    /// Where declared `sql` report types run their queries (a replica, or a role that
+    /// may only read); unset = `url`. Redacted like `url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reports_url: Option<String>,
+}
+
+impl DatabaseSettings {
+    /// The URL report type queries use: `reports_url`, else `url`.
+    pub fn reports_url(&self) -> &str {
+        self.reports_url.as_deref().unwrap_or(&self.url)
+    }
 }
 
 impl Default for DatabaseSettings {
@@ -164,6 +182,7 @@ impl Default for DatabaseSettings {
             create_if_missing: true,
             statement_timeout_ms: 10_000,
             lock_timeout_ms: 200,
+            reports_url: None,
         }
     }
 }
@@ -177,6 +196,7 @@ impl fmt::Debug for DatabaseSettings {
             .field("create_if_missing", &self.create_if_missing)
             .field("statement_timeout_ms", &self.statement_timeout_ms)
             .field("lock_timeout_ms", &self.lock_timeout_ms)
+            .field("reports_url", &self.reports_url.as_deref().map(redact_url))
             .finish()
     }
 }
@@ -514,6 +534,14 @@ pub enum ConfigError {
         /// Why the value is refused.
         reason: String,
     },
+    /// Like `Invalid`, for a key built at run time (`report_types[2].params.startDate`).
+    #[error("invalid value for `{key}`: {reason}")]
+    InvalidKey {
+        /// The dotted key at fault.
+        key: String,
+        /// Why the value is refused.
+        reason: String,
+    },
 }
 
 impl From<figment::Error> for ConfigError {
@@ -562,7 +590,7 @@ fn describe_figment_error(error: figment::Error) -> String {
 
 /// Keys whose values are secrets. An error about one names the key and what was
 /// expected, never the value: a token put where a list belongs is still a token.
-const SECRET_KEYS: &[&str] = &["api.tokens", "database.url"];
+const SECRET_KEYS: &[&str] = &["api.tokens", "database.url", "database.reports_url"];
 
 /// Whether `key` (a dotted path, e.g. `api.tokens.1` for a list element) is or lies
 /// under a secret key.
@@ -670,6 +698,7 @@ impl Settings {
         self.validate_jobs()?;
         self.validate_api()?;
         self.validate_storage()?;
+        report_types::validate(&self.report_types)?;
         self.validate_simulate()
     }
 
@@ -739,6 +768,16 @@ impl Settings {
                 )
             }
             Err(e) => return invalid("database.url", format!("not a URL ({e})")),
+        }
+        if let Some(reports_url) = &self.database.reports_url {
+            let is_postgres = url::Url::parse(reports_url)
+                .is_ok_and(|u| matches!(u.scheme(), "postgres" | "postgresql"));
+            if !is_postgres {
+                return invalid(
+                    "database.reports_url",
+                    "not a postgres:// or postgresql:// URL".into(),
+                );
+            }
         }
         if self.database.pool_size == 0 {
             return invalid("database.pool_size", "must be at least 1".into());
@@ -1014,16 +1053,24 @@ impl Settings {
         }
     }
 
-    /// A copy with the database URL redacted and every API token replaced.
+    /// A copy with the database URL redacted and every API token and report type `env`
+    /// value replaced.
     fn redacted(&self) -> Settings {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
+        shown.database.reports_url = shown.database.reports_url.as_deref().map(redact_url);
         shown.api.tokens = shown
             .api
             .tokens
             .iter()
             .map(|_| "<redacted>".to_string())
             .collect();
+        // A command's environment is where its credentials go.
+        for declared in &mut shown.report_types {
+            for value in declared.env.values_mut() {
+                *value = "<redacted>".to_string();
+            }
+        }
         shown
     }
 }

@@ -25,11 +25,29 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A report type's query that does not prepare is a configuration error.
+        Err(e) if is_config_error(&e) => {
+            eprintln!("reportd: bad configuration: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("reportd: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// A report type whose query does not prepare: from `config check` directly, from
+/// `serve` inside a `StartupError` (transparent, so not in the source chain).
+fn is_config_error(error: &anyhow::Error) -> bool {
+    use reportd::startup::StartupError;
+    error
+        .chain()
+        .any(|cause| cause.is::<reportd::report::ReportTypeError>())
+        || matches!(
+            error.downcast_ref::<StartupError>(),
+            Some(StartupError::ReportType(_))
+        )
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -30,7 +30,8 @@ use crate::metrics::Metrics;
 use crate::outbox::{Dispatcher, Timings};
 use crate::queue::provision::{ensure_queues, EnsureReport};
 use crate::queue::{self, QueueError, SqsBatchers, SqsQueue};
-use crate::report::{CsvReportGenerator, ReportGenerator, SimulatedGenerator};
+use crate::report::types::TypedGenerators;
+use crate::report::{CsvReportGenerator, ReportGenerator, ReportTypeError, SimulatedGenerator};
 use crate::storage::{ReportStore, StoreError};
 
 /// Why the process could not start.
@@ -55,6 +56,9 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+    /// A declared report type's query does not prepare (a configuration error: exit 2).
+    #[error(transparent)]
+    ReportType(#[from] ReportTypeError),
 }
 
 /// Creates the database if missing and applies migrations, as the config asks.
@@ -100,6 +104,12 @@ impl Application {
     ) -> Result<Self, StartupError> {
         let settings = Arc::new(settings);
         prepare_database(&settings).await?;
+        let checked =
+            crate::report::check_queries(settings.database.reports_url(), &settings.report_types)
+                .await?;
+        if checked > 0 {
+            tracing::info!(checked, "report type queries prepare");
+        }
         let pool = db::build_pool(&settings.database.url, settings.database.pool_size)?;
         let metrics = Metrics::new();
         let (sqs, queues) = connect_queues(&settings, &metrics).await?;
@@ -287,12 +297,13 @@ fn choose_generator(
 ) -> Arc<dyn ReportGenerator> {
     let settings = parts.settings;
     let base: Arc<dyn ReportGenerator> = custom.unwrap_or_else(|| {
-        Arc::new(CsvReportGenerator::new(
+        let built_in = Arc::new(CsvReportGenerator::new(
             parts.pool.clone(),
             parts.store.clone(),
             settings.server.public_url.clone(),
             settings.storage.gzip,
-        ))
+        ));
+        Arc::new(TypedGenerators::new(settings, parts.store, built_in))
     });
     if settings.simulate.is_active() {
         Arc::new(SimulatedGenerator::new(base, settings.simulate.clone()))

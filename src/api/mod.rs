@@ -7,6 +7,7 @@ pub(crate) mod events;
 pub(crate) mod health;
 mod input;
 pub(crate) mod openapi;
+pub(crate) mod report_types;
 pub(crate) mod reports;
 pub(crate) mod schemas;
 
@@ -202,6 +203,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
         return;
     }
     cfg.service(resource("/generate").route(web::get().to(reports::generate)))
+        .service(resource("/report-types").route(web::get().to(report_types::list)))
         .service(
             resource("/reports")
                 .route(web::post().to(reports::submit))

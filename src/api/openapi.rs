@@ -46,6 +46,7 @@ use crate::dlq::{DlqEntry, RedriveReport, SkippedMessage};
         super::events::report_events,
         super::all_events::all_events,
         reports::generate,
+        super::report_types::list,
         dlq::list,
         dlq::redrive,
         dlq::discard,

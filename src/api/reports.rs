@@ -34,7 +34,7 @@ const MAX_LIMIT: i64 = 500;
     operation_id = "submitReport",
     summary = "Submit a report job",
     params(super::schemas::SubmitHeaders),
-    request_body(content = super::schemas::ReportRequest, content_type = "application/json"),
+    request_body(content = super::schemas::SubmitRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted: the report is queued", body = super::schemas::Accepted,
             headers(("Location" = String, description = "The report's path"))),
@@ -55,10 +55,10 @@ pub(crate) async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     let object =
         input::json_object(&req, body, state.settings.api.max_body_bytes, &SUBMISSION).await?;
-    let payload = parse_submission(&object, state.settings.api.max_range_days)?;
+    let submission = parse_typed_submission(&object, &state.settings)?;
     let limits = parse_job_limits(&object, &state.settings.jobs, Utc::now())?;
     let key = idempotency_key(&req)?;
-    accept(&state, payload, limits, key).await
+    accept(&state, submission, limits, key).await
 }
 
 #[utoipa::path(
@@ -83,18 +83,132 @@ pub(crate) async fn generate(state: web::Data<AppState>) -> Result<HttpResponse,
         end_date: now,
     };
     let limits = JobLimits::defaults(&state.settings.jobs, now);
-    accept(&state, payload, limits, None).await
+    accept(&state, Submission::built_in(&payload)?, limits, None).await
+}
+
+/// What a submission stores: its payload and the user it is for (listing filters).
+pub(crate) struct Submission {
+    /// The `payload` column: the built-in type's `{userId, startDate, endDate}`, or a
+    /// declared type's `{type, params}`.
+    payload: Value,
+    /// The `user_id` column: the built-in type's `userId`, or a declared type's integer
+    /// parameter `userId` when it has one.
+    user_id: Option<i64>,
+}
+
+impl Submission {
+    fn built_in(payload: &ReportPayload) -> Result<Self, ApiError> {
+        let json = serde_json::to_value(payload).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        Ok(Self {
+            payload: json,
+            user_id: Some(payload.user_id),
+        })
+    }
+}
+
+/// A typed submission's `params` (absent = none).
+fn params_object(object: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
+    match object.get("params") {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(params)) => Ok(params.clone()),
+        Some(other) => Err(ApiError::invalid(
+            "params",
+            format!("params must be an object, got {}", type_name(other)),
+        )),
+    }
+}
+
+/// `{"type": "user-activity", "params": {userId, startDate, endDate}}`: the original
+/// body's rules, with the fields named `params.<name>`.
+fn built_in_by_name(
+    params: &Map<String, Value>,
+    max_range_days: i64,
+) -> Result<Submission, ApiError> {
+    use crate::config::report_types::BUILT_IN_TYPE;
+    if let Some(unknown) = params
+        .keys()
+        .find(|k| !BUILT_IN_PARAMS.contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid(
+            &format!("params.{unknown}"),
+            format!("`{unknown}` is not a parameter of report type `{BUILT_IN_TYPE}`"),
+        ));
+    }
+    let payload = parse_submission(params, max_range_days).map_err(|mut e| {
+        e.field = e.field.map(|f| format!("params.{f}"));
+        e
+    })?;
+    Submission::built_in(&payload)
+}
+
+/// The parameters of the built-in type (the original body's fields).
+pub(crate) const BUILT_IN_PARAMS: [&str; 3] = ["userId", "startDate", "endDate"];
+
+/// Reads `{"type", "params"}` (a declared type, or `user-activity`) or the original
+/// body `{userId, startDate, endDate}` (the built-in type); a bad parameter is named
+/// `params.<name>`.
+pub(crate) fn parse_typed_submission(
+    object: &Map<String, Value>,
+    settings: &crate::config::Settings,
+) -> Result<Submission, ApiError> {
+    use crate::config::report_types::BUILT_IN_TYPE;
+    let name = match object.get("type") {
+        None if object.contains_key("params") => {
+            return Err(ApiError::invalid("type", "type is required with params"))
+        }
+        None => {
+            let payload = parse_submission(object, settings.api.max_range_days)?;
+            return Submission::built_in(&payload);
+        }
+        Some(Value::String(name)) => name.as_str(),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "type",
+                format!("type must be a string, got {}", type_name(other)),
+            ))
+        }
+    };
+    if let Some(field) = BUILT_IN_PARAMS
+        .into_iter()
+        .find(|f| object.contains_key(*f))
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("with type, {field} goes inside params"),
+        ));
+    }
+    let params = params_object(object)?;
+    if name == BUILT_IN_TYPE {
+        return built_in_by_name(&params, settings.api.max_range_days);
+    }
+    let declared = settings
+        .report_types
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| ApiError::invalid("type", format!("unknown report type `{name}`")))?;
+    let values = declared
+        .parse_params(&params)
+        .map_err(|e| ApiError::invalid(&format!("params.{}", e.name), e.message))?;
+    let user_id = values.get("userId").and_then(Value::as_i64);
+    Ok(Submission {
+        payload: json!({"type": name, "params": values}),
+        user_id,
+    })
 }
 
 /// Commits the row (through the StatusActor), then hands it to the dispatcher.
 async fn accept(
     state: &AppState,
-    payload: ReportPayload,
+    submission: Submission,
     limits: JobLimits,
     key: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let payload_json = serde_json::to_value(&payload)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let Submission {
+        payload: payload_json,
+        user_id,
+    } = submission;
     let request_hash = key
         .as_ref()
         .map(|_| hex::encode(Sha256::digest(limits.hashed_with(&payload_json))));
@@ -105,7 +219,7 @@ async fn accept(
         status: JobStatus::InQueue.as_str().to_string(),
         idempotency_key: key.clone(),
         request_hash: request_hash.clone(),
-        user_id: Some(payload.user_id),
+        user_id,
         max_runtime_s: limits.max_runtime_s,
         not_after: limits.not_after,
     };
@@ -134,11 +248,11 @@ async fn accept(
             )));
     }
     state.metrics.jobs_accepted.inc();
-    tracing::info!(report_id = %id, user_id = payload.user_id, "report accepted");
+    tracing::info!(report_id = %id, user_id, "report accepted");
     Ok(enqueue_and_accept(
         state,
         id,
-        Some(payload.user_id),
+        user_id,
         0,
         JobStatus::InQueue.as_str(),
     ))
@@ -178,8 +292,16 @@ fn accepted_body(public_url: &str, id: Uuid, status: &str) -> Value {
 
 /// The body of `POST /reports`.
 const SUBMISSION: BodyShape = BodyShape {
-    allowed: &["userId", "startDate", "endDate", "maxRuntimeS", "notAfter"],
-    expected: "a JSON object with userId, startDate, endDate",
+    allowed: &[
+        "userId",
+        "startDate",
+        "endDate",
+        "maxRuntimeS",
+        "notAfter",
+        "type",
+        "params",
+    ],
+    expected: "a JSON object with type and params, or with userId, startDate, endDate",
 };
 
 /// How long a job's attempts may run and by when it must start: the submission's
@@ -524,15 +646,17 @@ fn eta_from(progress: &Value, started: DateTime<Utc>, now: DateTime<Utc>) -> Opt
     path = "/reports/{id}/file",
     tag = "reports",
     operation_id = "getReportFile",
-    summary = "The CSV of a completed report",
+    summary = "The file of a completed report",
     params(("id" = Uuid, Path, description = "The report's id")),
     responses(
-        (status = 200, description = "The CSV (local backend)", content_type = "text/csv", body = String,
+        (status = 200, description = "The file (local backend), with the content type recorded for it: CSV for the \
+            built-in type and `csv` report types, JSON lines for `jsonl` ones, a command type's `content_type`",
+            content((String = "text/csv"), (String = "application/jsonl"), (String = "application/octet-stream")),
             headers(
-                ("Content-Disposition" = String, description = "`attachment; filename=\"<id>.csv\"`"),
+                ("Content-Disposition" = String, description = "`attachment; filename=\"<id>.<extension>\"` (`<id>.csv`, `<id>.jsonl`, …)"),
                 ("Content-Encoding" = String, description = "`gzip` when the file is stored compressed (`storage.gzip`)"))),
         (status = 302, description = "s3 backend: a presigned GET URL of the object, valid for `storage.presign_ttl_s` \
-            seconds, which downloads it as `<id>.csv`",
+            seconds, which downloads it as `<id>.<extension>`",
             headers(("Location" = String, description = "The presigned URL (carries `response-content-disposition`)"))),
         (status = 400, description = "`id` is not a UUID", body = ErrorBody),
         (status = 401, response = super::schemas::Unauthorized),
@@ -560,9 +684,10 @@ pub(crate) async fn file(
     }
     let file = record.file.to_file();
     // A row completed before files were recorded has its file under the plain name.
-    let (key, gzip) = match &file {
-        Some(file) => (file.key.clone(), file.gzip),
-        None if state.store.is_local() => (crate::storage::file_name(id, false), false),
+    let csv = crate::report::CSV_CONTENT_TYPE.to_string();
+    let (key, gzip, content_type) = match &file {
+        Some(file) => (file.key.clone(), file.gzip, file.content_type.clone()),
+        None if state.store.is_local() => (crate::storage::file_name(id, false), false, csv),
         None => {
             return Err(
                 ApiError::not_found(format!("report {id} is completed but has no file"))
@@ -580,25 +705,29 @@ pub(crate) async fn file(
             .insert_header((header::LOCATION, url))
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .finish()),
-        Download::File(path) => local_file(id, &path, gzip).await,
+        Download::File(path) => local_file(id, &path, &key, gzip, &content_type).await,
     }
 }
 
-/// This host's copy of report `id`'s file.
+/// This host's copy of report `id`'s file, stored as `key`, of media type `content_type`
+/// (the report type's format), saved by the browser under the key's name.
 async fn local_file(
     id: Uuid,
     path: &std::path::Path,
+    key: &str,
     gzip: bool,
+    content_type: &str,
 ) -> Result<HttpResponse, ApiError> {
     match tokio::fs::read(path).await {
         Ok(bytes) => {
             let mut answer = HttpResponse::Ok();
-            answer
-                .content_type(crate::report::CSV_CONTENT_TYPE)
-                .insert_header((
-                    header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"{id}.csv\""),
-                ));
+            answer.content_type(content_type).insert_header((
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"{}\"",
+                    crate::storage::download_name(key)
+                ),
+            ));
             if gzip {
                 answer.insert_header((header::CONTENT_ENCODING, "gzip"));
             }

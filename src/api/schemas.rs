@@ -62,6 +62,37 @@ pub(crate) struct ReportRequest {
     pub not_after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// A report request of a named type (`GET /report-types` lists them and their
+/// parameters). Also accepts `maxRuntimeS` and `notAfter` as in the original body.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // A schema of the document only: utoipa reads its fields, nothing builds it.
+pub(crate) struct TypedReportRequest {
+    /// The report type's name (`user-activity` is the built-in one).
+    #[serde(rename = "type")]
+    #[schema(rename = "type")]
+    pub kind: String,
+    /// The type's parameters by name; a bad one is a 400 naming `params.<name>`.
+    pub params: Option<std::collections::HashMap<String, serde_json::Value>>,
+    /// As in the original body.
+    #[schema(minimum = 0, maximum = 604800)]
+    pub max_runtime_s: Option<u32>,
+    /// As in the original body.
+    pub not_after: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The body of `POST /reports`: a named type with its parameters, or the original body
+/// (the built-in `user-activity` type).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // A schema of the document only: utoipa reads its fields, nothing builds it.
+pub(crate) enum SubmitRequest {
+    /// `{"type", "params"}`.
+    Typed(TypedReportRequest),
+    /// `{"userId", "startDate", "endDate"}`.
+    Original(ReportRequest),
+}
+
 /// The optional body of a cancel.
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]

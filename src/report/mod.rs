@@ -20,9 +20,14 @@ use crate::db::models::ReportFile;
 use crate::db::{self, DbPool};
 use crate::storage::{ObjectInfo, ReportStore, StoreError};
 
+pub(crate) mod command;
 pub mod progress;
+pub(crate) mod sink;
+pub(crate) mod sql;
+pub(crate) mod types;
 
 pub use progress::{Progress, ProgressReporter};
+pub use sql::{check_queries, ReportTypeError};
 
 /// The payload stored with a report: who and which range.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,7 +45,8 @@ pub struct JobContext {
     pub report_id: Uuid,
     /// 1-based attempt number (claims, not SQS receives).
     pub attempt: i32,
-    /// The accepted request as stored, `{"userId", "startDate", "endDate"}` (camelCase).
+    /// The accepted request as stored: `{"userId", "startDate", "endDate"}` (camelCase) for
+    /// the built-in type, `{"type", "params"}` for a declared report type.
     pub payload: serde_json::Value,
     /// Where to say how far the report is; shown by `GET /reports/{id}`.
     pub progress: ProgressReporter,

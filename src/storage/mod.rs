@@ -160,6 +160,16 @@ impl ReportStore {
         }
     }
 
+    /// The key of a report's file with another extension than `csv` (report types):
+    /// `<id>.<extension>` (`.gz` appended when compressed), under the S3 prefix.
+    pub(crate) fn key_with_extension(&self, id: Uuid, extension: &str, gzip: bool) -> String {
+        let name = file_name_with_extension(id, extension, gzip);
+        match &self.backend {
+            Backend::Local(_) => name,
+            Backend::S3(store) => store.key_with_name(&name),
+        }
+    }
+
     /// Takes over the finished temporary file `temp` as `key`: renamed into place, or
     /// uploaded and then removed. On failure nothing is visible under `key` (beyond
     /// what an earlier attempt completed) and `temp` is removed.
@@ -226,6 +236,22 @@ pub(crate) fn file_name(id: Uuid, gzip: bool) -> String {
     }
 }
 
+/// `<id>.<extension>`, or `<id>.<extension>.gz` when compressed.
+pub(crate) fn file_name_with_extension(id: Uuid, extension: &str, gzip: bool) -> String {
+    if gzip {
+        format!("{id}.{extension}.gz")
+    } else {
+        format!("{id}.{extension}")
+    }
+}
+
+/// The name a browser saves `key` as: its last path segment without `.gz` (a compressed
+/// file is served with `Content-Encoding: gzip`, so the saved file is the plain one).
+pub(crate) fn download_name(key: &str) -> &str {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.strip_suffix(".gz").unwrap_or(name)
+}
+
 /// Removes a file; a missing one is fine, another failure is logged (a stray temporary
 /// file costs disk space, never correctness: it is never served).
 pub(crate) async fn remove_if_present(path: &Path) {
@@ -252,6 +278,16 @@ mod tests {
         assert_eq!(
             file_name(id, true),
             "00000000-0000-0000-0000-000000000000.csv.gz"
+        );
+    }
+
+    #[test]
+    fn a_download_is_named_after_the_key_without_prefix_or_gz() {
+        assert_eq!(download_name("exports/abc.jsonl.gz"), "abc.jsonl");
+        assert_eq!(download_name("abc.csv"), "abc.csv");
+        assert_eq!(
+            file_name_with_extension(Uuid::nil(), "jsonl", true),
+            "00000000-0000-0000-0000-000000000000.jsonl.gz"
         );
     }
 

@@ -150,6 +150,11 @@ impl S3Store {
         object_key(&self.prefix, id, gzip)
     }
 
+    /// `<prefix><name>`.
+    pub(crate) fn key_with_name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
     fn error<E>(&self, operation: &'static str, err: SdkError<E>) -> StoreError
     where
         E: std::error::Error + Send + Sync + 'static,
@@ -403,8 +408,8 @@ impl S3Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A presigned GET of `key`, saved by the browser as `<id>.csv`.
-    pub(crate) async fn presign(&self, id: Uuid, key: &str) -> Result<Download, StoreError> {
+    /// A presigned GET of `key`, saved by the browser under the key's name (`<id>.csv`).
+    pub(crate) async fn presign(&self, _id: Uuid, key: &str) -> Result<Download, StoreError> {
         let ttl = Duration::from_secs(self.presign_ttl_s);
         let config = PresigningConfig::expires_in(ttl).map_err(|e| StoreError::S3 {
             operation: "GetObject (presign)",
@@ -417,7 +422,10 @@ impl S3Store {
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .response_content_disposition(format!("attachment; filename=\"{id}.csv\""))
+            .response_content_disposition(format!(
+                "attachment; filename=\"{}\"",
+                super::download_name(key)
+            ))
             .presigned(config)
             .await
             .map_err(|e| self.error("GetObject (presign)", e))?;

@@ -16,6 +16,7 @@ mod health;
 mod migrations;
 mod queues;
 mod reconcile;
+mod report_types;
 mod reports_db;
 mod status_actor;
 mod storage;

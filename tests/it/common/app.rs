@@ -42,6 +42,8 @@ pub(crate) struct AppOptions {
     pub sqs_endpoint: Option<String>,
     /// `[storage]`; None: the default (local, in the test's temporary directory).
     pub storage: Option<StorageSettings>,
+    /// `[[report_types]]`.
+    pub report_types: Vec<reportd::config::ReportTypeSettings>,
 }
 
 impl Default for AppOptions {
@@ -64,6 +66,7 @@ impl Default for AppOptions {
             max_body_bytes: 256 * 1024,
             sqs_endpoint: None,
             storage: None,
+            report_types: Vec::new(),
         }
     }
 }
@@ -117,6 +120,7 @@ pub(crate) async fn test_settings(options: &AppOptions) -> (Settings, Arc<tempfi
     if let Some(storage) = &options.storage {
         settings.storage = storage.clone();
     }
+    settings.report_types = options.report_types.clone();
     settings.validate().expect("test settings are valid");
     (settings, tmp)
 }

@@ -1,0 +1,166 @@
+//! The temporary file a streaming generator writes to: bytes arrive in chunks over a
+//! bounded channel and a blocking task writes them (gzip-compressed when asked),
+//! measuring size and SHA-256 on the way; the finished file goes to the report store.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::{store_failure, temporary_path, GeneratorError, Measured};
+use crate::db::models::ReportFile;
+use crate::storage::{ObjectInfo, ReportStore};
+
+/// Chunks in flight to the writer: with ~64 KiB chunks, a few hundred KiB at most, so a
+/// slow disk slows the producer down instead of filling memory.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Bytes gathered before a chunk is handed to the writer.
+pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
+
+/// What the writer measured.
+pub(crate) struct Measurement {
+    size_bytes: i64,
+    sha256: String,
+}
+
+/// An open temporary file of one attempt.
+pub(crate) struct FileSink {
+    /// Where the chunks go; dropping it tells the writer the file is complete.
+    chunks: Option<mpsc::Sender<Vec<u8>>>,
+    /// The blocking writer, answering what it wrote (taken once it is awaited).
+    writer: Option<JoinHandle<Result<Measurement, GeneratorError>>>,
+    temp: PathBuf,
+}
+
+impl FileSink {
+    /// Opens the attempt's temporary file in the store's scratch directory.
+    pub(crate) fn open(store: &ReportStore, id: Uuid, attempt: i32, gzip: bool) -> Self {
+        let dir = store.scratch_dir().to_path_buf();
+        let temp = temporary_path(&dir, id, attempt);
+        let (chunks, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let path = temp.clone();
+        let writer = tokio::task::spawn_blocking(move || write_chunks(&dir, &path, receiver, gzip));
+        Self {
+            chunks: Some(chunks),
+            writer: Some(writer),
+            temp,
+        }
+    }
+
+    /// Hands one chunk to the writer; waits while the writer is behind.
+    pub(crate) async fn write(&mut self, chunk: Vec<u8>) -> Result<(), GeneratorError> {
+        let sent = match &self.chunks {
+            Some(chunks) => chunks.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The writer stopped early: its own error says why.
+            return Err(self.finish_writer().await.err().unwrap_or_else(|| {
+                GeneratorError::Retryable("the report file writer stopped".into())
+            }));
+        }
+        Ok(())
+    }
+
+    async fn finish_writer(&mut self) -> Result<Measurement, GeneratorError> {
+        self.chunks = None;
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| GeneratorError::Retryable("the report file writer stopped".into()))?;
+        writer
+            .await
+            .map_err(|e| GeneratorError::Retryable(format!("writer task failed: {e}")))?
+    }
+
+    /// Completes the file and hands it to the store under `<id>.<extension>`.
+    pub(crate) async fn store(
+        self,
+        store: &ReportStore,
+        id: Uuid,
+        attempt: i32,
+        described: Described<'_>,
+    ) -> Result<ReportFile, GeneratorError> {
+        let mut sink = self;
+        let measured = sink.finish_writer().await?;
+        let temp = sink.temp.clone();
+        let key = store.key_with_extension(id, described.extension, described.gzip);
+        let info = ObjectInfo {
+            report_id: id,
+            attempt,
+            content_type: described.content_type.to_string(),
+            gzip: described.gzip,
+            sha256: measured.sha256.clone(),
+            rows: described.rows,
+        };
+        store.put(&temp, &key, &info).await.map_err(store_failure)?;
+        Ok(ReportFile {
+            key,
+            size_bytes: measured.size_bytes,
+            sha256: measured.sha256,
+            content_type: info.content_type,
+            rows: described.rows,
+            gzip: described.gzip,
+        })
+    }
+}
+
+/// What the stored file is.
+pub(crate) struct Described<'a> {
+    /// Its media type.
+    pub content_type: &'a str,
+    /// Its name's extension (before `.gz`).
+    pub extension: &'a str,
+    /// Compressed as written.
+    pub gzip: bool,
+    /// Data rows (0 when the generator cannot tell).
+    pub rows: i64,
+}
+
+/// The writer's loop; on failure the temporary file is removed.
+fn write_chunks(
+    dir: &Path,
+    temp: &Path,
+    mut chunks: mpsc::Receiver<Vec<u8>>,
+    gzip: bool,
+) -> Result<Measurement, GeneratorError> {
+    let mut write = || -> std::io::Result<Measured<std::io::BufWriter<std::fs::File>>> {
+        std::fs::create_dir_all(dir)?;
+        let file = std::io::BufWriter::new(std::fs::File::create(temp)?);
+        let mut out = Measured {
+            inner: file,
+            hasher: sha2::Digest::new(),
+            bytes: 0,
+        };
+        if gzip {
+            let mut encoder =
+                flate2::write::GzEncoder::new(&mut out, flate2::Compression::default());
+            while let Some(chunk) = chunks.blocking_recv() {
+                encoder.write_all(&chunk)?;
+            }
+            encoder.finish()?;
+        } else {
+            while let Some(chunk) = chunks.blocking_recv() {
+                out.write_all(&chunk)?;
+            }
+        }
+        out.flush()?;
+        Ok(out)
+    };
+    match write() {
+        Ok(out) => Ok(Measurement {
+            size_bytes: i64::try_from(out.bytes).unwrap_or(i64::MAX),
+            sha256: hex::encode(sha2::Digest::finalize(out.hasher)),
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(temp);
+            Err(GeneratorError::from_io(
+                &format!("cannot write in {}", dir.display()),
+                &e,
+            ))
+        }
+    }
+}
