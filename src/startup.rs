@@ -46,6 +46,9 @@ pub enum StartupError {
     /// is off) or unreachable, or the local directory cannot be created.
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
+    /// The webhook engine could not start (a malformed secret, no TLS set-up).
+    #[error("webhooks: {0}")]
+    Webhooks(String),
     /// The HTTP listener could not be opened.
     #[error("cannot listen on {bind}: {source}")]
     Bind {
@@ -123,6 +126,9 @@ impl Application {
             actix::spawn(all_feed.clone().run(pool.clone()));
         }
         let (abort, abort_rx) = watch::channel(false);
+        if settings.has_role(Role::Worker) {
+            start_webhooks(&settings, &pool, &metrics, store.link_ttl_s())?;
+        }
         let (poller, workers) = if settings.has_role(Role::Worker) {
             let parts = ConsumerParts {
                 settings: &settings,
@@ -212,6 +218,31 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Starts the webhook sweeper and deliverer when webhooks are on. Worker processes run
+/// them: they finish the reports, and a fleet has workers wherever it has jobs. The
+/// payload's `data` is api's report JSON, passed down as a function (the engine sits
+/// below `api` and must not import it).
+fn start_webhooks(
+    settings: &Settings,
+    pool: &DbPool,
+    metrics: &Arc<Metrics>,
+    link_ttl_s: Option<u64>,
+) -> Result<(), StartupError> {
+    let render: crate::webhooks::RenderReport =
+        Arc::new(move |record| api::reports::record_json(record, link_ttl_s));
+    let engine = crate::webhooks::WebhookEngine::new(
+        &settings.webhooks,
+        pool.clone(),
+        metrics.clone(),
+        render,
+    )
+    .map_err(|e| StartupError::Webhooks(e.to_string()))?;
+    if let Some(engine) = engine {
+        actix::spawn(engine.run());
+    }
+    Ok(())
 }
 
 /// The report store `[storage]` asks for, checked (and its bucket created, when

@@ -58,7 +58,8 @@ pub(crate) async fn submit(
     let payload = parse_submission(&object, state.settings.api.max_range_days)?;
     let limits = parse_job_limits(&object, &state.settings.jobs, Utc::now())?;
     let key = idempotency_key(&req)?;
-    accept(&state, payload, limits, key).await
+    let callback = super::webhooks::parse_callback(&object, &state.settings.webhooks).await?;
+    accept(&state, payload, limits, key, callback).await
 }
 
 #[utoipa::path(
@@ -83,7 +84,7 @@ pub(crate) async fn generate(state: web::Data<AppState>) -> Result<HttpResponse,
         end_date: now,
     };
     let limits = JobLimits::defaults(&state.settings.jobs, now);
-    accept(&state, payload, limits, None).await
+    accept(&state, payload, limits, None, None).await
 }
 
 /// Commits the row (through the StatusActor), then hands it to the dispatcher.
@@ -92,12 +93,18 @@ async fn accept(
     payload: ReportPayload,
     limits: JobLimits,
     key: Option<String>,
+    callback_url: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
     let payload_json = serde_json::to_value(&payload)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let request_hash = key
-        .as_ref()
-        .map(|_| hex::encode(Sha256::digest(limits.hashed_with(&payload_json))));
+    let request_hash = key.as_ref().map(|_| {
+        let mut hashed = limits.hashed_with(&payload_json);
+        // A callback is part of the request an idempotency key protects.
+        if let Some(url) = &callback_url {
+            hashed = format!("{hashed}|callbackUrl={url}");
+        }
+        hex::encode(Sha256::digest(hashed))
+    });
     let id = Uuid::new_v4();
     let row = NewReport {
         id,
@@ -108,6 +115,7 @@ async fn accept(
         user_id: Some(payload.user_id),
         max_runtime_s: limits.max_runtime_s,
         not_after: limits.not_after,
+        callback_url,
     };
     let inserted = status::insert(&state.status, row).await?;
     if !inserted {
@@ -178,7 +186,14 @@ fn accepted_body(public_url: &str, id: Uuid, status: &str) -> Value {
 
 /// The body of `POST /reports`.
 const SUBMISSION: BodyShape = BodyShape {
-    allowed: &["userId", "startDate", "endDate", "maxRuntimeS", "notAfter"],
+    allowed: &[
+        "userId",
+        "startDate",
+        "endDate",
+        "maxRuntimeS",
+        "notAfter",
+        "callbackUrl",
+    ],
     expected: "a JSON object with userId, startDate, endDate",
 };
 

@@ -19,3 +19,4 @@ mod reconcile;
 mod reports_db;
 mod status_actor;
 mod storage;
+mod webhooks;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reportd::config::{Role, Settings, SimulateSettings, StorageSettings};
+use reportd::config::{Role, Settings, SimulateSettings, StorageSettings, WebhookSettings};
 use reportd::queue::SqsQueue;
 use reportd::report::ReportGenerator;
 use reportd::startup::Application;
@@ -42,6 +42,8 @@ pub(crate) struct AppOptions {
     pub sqs_endpoint: Option<String>,
     /// `[storage]`; None: the default (local, in the test's temporary directory).
     pub storage: Option<StorageSettings>,
+    /// `[webhooks]`; None: the default (off).
+    pub webhooks: Option<WebhookSettings>,
 }
 
 impl Default for AppOptions {
@@ -64,6 +66,7 @@ impl Default for AppOptions {
             max_body_bytes: 256 * 1024,
             sqs_endpoint: None,
             storage: None,
+            webhooks: None,
         }
     }
 }
@@ -116,6 +119,9 @@ pub(crate) async fn test_settings(options: &AppOptions) -> (Settings, Arc<tempfi
     settings.report.output_dir = tmp.path().join("reports");
     if let Some(storage) = &options.storage {
         settings.storage = storage.clone();
+    }
+    if let Some(webhooks) = &options.webhooks {
+        settings.webhooks = webhooks.clone();
     }
     settings.validate().expect("test settings are valid");
     (settings, tmp)
