@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use futures_util::future::join_all;
 use rand::Rng;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::config::WebhookSettings;
@@ -96,22 +96,73 @@ impl WebhookEngine {
         }))
     }
 
-    /// Sweeps and delivers every `poll_ms` until the process stops. A delivery cut off
+    /// Runs the sweeper and the deliverer until the process stops. A delivery cut off
     /// by the stop is sent again when its lease ends (at least once).
     pub(crate) async fn run(self) {
+        actix::spawn(self.clone().sweep_forever());
+        self.deliver_forever().await;
+    }
+
+    /// A sweep every `poll_ms`.
+    async fn sweep_forever(self) {
         let every = Duration::from_millis(self.settings.poll_ms);
         loop {
             if let Err(e) = self.sweep_once().await {
                 tracing::warn!(error = %e, "webhooks: cannot record finished reports' deliveries");
             }
-            // A full batch means more are due: go on without waiting.
-            match self.deliver_due().await {
-                Ok(n) if n >= self.settings.concurrency => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "webhooks: cannot claim due deliveries"),
-            }
             tokio::time::sleep(every).await;
         }
+    }
+
+    /// Claims as many due deliveries as there are free slots (`concurrency`) and sends
+    /// each on its own task, so one slow receiver holds one slot, not the others. Looks
+    /// again at once while it fills every free slot, else after `poll_ms`.
+    async fn deliver_forever(self) {
+        let every = Duration::from_millis(self.settings.poll_ms);
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        loop {
+            let free = slots.available_permits();
+            let claimed = if free == 0 {
+                Ok(Vec::new())
+            } else {
+                self.claim(free).await
+            };
+            match claimed {
+                Ok(due) if free > 0 && due.len() == free => self.start_all(due, &slots),
+                Ok(due) => {
+                    self.start_all(due, &slots);
+                    tokio::time::sleep(every).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhooks: cannot claim due deliveries");
+                    tokio::time::sleep(every).await;
+                }
+            }
+        }
+    }
+
+    /// Starts one task per claimed delivery, each holding a slot until it is done.
+    fn start_all(&self, due: Vec<DueDelivery>, slots: &Arc<Semaphore>) {
+        for delivery in due {
+            // The claim asked for at most the free slots, and only this loop takes them.
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(webhook_id = %delivery.id, "webhooks: no free slot; the lease will bring it back");
+                continue;
+            };
+            let engine = self.clone();
+            actix::spawn(async move {
+                engine.attempt(delivery).await;
+                drop(slot);
+            });
+        }
+    }
+
+    /// Claims up to `limit` due deliveries (see [`queries::claim_due`]).
+    async fn claim(&self, limit: usize) -> Result<Vec<DueDelivery>, db::DbError> {
+        let lease_s = i64::try_from(self.settings.timeout_ms / 1000).unwrap_or(60) + 30;
+        let limit = i64::try_from(limit).unwrap_or(1);
+        let mut conn = db::connection(&self.pool).await?;
+        Ok(queries::claim_due(&mut conn, limit, lease_s).await?)
     }
 
     /// One sweep (see [`queries::sweep`]); the deliveries it recorded.
@@ -144,9 +195,9 @@ impl WebhookEngine {
             "timestamp": row.finished_at.unwrap_or_else(Utc::now),
             "data": (self.render)(row),
         });
-        let retry_for = chrono::Duration::seconds(
-            i64::try_from(self.settings.retry_for_s).unwrap_or(i64::MAX / 2_000),
-        );
+        // Validation keeps retry_for_s within 30 days.
+        let retry_for =
+            chrono::Duration::seconds(i64::try_from(self.settings.retry_for_s).unwrap_or(86_400));
         endpoints
             .into_iter()
             .map(|endpoint| NewDelivery {
@@ -158,20 +209,6 @@ impl WebhookEngine {
                 retry_until: Utc::now() + retry_for,
             })
             .collect()
-    }
-
-    /// Claims the due deliveries (at most `concurrency`) and tries them all at once;
-    /// how many it claimed.
-    pub(crate) async fn deliver_due(&self) -> Result<usize, db::DbError> {
-        let lease_s = i64::try_from(self.settings.timeout_ms / 1000).unwrap_or(60) + 30;
-        let limit = i64::try_from(self.settings.concurrency).unwrap_or(16);
-        let due = {
-            let mut conn = db::connection(&self.pool).await?;
-            queries::claim_due(&mut conn, limit, lease_s).await?
-        };
-        let claimed = due.len();
-        join_all(due.into_iter().map(|delivery| self.attempt(delivery))).await;
-        Ok(claimed)
     }
 
     /// One try of one delivery, its outcome recorded and counted.

@@ -335,12 +335,13 @@ async fn a_receiver_down_while_the_worker_is_killed_gets_the_event_after_the_res
     let id = api.submit_ok(5).await;
     api.wait_for_status(id, "completed", Duration::from_secs(30))
         .await;
-    // Recorded, and tried at least once against the receiver that is not there yet.
+    // Recorded, and one try against the receiver that is not there yet has failed (a
+    // claimed try counts in `attempts` before its outcome is known: wait for the error).
     let delivery = wait_for_delivery(&api, id, "tried", |d| {
-        d["attempts"].as_i64().unwrap_or(0) >= 1 && d["state"] == "pending"
+        d["lastError"].is_string() && d["state"] == "pending"
     })
     .await;
-    assert!(delivery["lastError"].is_string(), "{delivery}");
+    assert!(delivery["attempts"].as_i64().unwrap_or(0) >= 1, "{delivery}");
     first.kill_hard();
     let receiver = Receiver::start(SECRET, "200", port);
     let second = spawn_webhook_worker(&worker, tmp.path(), "worker-b").await;
@@ -444,5 +445,26 @@ async fn a_410_stops_retries_and_redeliver_sends_again_with_the_same_id() {
         .get_json(&format!("/reports/{}/webhooks", Uuid::new_v4()))
         .await;
     assert_eq!(status, 404);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_fleet_endpoint_that_resolves_to_loopback_is_refused_at_delivery_time() {
+    // Endpoints are checked when sent to, not only when configured: the receiver is up,
+    // but no request may reach it.
+    let receiver = Receiver::start(SECRET, "200", 0);
+    let mut settings = webhook_settings(vec![receiver.url()]);
+    settings.allow_private = false;
+    settings.retry_for_s = 1;
+    let app = webhook_app(settings).await;
+    let id = app.submit_ok(9).await;
+    let gave_up = wait_for_delivery(&app, id, "given up", |d| d["state"] == "gave_up").await;
+    let error = gave_up["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refused") && error.contains("127.0.0.1"),
+        "{gave_up}"
+    );
+    assert_eq!(gave_up["lastStatusCode"], Value::Null);
+    assert!(receiver.requests().is_empty(), "{:?}", receiver.requests());
     app.stop().await;
 }
