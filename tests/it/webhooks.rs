@@ -341,7 +341,10 @@ async fn a_receiver_down_while_the_worker_is_killed_gets_the_event_after_the_res
         d["lastError"].is_string() && d["state"] == "pending"
     })
     .await;
-    assert!(delivery["attempts"].as_i64().unwrap_or(0) >= 1, "{delivery}");
+    assert!(
+        delivery["attempts"].as_i64().unwrap_or(0) >= 1,
+        "{delivery}"
+    );
     first.kill_hard();
     let receiver = Receiver::start(SECRET, "200", port);
     let second = spawn_webhook_worker(&worker, tmp.path(), "worker-b").await;
@@ -466,5 +469,28 @@ async fn a_fleet_endpoint_that_resolves_to_loopback_is_refused_at_delivery_time(
     );
     assert_eq!(gave_up["lastStatusCode"], Value::Null);
     assert!(receiver.requests().is_empty(), "{:?}", receiver.requests());
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn an_expired_report_sends_report_cancelled() {
+    let receiver = Receiver::start(SECRET, "204", 0);
+    let app = webhook_app(webhook_settings(Vec::new())).await;
+    // Not started by its notAfter: the claim ends it `cancelled` (reason `expired`).
+    let body = json!({"userId": 4, "startDate": "2024-01-01", "endDate": "2024-01-31",
+        "notAfter": "2020-01-01T00:00:00Z", "callbackUrl": receiver.url()});
+    let (status, body) = app.submit(&body).await;
+    assert_eq!(status, 202, "{body}");
+    let id = id_of(&body);
+    app.wait_for_status(id, "cancelled", Duration::from_secs(30))
+        .await;
+    let requests = receiver.wait_for_requests(1, Duration::from_secs(30)).await;
+    assert_eq!(requests[0]["verified"], true, "{:?}", requests[0]);
+    let payload: Value =
+        serde_json::from_str(requests[0]["body"].as_str().unwrap_or("")).expect("JSON body");
+    assert_eq!(payload["type"], "report.cancelled");
+    assert_eq!(payload["data"]["cancelReason"], "expired");
+    let delivery = wait_for_delivery(&app, id, "delivered", |d| d["state"] == "delivered").await;
+    assert_eq!(delivery["lastStatusCode"], 204);
     app.stop().await;
 }
