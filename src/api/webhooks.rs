@@ -14,6 +14,9 @@ use crate::db::webhooks::{self as queries, DeliveryRecord};
 use crate::db::{self};
 use crate::webhooks::ssrf::HostPolicy;
 
+/// How long a submission waits for its `callbackUrl`'s host to resolve.
+const RESOLVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest accepted `callbackUrl`.
 const MAX_CALLBACK_CHARS: usize = 2048;
 
@@ -40,10 +43,17 @@ pub(crate) async fn parse_callback(
             "callbackUrl is longer than {MAX_CALLBACK_CHARS} characters"
         )));
     }
-    // A name that does not resolve now is refused too, rather than retried for a day.
-    let url = HostPolicy::new(settings)
-        .check(raw)
+    // A name that does not resolve now (or not within RESOLVE_WITHIN) is refused too,
+    // rather than retried for a day; the bound keeps a slow resolver from holding the
+    // request.
+    let url = tokio::time::timeout(RESOLVE_WITHIN, HostPolicy::new(settings).check(raw))
         .await
+        .map_err(|_| {
+            invalid(format!(
+                "callbackUrl's host did not resolve within {} s",
+                RESOLVE_WITHIN.as_secs()
+            ))
+        })?
         .map_err(|e| invalid(format!("callbackUrl {e}")))?;
     Ok(Some(url.to_string()))
 }

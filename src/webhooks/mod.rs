@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::Utc;
 use rand::Rng;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use uuid::Uuid;
 
 use crate::config::WebhookSettings;
@@ -36,6 +36,14 @@ use crate::metrics::Metrics;
 use deliver::{PostError, WebhookClient};
 use sign::Signer;
 use ssrf::HostPolicy;
+
+/// Sleeps `every`; false when `stop` turned true (or its sender is gone) meanwhile.
+async fn wait_or_stop(every: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(every) => true,
+        changed = stop.changed() => changed.is_ok() && !*stop.borrow(),
+    }
+}
 
 /// Renders a report as `GET /reports/{id}` serves it (given by `startup`, see above).
 pub(crate) type RenderReport = Arc<dyn Fn(&ReportRecord) -> serde_json::Value + Send + Sync>;
@@ -96,47 +104,57 @@ impl WebhookEngine {
         }))
     }
 
-    /// Runs the sweeper and the deliverer until the process stops. A delivery cut off
-    /// by the stop is sent again when its lease ends (at least once).
-    pub(crate) async fn run(self) {
-        actix::spawn(self.clone().sweep_forever());
-        self.deliver_forever().await;
+    /// Runs the sweeper and the deliverer until `stop` turns true, then lets the tries
+    /// in flight finish (each is bounded by `timeout_ms`) and returns. A try cut off
+    /// anyway (the process killed) is sent again when its lease ends: at least once.
+    pub(crate) async fn run(self, stop: watch::Receiver<bool>) {
+        actix::spawn(self.clone().sweep_forever(stop.clone()));
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        self.deliver_until(stop, &slots).await;
+        let all = u32::try_from(self.settings.concurrency).unwrap_or(u32::MAX);
+        let grace = Duration::from_millis(self.settings.timeout_ms) + Duration::from_secs(1);
+        let drained = tokio::time::timeout(grace, slots.acquire_many(all)).await;
+        tracing::info!(drained = drained.is_ok(), "webhooks stopped");
     }
 
-    /// A sweep every `poll_ms`.
-    async fn sweep_forever(self) {
+    /// A sweep every `poll_ms`, until `stop`.
+    async fn sweep_forever(self, mut stop: watch::Receiver<bool>) {
         let every = Duration::from_millis(self.settings.poll_ms);
-        loop {
+        while !*stop.borrow() {
             if let Err(e) = self.sweep_once().await {
                 tracing::warn!(error = %e, "webhooks: cannot record finished reports' deliveries");
             }
-            tokio::time::sleep(every).await;
+            if !wait_or_stop(every, &mut stop).await {
+                break;
+            }
         }
     }
 
     /// Claims as many due deliveries as there are free slots (`concurrency`) and sends
     /// each on its own task, so one slow receiver holds one slot, not the others. Looks
-    /// again at once while it fills every free slot, else after `poll_ms`.
-    async fn deliver_forever(self) {
+    /// again at once while it fills every free slot, else after `poll_ms`; until `stop`.
+    async fn deliver_until(&self, mut stop: watch::Receiver<bool>, slots: &Arc<Semaphore>) {
         let every = Duration::from_millis(self.settings.poll_ms);
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
-        loop {
+        while !*stop.borrow() {
             let free = slots.available_permits();
             let claimed = if free == 0 {
                 Ok(Vec::new())
             } else {
                 self.claim(free).await
             };
-            match claimed {
-                Ok(due) if free > 0 && due.len() == free => self.start_all(due, &slots),
+            let full = match claimed {
                 Ok(due) => {
-                    self.start_all(due, &slots);
-                    tokio::time::sleep(every).await;
+                    let full = free > 0 && due.len() == free;
+                    self.start_all(due, slots);
+                    full
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "webhooks: cannot claim due deliveries");
-                    tokio::time::sleep(every).await;
+                    false
                 }
+            };
+            if !full && !wait_or_stop(every, &mut stop).await {
+                break;
             }
         }
     }
