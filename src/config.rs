@@ -20,6 +20,9 @@ use crate::sqs_limits as limits;
 pub mod report_types;
 
 pub use report_types::ReportTypeSettings;
+mod webhooks;
+pub(crate) use webhooks::check_url as check_webhook_url;
+pub use webhooks::WebhookSettings;
 
 /// Everything reportd reads from its configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -67,6 +70,9 @@ pub struct Settings {
     /// When restarting actors counts as a restart storm.
     #[serde(default)]
     pub supervisor: SupervisorSettings,
+    /// Signed webhooks when a report finishes (off until a secret is set).
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
 }
 
 /// `[supervisor]`: how many actor restarts, how fast, make a restart storm (unhealthy).
@@ -590,7 +596,13 @@ fn describe_figment_error(error: figment::Error) -> String {
 
 /// Keys whose values are secrets. An error about one names the key and what was
 /// expected, never the value: a token put where a list belongs is still a token.
-const SECRET_KEYS: &[&str] = &["api.tokens", "database.url", "database.reports_url"];
+const SECRET_KEYS: &[&str] = &[
+    "api.tokens",
+    "database.url",
+    "database.reports_url",
+    "webhooks.secret",
+    "webhooks.secrets",
+];
 
 /// Whether `key` (a dotted path, e.g. `api.tokens.1` for a list element) is or lies
 /// under a secret key.
@@ -699,6 +711,7 @@ impl Settings {
         self.validate_api()?;
         self.validate_storage()?;
         report_types::validate(&self.report_types)?;
+        self.webhooks.validate()?;
         self.validate_simulate()
     }
 
@@ -1071,6 +1084,9 @@ impl Settings {
                 *value = "<redacted>".to_string();
             }
         }
+        let webhooks = &mut shown.webhooks;
+        webhooks.secret = webhooks.secret.as_ref().map(|_| "<redacted>".to_string());
+        webhooks.secrets = vec!["<redacted>".to_string(); webhooks.secrets.len()];
         shown
     }
 }

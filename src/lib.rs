@@ -14,6 +14,8 @@
 //!   purge) and the DLQ watcher.
 //! - [`report`]: the `ReportGenerator` extension point and the built-in CSV generator.
 //! - [`api`]: the actix-web HTTP API, one module per resource.
+//! - `webhooks`: signed webhooks when a report finishes: the sweeper that records
+//!   deliveries, the deliverer, signatures and the SSRF guard.
 //! - [`startup`]: wires it all together and runs until a shutdown signal.
 //! - [`metrics`]: the Prometheus metrics served on `/metrics`.
 //! - [`cli`] and [`telemetry`]: the command line and logging.
@@ -34,3 +36,4 @@ pub(crate) mod sqs_limits;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+pub(crate) mod webhooks;

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// Actor restarts by actor kind.
     pub actor_restarts: IntCounterVec,
+    /// Webhook delivery attempts by outcome (`delivered`, `retry`, `gave_up`, `stopped`).
+    pub webhook_deliveries: IntCounterVec,
+    /// Time from a webhook attempt's start to the receiver's answer (or the timeout).
+    pub webhook_seconds: Histogram,
 }
 
 /// Latency buckets from 1 ms to 2 min.
@@ -145,6 +149,15 @@ impl Metrics {
                 "reportd_actor_restarts_total",
                 "Actor restarts by kind",
                 &["kind"],
+            ),
+            webhook_deliveries: counter_vec(
+                "reportd_webhook_deliveries_total",
+                "Webhook delivery attempts by outcome",
+                &["outcome"],
+            ),
+            webhook_seconds: seconds(
+                "reportd_webhook_delivery_seconds",
+                "Webhook attempt latency (request to answer)",
             ),
             registry,
         };

@@ -47,6 +47,9 @@ pub enum StartupError {
     /// is off) or unreachable, or the local directory cannot be created.
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
+    /// The webhook engine could not start (a malformed secret, no TLS set-up).
+    #[error("webhooks: {0}")]
+    Webhooks(String),
     /// The HTTP listener could not be opened.
     #[error("cannot listen on {bind}: {source}")]
     Bind {
@@ -89,6 +92,9 @@ pub struct Application {
     /// Set to true when the grace period ends: workers release their jobs.
     abort: watch::Sender<bool>,
     queues: Option<EnsureReport>,
+    /// The webhook engine, when this process runs one: its stop signal, and its task,
+    /// awaited at shutdown while its tries in flight finish.
+    webhooks: Option<WebhookRun>,
 }
 
 impl Application {
@@ -133,6 +139,11 @@ impl Application {
             actix::spawn(all_feed.clone().run(pool.clone()));
         }
         let (abort, abort_rx) = watch::channel(false);
+        let webhooks = if settings.has_role(Role::Worker) {
+            start_webhooks(&settings, &pool, &metrics, store.link_ttl_s())?
+        } else {
+            None
+        };
         let (poller, workers) = if settings.has_role(Role::Worker) {
             let parts = ConsumerParts {
                 settings: &settings,
@@ -177,6 +188,7 @@ impl Application {
             poller,
             abort,
             queues,
+            webhooks,
         })
     }
 
@@ -217,11 +229,46 @@ impl Application {
         if let Some(poller) = &self.poller {
             drain(poller, &self.abort, &self.settings).await;
         }
+        if let Some((stop, done)) = self.webhooks {
+            let _ = stop.send(true);
+            // The engine bounds its own wait (the tries' timeout); a panic in it is logged.
+            if let Err(e) = done.await {
+                tracing::warn!(error = %e, "the webhook engine ended abnormally");
+            }
+        }
         handle.stop(true).await;
         let _ = server.await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// A running webhook engine: its stop signal and its task.
+type WebhookRun = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// Starts the webhook sweeper and deliverer when webhooks are on. Worker processes run
+/// them: they finish the reports, and a fleet has workers wherever it has jobs. The
+/// payload's `data` is api's report JSON, passed down as a function (the engine sits
+/// below `api` and must not import it).
+fn start_webhooks(
+    settings: &Settings,
+    pool: &DbPool,
+    metrics: &Arc<Metrics>,
+    link_ttl_s: Option<u64>,
+) -> Result<Option<WebhookRun>, StartupError> {
+    let render: crate::webhooks::RenderReport =
+        Arc::new(move |record| api::reports::record_json(record, link_ttl_s));
+    let engine = crate::webhooks::WebhookEngine::new(
+        &settings.webhooks,
+        pool.clone(),
+        metrics.clone(),
+        render,
+    )
+    .map_err(|e| StartupError::Webhooks(e.to_string()))?;
+    Ok(engine.map(|engine| {
+        let (stop, stopped) = watch::channel(false);
+        (stop, actix::spawn(engine.run(stopped)))
+    }))
 }
 
 /// The report store `[storage]` asks for, checked (and its bucket created, when

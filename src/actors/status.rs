@@ -774,6 +774,7 @@ mod tests {
             user_id: None,
             max_runtime_s: None,
             not_after: None,
+            callback_url: None,
         };
         assert!(rows_of(&WriteOp::Insert(row)).is_empty());
     }

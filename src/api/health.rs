@@ -237,8 +237,26 @@ pub(crate) async fn health(req: HttpRequest, state: web::Data<AppState>) -> Http
         "actors": actors,
         "dependencies": deps,
         "queueDepths": state.depths.latest(),
+        "webhooks": webhook_backlog(&state).await,
     });
     respond(healthy, redacted_for(&req, &state, body))
+}
+
+/// The webhook backlog (pending deliveries, read from the partial due index); null
+/// while webhooks are off. Informational: a backlog is the receivers' trouble, not ours.
+async fn webhook_backlog(state: &AppState) -> Value {
+    if !state.settings.webhooks.enabled() {
+        return Value::Null;
+    }
+    let count = async {
+        let mut conn = crate::db::connection(&state.pool).await?;
+        Ok::<_, crate::db::DbError>(crate::db::webhooks::backlog(&mut conn).await?)
+    };
+    match tokio::time::timeout(Duration::from_secs(2), count).await {
+        Ok(Ok(pending)) => json!({"backlog": pending}),
+        Ok(Err(e)) => json!({"backlog": null, "error": e.to_string()}),
+        Err(_) => json!({"backlog": null, "error": "no answer within 2 s"}),
+    }
 }
 
 /// The StatusActor's entry and whether it is healthy.

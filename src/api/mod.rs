@@ -10,6 +10,7 @@ pub(crate) mod openapi;
 pub(crate) mod report_types;
 pub(crate) mod reports;
 pub(crate) mod schemas;
+pub(crate) mod webhooks;
 
 use std::sync::Arc;
 
@@ -214,6 +215,10 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
         .service(resource("/reports/{id}/retry").route(web::post().to(reports::retry)))
         .service(resource("/reports/{id}/cancel").route(web::post().to(reports::cancel)))
         .service(resource("/reports/{id}/events").route(web::get().to(events::report_events)))
+        .service(resource("/reports/{id}/webhooks").route(web::get().to(webhooks::list)))
+        .service(
+            resource("/reports/{id}/webhooks/redeliver").route(web::post().to(webhooks::redeliver)),
+        )
         .service(resource("/events").route(web::get().to(all_events::all_events)))
         .service(resource("/dlq").route(web::get().to(dlq::list)))
         .service(resource("/dlq/redrive").route(web::post().to(dlq::redrive)))

@@ -45,6 +45,8 @@ use crate::dlq::{DlqEntry, RedriveReport, SkippedMessage};
         reports::cancel,
         super::events::report_events,
         super::all_events::all_events,
+        super::webhooks::list,
+        super::webhooks::redeliver,
         reports::generate,
         super::report_types::list,
         dlq::list,

@@ -58,7 +58,8 @@ pub(crate) async fn submit(
     let submission = parse_typed_submission(&object, &state.settings)?;
     let limits = parse_job_limits(&object, &state.settings.jobs, Utc::now())?;
     let key = idempotency_key(&req)?;
-    accept(&state, submission, limits, key).await
+    let callback = super::webhooks::parse_callback(&object, &state.settings.webhooks).await?;
+    accept(&state, submission, limits, key, callback).await
 }
 
 #[utoipa::path(
@@ -83,7 +84,7 @@ pub(crate) async fn generate(state: web::Data<AppState>) -> Result<HttpResponse,
         end_date: now,
     };
     let limits = JobLimits::defaults(&state.settings.jobs, now);
-    accept(&state, Submission::built_in(&payload)?, limits, None).await
+    accept(&state, Submission::built_in(&payload)?, limits, None, None).await
 }
 
 /// What a submission stores: its payload and the user it is for (listing filters).
@@ -204,14 +205,20 @@ async fn accept(
     submission: Submission,
     limits: JobLimits,
     key: Option<String>,
+    callback_url: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
     let Submission {
         payload: payload_json,
         user_id,
     } = submission;
-    let request_hash = key
-        .as_ref()
-        .map(|_| hex::encode(Sha256::digest(limits.hashed_with(&payload_json))));
+    let request_hash = key.as_ref().map(|_| {
+        let mut hashed = limits.hashed_with(&payload_json);
+        // A callback is part of the request an idempotency key protects.
+        if let Some(url) = &callback_url {
+            hashed = format!("{hashed}|callbackUrl={url}");
+        }
+        hex::encode(Sha256::digest(hashed))
+    });
     let id = Uuid::new_v4();
     let row = NewReport {
         id,
@@ -222,6 +229,7 @@ async fn accept(
         user_id,
         max_runtime_s: limits.max_runtime_s,
         not_after: limits.not_after,
+        callback_url,
     };
     let inserted = status::insert(&state.status, row).await?;
     if !inserted {
@@ -300,8 +308,9 @@ const SUBMISSION: BodyShape = BodyShape {
         "notAfter",
         "type",
         "params",
+        "callbackUrl",
     ],
-    expected: "a JSON object with type and params, or with userId, startDate, endDate",
+    expected: "a JSON object with type and params, or with userId, startDate, endDate (and an optional callbackUrl)",
 };
 
 /// How long a job's attempts may run and by when it must start: the submission's

@@ -60,6 +60,12 @@ pub(crate) struct ReportRequest {
     /// Start by then, or end `cancelled` with `cancelReason: "expired"`. Default:
     /// `jobs.expire_after_s` after acceptance, or never.
     pub not_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where this report's webhooks go besides `webhooks.endpoints`: https (http when
+    /// `webhooks.allow_http`), a host that resolves to public addresses only (unless
+    /// `webhooks.allow_private`) and in `webhooks.allowed_hosts` when that is set.
+    /// Needs webhooks on (`webhooks.secret`).
+    #[schema(format = "uri", max_length = 2048)]
+    pub callback_url: Option<String>,
 }
 
 /// A report request of a named type (`GET /report-types` lists them and their

@@ -9,6 +9,7 @@ pub mod models;
 pub mod reconcile;
 pub mod reports;
 pub(crate) mod schema;
+pub(crate) mod webhooks;
 
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};

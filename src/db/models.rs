@@ -196,4 +196,7 @@ pub struct NewReport {
     /// Start by then or be cancelled as `expired` (`notAfter`, or `jobs.expire_after_s`
     /// after acceptance); None = never expires.
     pub not_after: Option<DateTime<Utc>>,
+    /// The submission's `callbackUrl`: where its webhooks go besides `[webhooks]
+    /// endpoints`; None without one.
+    pub callback_url: Option<String>,
 }

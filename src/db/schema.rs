@@ -29,6 +29,7 @@ diesel::table! {
         file_content_type -> Nullable<Text>,
         file_rows -> Nullable<Int8>,
         file_gzip -> Nullable<Bool>,
+        callback_url -> Nullable<Text>,
     }
 }
 
@@ -42,4 +43,36 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(report_queue, user_activity);
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Uuid,
+        report_id -> Uuid,
+        endpoint -> Text,
+        event -> Text,
+        payload -> Jsonb,
+        state -> Text,
+        attempts -> Int4,
+        last_status_code -> Nullable<Int4>,
+        last_error -> Nullable<Text>,
+        next_attempt_at -> Timestamptz,
+        retry_until -> Timestamptz,
+        created_at -> Timestamptz,
+        delivered_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    webhook_sweep (only_row) {
+        only_row -> Bool,
+        swept_until -> Timestamptz,
+    }
+}
+
+diesel::joinable!(webhook_deliveries -> report_queue (report_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    report_queue,
+    user_activity,
+    webhook_deliveries,
+    webhook_sweep,
+);

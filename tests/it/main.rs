@@ -20,3 +20,4 @@ mod report_types;
 mod reports_db;
 mod status_actor;
 mod storage;
+mod webhooks;

@@ -20,6 +20,7 @@ async fn connection_with_rows(n: usize) -> (AsyncPgConnection, Vec<Uuid>) {
             user_id: Some(k as i64 + 1),
             max_runtime_s: None,
             not_after: None,
+            callback_url: None,
         })
         .collect();
     let rows: Vec<&NewReport> = rows.iter().collect();
@@ -228,6 +229,7 @@ async fn a_job_not_started_by_not_after_is_cancelled_as_expired_at_its_claim() {
         user_id: Some(1),
         max_runtime_s: Some(5),
         not_after: Some(not_after),
+        callback_url: None,
     };
     let now = chrono::Utc::now();
     let (late, in_time) = (

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reportd::config::{Role, Settings, SimulateSettings, StorageSettings};
+use reportd::config::{Role, Settings, SimulateSettings, StorageSettings, WebhookSettings};
 use reportd::queue::SqsQueue;
 use reportd::report::ReportGenerator;
 use reportd::startup::Application;
@@ -44,6 +44,8 @@ pub(crate) struct AppOptions {
     pub storage: Option<StorageSettings>,
     /// `[[report_types]]`.
     pub report_types: Vec<reportd::config::ReportTypeSettings>,
+    /// `[webhooks]`; None: the default (off).
+    pub webhooks: Option<WebhookSettings>,
 }
 
 impl Default for AppOptions {
@@ -67,6 +69,7 @@ impl Default for AppOptions {
             sqs_endpoint: None,
             storage: None,
             report_types: Vec::new(),
+            webhooks: None,
         }
     }
 }
@@ -121,6 +124,9 @@ pub(crate) async fn test_settings(options: &AppOptions) -> (Settings, Arc<tempfi
         settings.storage = storage.clone();
     }
     settings.report_types = options.report_types.clone();
+    if let Some(webhooks) = &options.webhooks {
+        settings.webhooks = webhooks.clone();
+    }
     settings.validate().expect("test settings are valid");
     (settings, tmp)
 }
