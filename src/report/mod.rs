@@ -157,7 +157,7 @@ pub(crate) struct DailyFigures {
 }
 
 /// Writes the CSV (header + one line per day that had activity).
-fn write_csv(out: &mut impl Write, rows: &[DailyFigures]) -> std::io::Result<()> {
+fn write_csv(out: &mut dyn Write, rows: &[DailyFigures]) -> std::io::Result<()> {
     out.write_all(b"day,events,amount_cents\n")?;
     for row in rows {
         writeln!(out, "{},{},{}", row.day, row.events, row.amount_cents)?;
@@ -284,28 +284,6 @@ struct Written {
     rows: i64,
 }
 
-/// Counts and hashes the bytes on their way to the file, so that size and SHA-256 come
-/// with the write instead of a second read.
-struct Measured<W> {
-    inner: W,
-    hasher: sha2::Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Measured<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Writes the CSV to `temp` in `dir` (gzip-compressed when `gzip`) and measures it; on
 /// failure the temporary file is removed.
 fn write_measured(
@@ -314,39 +292,12 @@ fn write_measured(
     rows: &[DailyFigures],
     gzip: bool,
 ) -> Result<Written, GeneratorError> {
-    let write = || -> std::io::Result<Measured<std::io::BufWriter<std::fs::File>>> {
-        std::fs::create_dir_all(dir)?;
-        let file = std::io::BufWriter::new(std::fs::File::create(temp)?);
-        let mut out = Measured {
-            inner: file,
-            hasher: sha2::Digest::new(),
-            bytes: 0,
-        };
-        if gzip {
-            let mut encoder =
-                flate2::write::GzEncoder::new(&mut out, flate2::Compression::default());
-            write_csv(&mut encoder, rows)?;
-            encoder.finish()?;
-        } else {
-            write_csv(&mut out, rows)?;
-        }
-        out.flush()?;
-        Ok(out)
-    };
-    match write() {
-        Ok(out) => Ok(Written {
-            size_bytes: i64::try_from(out.bytes).unwrap_or(i64::MAX),
-            sha256: hex::encode(sha2::Digest::finalize(out.hasher)),
-            rows: i64::try_from(rows.len()).unwrap_or(i64::MAX),
-        }),
-        Err(e) => {
-            let _ = std::fs::remove_file(temp);
-            Err(GeneratorError::from_io(
-                &format!("cannot write in {}", dir.display()),
-                &e,
-            ))
-        }
-    }
+    let measured = sink::write_measured_file(dir, temp, gzip, |out| write_csv(out, rows))?;
+    Ok(Written {
+        size_bytes: measured.size_bytes,
+        sha256: measured.sha256,
+        rows: i64::try_from(rows.len()).unwrap_or(i64::MAX),
+    })
 }
 
 /// Where an attempt writes its file before handing it to the store: one name per

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::{store_failure, temporary_path, GeneratorError, Measured};
+use super::{store_failure, temporary_path, GeneratorError};
 use crate::db::models::ReportFile;
 use crate::storage::{ObjectInfo, ReportStore};
 
@@ -22,8 +22,32 @@ pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 
 /// What the writer measured.
 pub(crate) struct Measurement {
-    size_bytes: i64,
-    sha256: String,
+    /// Bytes in the file (compressed when gzip).
+    pub(super) size_bytes: i64,
+    /// Hex SHA-256 of those bytes.
+    pub(super) sha256: String,
+}
+
+/// Counts and hashes the bytes on their way to the file, so that size and SHA-256 come
+/// with the write instead of a second read.
+struct Measured<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Measured<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// An open temporary file of one attempt.
@@ -127,7 +151,23 @@ fn write_chunks(
     mut chunks: mpsc::Receiver<Vec<u8>>,
     gzip: bool,
 ) -> Result<Measurement, GeneratorError> {
-    let mut write = || -> std::io::Result<Measured<std::io::BufWriter<std::fs::File>>> {
+    write_measured_file(dir, temp, gzip, |out| {
+        while let Some(chunk) = chunks.blocking_recv() {
+            out.write_all(&chunk)?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes what `body` writes to `temp` in `dir` (through gzip when `gzip`), measuring
+/// the bytes that reach the file; on failure the temporary file is removed.
+pub(super) fn write_measured_file(
+    dir: &Path,
+    temp: &Path,
+    gzip: bool,
+    body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<Measurement, GeneratorError> {
+    let write = move || -> std::io::Result<Measured<std::io::BufWriter<std::fs::File>>> {
         std::fs::create_dir_all(dir)?;
         let file = std::io::BufWriter::new(std::fs::File::create(temp)?);
         let mut out = Measured {
@@ -138,14 +178,10 @@ fn write_chunks(
         if gzip {
             let mut encoder =
                 flate2::write::GzEncoder::new(&mut out, flate2::Compression::default());
-            while let Some(chunk) = chunks.blocking_recv() {
-                encoder.write_all(&chunk)?;
-            }
+            body(&mut encoder)?;
             encoder.finish()?;
         } else {
-            while let Some(chunk) = chunks.blocking_recv() {
-                out.write_all(&chunk)?;
-            }
+            body(&mut out)?;
         }
         out.flush()?;
         Ok(out)
