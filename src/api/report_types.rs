@@ -28,7 +28,7 @@ pub(crate) struct ReportTypeInfo {
     pub description: String,
     /// `built-in`, `sql` or `command`.
     pub kind: &'static str,
-    /// `csv` or `jsonl` (a `sql` or the built-in type); absent for a command, whose
+    /// `csv`, `jsonl` or `xlsx` (a `sql` or the built-in type); absent for a command, whose
     /// `contentType` says what it makes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<&'static str>,

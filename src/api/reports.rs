@@ -659,8 +659,9 @@ fn eta_from(progress: &Value, started: DateTime<Utc>, now: DateTime<Utc>) -> Opt
     params(("id" = Uuid, Path, description = "The report's id")),
     responses(
         (status = 200, description = "The file (local backend), with the content type recorded for it: CSV for the \
-            built-in type and `csv` report types, JSON lines for `jsonl` ones, a command type's `content_type`",
-            content((String = "text/csv"), (String = "application/jsonl"), (String = "application/octet-stream")),
+            built-in type and `csv` report types, JSON lines for `jsonl` ones, a workbook for `xlsx` ones, a command type's `content_type`",
+            content((String = "text/csv"), (String = "application/jsonl"),
+                (String = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"), (String = "application/octet-stream")),
             headers(
                 ("Content-Disposition" = String, description = "`attachment; filename=\"<id>.<extension>\"` (`<id>.csv`, `<id>.jsonl`, …)"),
                 ("Content-Encoding" = String, description = "`gzip` when the file is stored compressed (`storage.gzip`)"))),

@@ -29,7 +29,7 @@ pub struct ReportTypeSettings {
     /// `sql` (the default) runs `query`; `command` runs `command`.
     #[serde(default)]
     pub kind: ReportKind,
-    /// Output of a `sql` type: `csv` (a header line, then one line per row) or `jsonl`.
+    /// Output of a `sql` type: `csv` (a header line, then one line per row), `jsonl` or `xlsx`.
     #[serde(default)]
     pub format: ReportFormat,
     /// The `sql` type's query; `:name` marks a parameter, bound as a real parameter.
@@ -90,6 +90,10 @@ pub enum ReportFormat {
     Csv,
     /// One JSON object per line, keyed by column name.
     Jsonl,
+    /// An Excel workbook of one sheet: a header row, then one row per result row
+    /// (numeric columns as numbers, the rest as text). Never gzip-compressed: it is a
+    /// zip already.
+    Xlsx,
 }
 
 impl ReportFormat {
@@ -98,6 +102,9 @@ impl ReportFormat {
         match self {
             ReportFormat::Csv => "text/csv; charset=utf-8",
             ReportFormat::Jsonl => "application/jsonl",
+            ReportFormat::Xlsx => {
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+            }
         }
     }
 
@@ -106,6 +113,7 @@ impl ReportFormat {
         match self {
             ReportFormat::Csv => "csv",
             ReportFormat::Jsonl => "jsonl",
+            ReportFormat::Xlsx => "xlsx",
         }
     }
 }

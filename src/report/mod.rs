@@ -25,6 +25,7 @@ pub mod progress;
 pub(crate) mod sink;
 pub(crate) mod sql;
 pub(crate) mod types;
+pub(crate) mod xlsx;
 
 pub use progress::{Progress, ProgressReporter};
 pub use sql::{check_queries, ReportTypeError};

@@ -50,23 +50,42 @@ impl<W: Write> Write for Measured<W> {
     }
 }
 
-/// An open temporary file of one attempt.
-pub(crate) struct FileSink {
-    /// Where the chunks go; dropping it tells the writer the file is complete.
-    chunks: Option<mpsc::Sender<Vec<u8>>>,
+/// An open temporary file of one attempt, fed with items of type `T`: byte chunks by
+/// default, or whatever a format's own writer takes (rows for XLSX).
+pub(crate) struct FileSink<T = Vec<u8>> {
+    /// Where the items go; dropping it tells the writer the file is complete.
+    chunks: Option<mpsc::Sender<T>>,
     /// The blocking writer, answering what it wrote (taken once it is awaited).
     writer: Option<JoinHandle<Result<Measurement, GeneratorError>>>,
     temp: PathBuf,
 }
 
 impl FileSink {
-    /// Opens the attempt's temporary file in the store's scratch directory.
+    /// Opens the attempt's temporary file in the store's scratch directory, for bytes.
     pub(crate) fn open(store: &ReportStore, id: Uuid, attempt: i32, gzip: bool) -> Self {
+        Self::open_with(store, id, attempt, move |dir, temp, chunks| {
+            write_chunks(dir, temp, chunks, gzip)
+        })
+    }
+}
+
+impl<T: Send + 'static> FileSink<T> {
+    /// Opens the attempt's temporary file, written by `write` on a blocking thread from
+    /// the items it receives (`write(dir, temp, items)`); it answers what it wrote, and
+    /// removes the file if it fails.
+    pub(crate) fn open_with(
+        store: &ReportStore,
+        id: Uuid,
+        attempt: i32,
+        write: impl FnOnce(&Path, &Path, mpsc::Receiver<T>) -> Result<Measurement, GeneratorError>
+            + Send
+            + 'static,
+    ) -> Self {
         let dir = store.scratch_dir().to_path_buf();
         let temp = temporary_path(&dir, id, attempt);
         let (chunks, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let path = temp.clone();
-        let writer = tokio::task::spawn_blocking(move || write_chunks(&dir, &path, receiver, gzip));
+        let writer = tokio::task::spawn_blocking(move || write(&dir, &path, receiver));
         Self {
             chunks: Some(chunks),
             writer: Some(writer),
@@ -74,8 +93,8 @@ impl FileSink {
         }
     }
 
-    /// Hands one chunk to the writer; waits while the writer is behind.
-    pub(crate) async fn write(&mut self, chunk: Vec<u8>) -> Result<(), GeneratorError> {
+    /// Hands one item to the writer; waits while the writer is behind.
+    pub(crate) async fn write(&mut self, chunk: T) -> Result<(), GeneratorError> {
         let sent = match &self.chunks {
             Some(chunks) => chunks.send(chunk).await.is_ok(),
             None => false,
@@ -199,4 +218,23 @@ pub(super) fn write_measured_file(
             ))
         }
     }
+}
+
+/// Size and SHA-256 of a file a writer could not measure on the way (one that seeks,
+/// such as a zip); on failure the file is removed.
+pub(super) fn measure_written(temp: &Path) -> Result<Measurement, GeneratorError> {
+    let measure = || -> std::io::Result<Measurement> {
+        use sha2::Digest;
+        let mut file = std::fs::File::open(temp)?;
+        let mut hasher = sha2::Sha256::new();
+        let bytes = std::io::copy(&mut file, &mut hasher)?;
+        Ok(Measurement {
+            size_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+            sha256: hex::encode(hasher.finalize()),
+        })
+    };
+    measure().map_err(|e| {
+        let _ = std::fs::remove_file(temp);
+        GeneratorError::from_io(&format!("cannot read back {}", temp.display()), &e)
+    })
 }

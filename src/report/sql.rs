@@ -1,6 +1,6 @@
 //! The `sql` report type: a declared query with `:name` parameters, rewritten to `$n`
 //! placeholders and bound as real parameters, run in a READ ONLY transaction with the
-//! type's statement timeout, its rows streamed to the file as CSV or JSON lines.
+//! type's statement timeout, its rows streamed to the file as CSV, JSON lines or XLSX.
 //!
 //! tokio-postgres is used directly (diesel-async runs on it): diesel binds a fixed list
 //! of typed values, while a declared query has a list known only from config, and its
@@ -17,7 +17,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
 use super::sink::{Described, FileSink, CHUNK_BYTES};
-use super::{GeneratedReport, GeneratorError, JobContext, ReportGenerator};
+use super::{xlsx, GeneratedReport, GeneratorError, JobContext, ReportGenerator};
 use crate::config::report_types::{ParamSpec, ReportFormat};
 use crate::config::ReportTypeSettings;
 use crate::storage::ReportStore;
@@ -203,7 +203,7 @@ fn wrapped(rewritten: &str, format: ReportFormat, columns: usize) -> String {
     let inner = rewritten.trim().trim_end_matches(';');
     match format {
         ReportFormat::Jsonl => format!("SELECT row_to_json(q)::text FROM ({inner}\n) AS q"),
-        ReportFormat::Csv => {
+        ReportFormat::Csv | ReportFormat::Xlsx => {
             let aliases: Vec<String> = (1..=columns).map(|c| format!("c{c}")).collect();
             let texts: Vec<String> = aliases.iter().map(|c| format!("q.{c}::text")).collect();
             format!(
@@ -388,20 +388,32 @@ impl ReportGenerator for SqlGenerator {
             let mut client = connect(&url)
                 .await
                 .map_err(|e| GeneratorError::Environment(format!("report query: {e}")))?;
-            let mut sink = FileSink::open(&store, job.report_id, job.attempt, gzip);
-            let rows =
-                stream_rows(&mut client, &declared, &rewritten, &values, &mut sink, &job).await?;
-            job.progress.report(95, "storing the file");
-            let format = declared.format;
-            let described = Described {
-                content_type: format.content_type(),
-                extension: format.extension(),
-                gzip,
-                rows,
+            let (tx, inner, statement) = begin(&mut client, &declared, &rewritten).await?;
+            let run = Run {
+                tx: &tx,
+                statement: &statement,
+                values: &values,
+                store: &store,
+                job: &job,
             };
-            let file = sink
-                .store(&store, job.report_id, job.attempt, described)
-                .await?;
+            let file = match declared.format {
+                ReportFormat::Xlsx => {
+                    let columns = xlsx_columns(&inner);
+                    let sink = FileSink::open_with(&store, job.report_id, job.attempt, {
+                        move |dir, temp, rows| xlsx::write_rows(dir, temp, rows, &columns)
+                    });
+                    run.write_file(sink, XlsxEncoder::default(), ReportFormat::Xlsx, false)
+                        .await?
+                }
+                format => {
+                    let sink = FileSink::open(&store, job.report_id, job.attempt, gzip);
+                    let encoder = ByteEncoder::new(format, &inner);
+                    run.write_file(sink, encoder, format, gzip).await?
+                }
+            };
+            tx.rollback()
+                .await
+                .map_err(|e| query_failure("report query", &e))?;
             Ok(GeneratedReport {
                 report_url: Some(link),
                 file: Some(file),
@@ -440,67 +452,161 @@ async fn begin<'c>(
     Ok((tx, inner, statement))
 }
 
-/// Appends one row in the file's format.
-fn encode_row(format: ReportFormat, row: &tokio_postgres::Row, chunk: &mut Vec<u8>) {
-    match format {
-        ReportFormat::Csv => {
-            let fields: Vec<Option<&str>> = (0..row.len()).map(|c| row.get(c)).collect();
-            csv_line(chunk, &fields);
+/// Turns result rows into what a format's writer takes, a batch at a time.
+trait RowEncoder {
+    /// What the writer receives.
+    type Batch: Send + 'static;
+    /// Adds one row; a full batch when one is ready to go.
+    fn push(&mut self, row: &tokio_postgres::Row) -> Option<Self::Batch>;
+    /// The rest.
+    fn finish(self) -> Self::Batch;
+}
+
+/// CSV and JSON lines: bytes, in chunks of about [`CHUNK_BYTES`].
+struct ByteEncoder {
+    format: ReportFormat,
+    chunk: Vec<u8>,
+}
+
+impl ByteEncoder {
+    /// CSV starts with its header line.
+    fn new(format: ReportFormat, inner: &Statement) -> Self {
+        let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+        if format == ReportFormat::Csv {
+            let header: Vec<Option<&str>> =
+                inner.columns().iter().map(|c| Some(c.name())).collect();
+            csv_line(&mut chunk, &header);
         }
-        ReportFormat::Jsonl => {
-            chunk.extend_from_slice(row.get::<_, &str>(0).as_bytes());
-            chunk.push(b'\n');
-        }
+        Self { format, chunk }
     }
 }
 
-/// Runs the query and streams its rows into `sink`; returns the rows written. The rows
-/// arrive as the socket delivers them (tokio-postgres stops reading while the stream is
-/// not polled), so memory holds one chunk, never the result.
-async fn stream_rows(
-    client: &mut Client,
-    declared: &ReportTypeSettings,
-    rewritten: &Rewritten,
-    values: &[Option<String>],
-    sink: &mut FileSink,
-    job: &JobContext,
-) -> Result<i64, GeneratorError> {
-    let (tx, inner, statement) = begin(client, declared, rewritten).await?;
-    let mut chunk = Vec::with_capacity(CHUNK_BYTES);
-    if declared.format == ReportFormat::Csv {
-        let header: Vec<Option<&str>> = inner.columns().iter().map(|c| Some(c.name())).collect();
-        csv_line(&mut chunk, &header);
-    }
-    let params = values.iter().map(|v| v as &(dyn ToSql + Sync));
-    let stream = tx
-        .query_raw(&statement, params)
-        .await
-        .map_err(|e| query_failure("report query", &e))?;
-    futures_util::pin_mut!(stream);
-    job.progress.report(10, "reading rows");
-    let mut rows: i64 = 0;
-    while let Some(row) = stream.next().await {
-        let row = row.map_err(|e| query_failure("reading the report's rows", &e))?;
-        encode_row(declared.format, &row, &mut chunk);
-        rows += 1;
-        if chunk.len() >= CHUNK_BYTES {
-            sink.write(std::mem::replace(
-                &mut chunk,
-                Vec::with_capacity(CHUNK_BYTES),
-            ))
-            .await?;
+impl RowEncoder for ByteEncoder {
+    type Batch = Vec<u8>;
+
+    fn push(&mut self, row: &tokio_postgres::Row) -> Option<Vec<u8>> {
+        if self.format == ReportFormat::Jsonl {
+            self.chunk
+                .extend_from_slice(row.get::<_, &str>(0).as_bytes());
+            self.chunk.push(b'\n');
+        } else {
+            let fields: Vec<Option<&str>> = (0..row.len()).map(|c| row.get(c)).collect();
+            csv_line(&mut self.chunk, &fields);
         }
-        if rows % PROGRESS_EVERY_ROWS == 0 {
-            // The total is unknown without running the query twice: the stage says
-            // how many rows are written, the percent stays put.
-            job.progress.report(50, &format!("{rows} rows written"));
-        }
+        (self.chunk.len() >= CHUNK_BYTES)
+            .then(|| std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES)))
     }
-    sink.write(chunk).await?;
-    tx.rollback()
-        .await
-        .map_err(|e| query_failure("report query", &e))?;
-    Ok(rows)
+
+    fn finish(self) -> Vec<u8> {
+        self.chunk
+    }
+}
+
+/// Rows handed to the XLSX writer at once.
+const XLSX_BATCH_ROWS: usize = 1_000;
+
+/// XLSX: rows of text fields, in batches of [`XLSX_BATCH_ROWS`].
+#[derive(Default)]
+struct XlsxEncoder {
+    rows: xlsx::Rows,
+}
+
+impl RowEncoder for XlsxEncoder {
+    type Batch = xlsx::Rows;
+
+    fn push(&mut self, row: &tokio_postgres::Row) -> Option<xlsx::Rows> {
+        let fields = (0..row.len())
+            .map(|c| row.get::<_, Option<&str>>(c).map(str::to_string))
+            .collect();
+        self.rows.push(fields);
+        (self.rows.len() >= XLSX_BATCH_ROWS).then(|| std::mem::take(&mut self.rows))
+    }
+
+    fn finish(self) -> xlsx::Rows {
+        self.rows
+    }
+}
+
+/// The sheet's header and which columns hold numbers, from the query's column types.
+fn xlsx_columns(inner: &Statement) -> xlsx::Columns {
+    use tokio_postgres::types::Type;
+    let numeric = [
+        Type::INT2,
+        Type::INT4,
+        Type::INT8,
+        Type::FLOAT4,
+        Type::FLOAT8,
+        Type::NUMERIC,
+        Type::OID,
+    ];
+    xlsx::Columns {
+        names: inner
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect(),
+        numeric: inner
+            .columns()
+            .iter()
+            .map(|c| numeric.contains(c.type_()))
+            .collect(),
+    }
+}
+
+/// One job's query, running in its READ ONLY transaction.
+struct Run<'a> {
+    tx: &'a Transaction<'a>,
+    statement: &'a Statement,
+    values: &'a [Option<String>],
+    store: &'a ReportStore,
+    job: &'a JobContext,
+}
+
+impl Run<'_> {
+    /// Streams the rows through `encoder` into `sink`, then stores the file. The rows
+    /// arrive as the socket delivers them (tokio-postgres stops reading while the stream
+    /// is not polled), so memory holds one batch, never the result.
+    async fn write_file<E: RowEncoder>(
+        &self,
+        mut sink: FileSink<E::Batch>,
+        mut encoder: E,
+        format: ReportFormat,
+        gzip: bool,
+    ) -> Result<crate::db::models::ReportFile, GeneratorError> {
+        let params = self.values.iter().map(|v| v as &(dyn ToSql + Sync));
+        let stream = self
+            .tx
+            .query_raw(self.statement, params)
+            .await
+            .map_err(|e| query_failure("report query", &e))?;
+        futures_util::pin_mut!(stream);
+        self.job.progress.report(10, "reading rows");
+        let mut rows: i64 = 0;
+        while let Some(row) = stream.next().await {
+            let row = row.map_err(|e| query_failure("reading the report's rows", &e))?;
+            if let Some(batch) = encoder.push(&row) {
+                sink.write(batch).await?;
+            }
+            rows += 1;
+            if rows % PROGRESS_EVERY_ROWS == 0 {
+                // The total is unknown without running the query twice: the stage says
+                // how many rows are written, the percent stays put.
+                self.job
+                    .progress
+                    .report(50, &format!("{rows} rows written"));
+            }
+        }
+        sink.write(encoder.finish()).await?;
+        self.job.progress.report(95, "storing the file");
+        let described = Described {
+            content_type: format.content_type(),
+            extension: format.extension(),
+            gzip,
+            rows,
+        };
+        let (id, attempt) = (self.job.report_id, self.job.attempt);
+        sink.store(self.store, id, attempt, described).await
+    }
 }
 
 fn csv_line(out: &mut Vec<u8>, fields: &[Option<&str>]) {

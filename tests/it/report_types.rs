@@ -239,6 +239,62 @@ async fn csv_and_json_lines_from_the_same_query_match_the_table() {
 }
 
 #[actix_web::test]
+async fn an_xlsx_from_the_same_query_opens_and_matches_the_table() {
+    use calamine::Reader;
+    let app = spawn_app(AppOptions {
+        report_types: vec![sql_type("activity-xlsx", ReportFormat::Xlsx)],
+        ..Default::default()
+    })
+    .await;
+    let db = seed(&app.settings.database.url).await;
+    let expected = expected_rows(&db, 7, "view").await;
+    let params = json!({"userId": 7, "kind": "view"});
+    let id = submit_typed(&app, json!({"type": "activity-xlsx", "params": params})).await;
+    let record = app
+        .wait_for_status(id, "completed", Duration::from_secs(30))
+        .await;
+    let xlsx_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+    assert_eq!(record["file"]["contentType"], xlsx_type, "{record}");
+    let response = app
+        .http
+        .get(app.url(&format!("/reports/{id}/file")))
+        .send()
+        .await
+        .expect("GET file");
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| response.headers().get(name).cloned();
+    assert_eq!(
+        header("content-disposition")
+            .as_ref()
+            .and_then(|v| v.to_str().ok()),
+        Some(format!("attachment; filename=\"{id}.xlsx\"").as_str())
+    );
+    assert!(
+        header("content-encoding").is_none(),
+        "a zip is never gzipped"
+    );
+    let bytes = response.bytes().await.expect("body").to_vec();
+    let mut workbook: calamine::Xlsx<_> =
+        calamine::Xlsx::new(std::io::Cursor::new(bytes)).expect("an XLSX workbook");
+    let sheet = workbook.worksheet_range("Sheet1").expect("its sheet");
+    let rows: Vec<Vec<String>> = sheet
+        .rows()
+        .map(|row| row.iter().map(|cell| cell.to_string()).collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        vec!["id", "user_id", "kind", "amount_cents", "occurred_at"]
+    );
+    assert_eq!(rows[1..], expected[..]);
+    let first = &sheet.rows().nth(1).expect("a data row")[0];
+    assert!(
+        matches!(first, calamine::Data::Float(_) | calamine::Data::Int(_)),
+        "numbers stay numbers: {first:?}"
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
 async fn a_string_parameter_is_only_ever_a_value() {
     let app = spawn_app(AppOptions {
         report_types: vec![sql_type("activity-csv", ReportFormat::Csv)],
