@@ -596,6 +596,26 @@ mod tests {
     }
 
     #[test]
+    fn a_read_token_may_only_get_and_head() {
+        let tokens: Vec<ApiToken> = vec![
+            "plain".into(),
+            ApiToken::Named {
+                name: "viewer".into(),
+                token: "r".into(),
+                role: TokenRole::Read,
+            },
+        ];
+        let admin = caller_with("plain", &tokens).expect("known");
+        assert_eq!(admin.name, "tokens[0]");
+        assert!(admin.may(&Method::POST));
+        let reader = caller_with("r", &tokens).expect("known");
+        assert_eq!(reader.name, "viewer");
+        assert!(reader.may(&Method::GET) && reader.may(&Method::HEAD));
+        assert!(!reader.may(&Method::POST) && !reader.may(&Method::DELETE));
+        assert!(caller_with("nope", &tokens).is_none());
+    }
+
+    #[test]
     fn the_bearer_scheme_is_case_insensitive() {
         for header in ["Bearer tok", "bearer tok", "BEARER tok", "bEaReR   tok  "] {
             assert_eq!(bearer_token(header), Some("tok"), "{header:?}");

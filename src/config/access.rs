@@ -27,7 +27,7 @@ impl TokenRole {
 /// One entry of `api.tokens`: a plain string (an admin token, the original form) or a
 /// table `{ name, token, role }`, so that actions can be logged by name and a viewer
 /// can be given a token that cannot change anything.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ApiToken {
     /// A bare token: admin, named by its position in the list.
@@ -77,6 +77,47 @@ impl ApiToken {
                 role: *role,
             },
         }
+    }
+}
+
+/// The table form of an entry, as written in the config.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedToken {
+    name: String,
+    token: String,
+    role: TokenRole,
+}
+
+/// Reads either form. Written by hand rather than `#[serde(untagged)]` so that a wrong
+/// type is reported as a type error ("expected a string …") that the config loader can
+/// name by key without quoting the value; untagged's only message is "did not match any
+/// variant".
+impl<'de> Deserialize<'de> for ApiToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ApiToken;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string (an admin token) or a table { name, token, role }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, token: &str) -> Result<ApiToken, E> {
+                Ok(ApiToken::Plain(token.to_string()))
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<ApiToken, M::Error> {
+                let named =
+                    NamedToken::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ApiToken::Named {
+                    name: named.name,
+                    token: named.token,
+                    role: named.role,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 

@@ -187,6 +187,17 @@ pub(super) async fn json(
         .json(json!({ "fields": job_fields(&report) })))
 }
 
+/// `GET /ui/jobs/{id}/file`: the report's file or its download link, as
+/// `GET /reports/{id}/file` answers it, for a signed-in viewer.
+pub(super) async fn file(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    viewer(&req, &state)?;
+    Ok(reports::file(path, state).await?)
+}
+
 /// `GET /ui/jobs/{id}`: payload, timeline, progress, last error, file, webhooks, actions.
 pub(super) async fn detail(
     req: HttpRequest,
@@ -241,12 +252,12 @@ pub(super) async fn detail(
     Ok(html(StatusCode::OK, pages::layout(&page, Some(&viewer))))
 }
 
-/// The download link (the JSON API's `GET /reports/{id}/file`, which needs a bearer
-/// token when tokens are set: the console shows the size and checksum either way).
+/// The download link: `/ui/jobs/{id}/file`, the JSON API's `GET /reports/{id}/file`
+/// behind the session cookie (a link cannot carry a bearer header).
 fn file_block(report: &Value, id: Uuid) -> String {
     match report["file"].as_object() {
         Some(file) => format!(
-            "<p><a href=\"/reports/{id}/file\" download>Download</a> ({} bytes, {}, SHA-256 <code>{}</code>)</p>",
+            "<p><a href=\"/ui/jobs/{id}/file\">Download</a> ({} bytes, {}, SHA-256 <code>{}</code>)</p>",
             esc(&text_of(&file["sizeBytes"])),
             esc(&text_of(&file["contentType"])),
             esc(&text_of(&file["sha256"]))
@@ -377,4 +388,18 @@ pub(super) async fn action(
         &lines,
         back,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listing_query_drops_empty_and_foreign_fields() {
+        assert_eq!(
+            listing_query("status=&userId=7&flash=x&cursor=abc"),
+            "userId=7&cursor=abc"
+        );
+        assert_eq!(listing_query(""), "");
+    }
 }

@@ -56,6 +56,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/ui/jobs").route(web::get().to(jobs::list)))
         .service(resource("/ui/jobs/action").route(web::post().to(jobs::action)))
         .service(resource("/ui/jobs/{id}").route(web::get().to(jobs::detail)))
+        .service(resource("/ui/jobs/{id}/file").route(web::get().to(jobs::file)))
         .service(resource("/ui/api/jobs/{id}").route(web::get().to(jobs::json)))
         .service(resource("/ui/dlq").route(web::get().to(dlq::list)))
         .service(resource("/ui/dlq/action").route(web::post().to(dlq::action)));
