@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::sqs_limits as limits;
 
+pub mod access;
 pub mod report_types;
 
+pub use access::{ApiToken, TokenRole, UiSettings};
 pub use report_types::ReportTypeSettings;
 mod webhooks;
 pub(crate) use webhooks::check_url as check_webhook_url;
@@ -73,6 +75,9 @@ pub struct Settings {
     /// Signed webhooks when a report finishes (off until a secret is set).
     #[serde(default)]
     pub webhooks: WebhookSettings,
+    /// The operator console under `/ui`.
+    #[serde(default)]
+    pub ui: UiSettings,
 }
 
 /// `[supervisor]`: how many actor restarts, how fast, make a restart storm (unhealthy).
@@ -330,9 +335,10 @@ pub struct ApiSettings {
     pub max_range_days: i64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
-    /// Bearer tokens; when non-empty every endpoint but health, metrics and the OpenAPI
-    /// document requires one. Never printed.
-    pub tokens: Vec<String>,
+    /// Bearer tokens (plain strings are admin tokens, or `{ name, token, role }`); when
+    /// non-empty every endpoint but health, metrics and the OpenAPI document requires
+    /// one. Never printed.
+    pub tokens: Vec<ApiToken>,
 }
 
 impl Default for ApiSettings {
@@ -970,8 +976,8 @@ impl Settings {
         if self.api.max_body_bytes == 0 {
             return invalid("api.max_body_bytes", "must be at least 1".into());
         }
-        if self.api.tokens.iter().any(|t| t.trim().is_empty()) {
-            return invalid("api.tokens", "a token must not be empty".into());
+        if let Err(reason) = access::validate_tokens(&self.api.tokens) {
+            return invalid("api.tokens", reason);
         }
         Ok(())
     }
@@ -1072,12 +1078,7 @@ impl Settings {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
         shown.database.reports_url = shown.database.reports_url.as_deref().map(redact_url);
-        shown.api.tokens = shown
-            .api
-            .tokens
-            .iter()
-            .map(|_| "<redacted>".to_string())
-            .collect();
+        shown.api.tokens = shown.api.tokens.iter().map(ApiToken::redacted).collect();
         // A command's environment is where its credentials go.
         for declared in &mut shown.report_types {
             for value in declared.env.values_mut() {

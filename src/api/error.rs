@@ -49,6 +49,11 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// 403: a known token whose role does not allow the request (`read` on an action).
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message).with_field("Authorization")
+    }
+
     /// 401: no valid bearer token. The answer carries [`BEARER_CHALLENGE`].
     pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message).with_field("Authorization")

@@ -218,18 +218,25 @@ pub(crate) async fn ready(req: HttpRequest, state: web::Data<AppState>) -> HttpR
 )]
 /// `GET /health`: every actor and dependency.
 pub(crate) async fn health(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let (body, healthy) = health_body(&state).await;
+    respond(healthy, redacted_for(&req, &state, body))
+}
+
+/// The `/health` document before redaction, and whether all is healthy; the console's
+/// Actors page renders the same document.
+pub(crate) async fn health_body(state: &AppState) -> (Value, bool) {
     let views = state.registry.snapshot();
-    let (status, status_ok) = status_actor_entry(&state, &views).await;
+    let (status, status_ok) = status_actor_entry(state, &views).await;
     let mut actors = vec![status];
     let mut healthy = status_ok;
-    if let Some((poller, poller_ok)) = poller_entry(&state, &views).await {
+    if let Some((poller, poller_ok)) = poller_entry(state, &views).await {
         actors.push(poller);
         healthy &= poller_ok;
     }
-    let (workers, workers_ok) = worker_entries(&state, &views).await;
+    let (workers, workers_ok) = worker_entries(state, &views).await;
     actors.extend(workers);
     healthy &= workers_ok;
-    let (deps, deps_ok) = dependencies(&state).await;
+    let (deps, deps_ok) = dependencies(state).await;
     healthy &= deps_ok;
     let body = json!({
         "status": if healthy { "ok" } else { "unhealthy" },
@@ -237,9 +244,9 @@ pub(crate) async fn health(req: HttpRequest, state: web::Data<AppState>) -> Http
         "actors": actors,
         "dependencies": deps,
         "queueDepths": state.depths.latest(),
-        "webhooks": webhook_backlog(&state).await,
+        "webhooks": webhook_backlog(state).await,
     });
-    respond(healthy, redacted_for(&req, &state, body))
+    (body, healthy)
 }
 
 /// The webhook backlog (pending deliveries, read from the partial due index); null

@@ -1,6 +1,7 @@
 //! The actix-web HTTP API, one module per resource.
 
 pub(crate) mod all_events;
+pub(crate) mod console;
 pub(crate) mod dlq;
 pub(crate) mod error;
 pub(crate) mod events;
@@ -26,7 +27,7 @@ use crate::actors::poller::PollerActor;
 use crate::actors::registry::ActorRegistry;
 use crate::actors::status::StatusActor;
 use crate::actors::worker::ReportWorker;
-use crate::config::Settings;
+use crate::config::{ApiToken, Settings, TokenRole};
 use crate::db::DbPool;
 use crate::metrics::Metrics;
 use crate::outbox::Dispatcher;
@@ -203,6 +204,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, serve_api: bool) {
     if !serve_api {
         return;
     }
+    console::configure(cfg);
     cfg.service(resource("/generate").route(web::get().to(reports::generate)))
         .service(resource("/report-types").route(web::get().to(report_types::list)))
         .service(
@@ -482,7 +484,8 @@ fn is_public(path: &str) -> bool {
 }
 
 /// Bearer-token check for every non-public endpoint when `api.tokens` is set. Tokens
-/// are compared, never logged.
+/// are compared, never logged. A `read` token may only GET (and HEAD): anything else
+/// answers 403 in the JSON error shape. `/ui` checks its own session cookie instead.
 pub(crate) async fn authenticate<B: MessageBody + 'static>(
     req: ServiceRequest,
     next: actix_web::middleware::Next<B>,
@@ -491,41 +494,73 @@ pub(crate) async fn authenticate<B: MessageBody + 'static>(
         .app_data::<web::Data<AppState>>()
         .map(|state| state.settings.api.tokens.clone())
         .unwrap_or_default();
-    if tokens.is_empty() || is_public(req.path()) {
+    if tokens.is_empty() || is_public(req.path()) || console::is_console_path(req.path()) {
         return next
             .call(req)
             .await
             .map(ServiceResponse::map_into_left_body);
     }
-    if presents_a_token(req.headers(), &tokens) {
-        return next
-            .call(req)
-            .await
-            .map(ServiceResponse::map_into_left_body);
-    }
-    let error =
-        ApiError::unauthorized("a valid `Authorization: Bearer <token>` header is required");
+    let error = match caller_of(req.headers(), &tokens) {
+        Some(caller) if caller.may(req.method()) => {
+            return next
+                .call(req)
+                .await
+                .map(ServiceResponse::map_into_left_body);
+        }
+        Some(caller) => ApiError::forbidden(format!(
+            "the token `{}` has the `read` role: it may only GET",
+            caller.name
+        )),
+        None => {
+            ApiError::unauthorized("a valid `Authorization: Bearer <token>` header is required")
+        }
+    };
     let response = actix_web::ResponseError::error_response(&error);
     Ok(req.into_response(response).map_into_right_body())
 }
 
-/// Whether the request's `Authorization` header carries one of `tokens`.
-fn presents_a_token(headers: &header::HeaderMap, tokens: &[String]) -> bool {
+/// Who made a request: the matching token's name (for the logs) and role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// `name` of the token entry, or `tokens[<index>]` for a plain one.
+    pub(crate) name: String,
+    /// What it may do.
+    pub(crate) role: TokenRole,
+}
+
+impl Caller {
+    /// Whether this caller may send a request with `method`: a read token only reads.
+    pub(crate) fn may(&self, method: &actix_web::http::Method) -> bool {
+        use actix_web::http::Method;
+        self.role == TokenRole::Admin || matches!(*method, Method::GET | Method::HEAD)
+    }
+}
+
+/// The caller whose token `presented` is, compared in constant time against each.
+pub(crate) fn caller_with(presented: &str, tokens: &[ApiToken]) -> Option<Caller> {
+    tokens
+        .iter()
+        .enumerate()
+        .find(|(_, t)| constant_time_eq(t.secret().as_bytes(), presented.as_bytes()))
+        .map(|(index, t)| Caller {
+            name: t.name(index),
+            role: t.role(),
+        })
+}
+
+/// The caller named by the request's `Authorization` header, if it carries a token.
+fn caller_of(headers: &header::HeaderMap, tokens: &[ApiToken]) -> Option<Caller> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    presented.is_some_and(|p| {
-        tokens
-            .iter()
-            .any(|t| constant_time_eq(t.as_bytes(), p.as_bytes()))
-    })
+        .and_then(bearer_token)?;
+    caller_with(presented, tokens)
 }
 
 /// Whether the caller may see what only token holders see (job ids, raw error text):
 /// always when no tokens are configured, else with a valid token.
-pub(crate) fn is_trusted(req: &HttpRequest, tokens: &[String]) -> bool {
-    tokens.is_empty() || presents_a_token(req.headers(), tokens)
+pub(crate) fn is_trusted(req: &HttpRequest, tokens: &[ApiToken]) -> bool {
+    tokens.is_empty() || caller_of(req.headers(), tokens).is_some()
 }
 
 /// The token of an `Authorization` header value in the `Bearer` scheme. Scheme names
@@ -558,6 +593,26 @@ mod tests {
             let parsed = Method::from_bytes(invented.as_bytes()).expect("a method token");
             assert_eq!(method_label(&parsed), "other", "{invented}");
         }
+    }
+
+    #[test]
+    fn a_read_token_may_only_get_and_head() {
+        let tokens: Vec<ApiToken> = vec![
+            "plain".into(),
+            ApiToken::Named {
+                name: "viewer".into(),
+                token: "r".into(),
+                role: TokenRole::Read,
+            },
+        ];
+        let admin = caller_with("plain", &tokens).expect("known");
+        assert_eq!(admin.name, "tokens[0]");
+        assert!(admin.may(&Method::POST));
+        let reader = caller_with("r", &tokens).expect("known");
+        assert_eq!(reader.name, "viewer");
+        assert!(reader.may(&Method::GET) && reader.may(&Method::HEAD));
+        assert!(!reader.may(&Method::POST) && !reader.may(&Method::DELETE));
+        assert!(caller_with("nope", &tokens).is_none());
     }
 
     #[test]

@@ -964,26 +964,37 @@ pub(crate) async fn cancel(
     let object =
         input::optional_json_object(&req, body, state.settings.api.max_body_bytes, &CANCEL).await?;
     let reason = object.as_ref().map(cancel_reason).transpose()?.flatten();
+    let (status, record) = cancel_one(&state, id, reason).await?;
+    Ok(HttpResponse::build(status).json(record_json(&record, state.store.link_ttl_s())))
+}
+
+/// Cancels report `id` (see [`cancel`]): 200 with the cancelled report, 202 when its
+/// running worker stops it later; the console's cancel calls this too.
+pub(crate) async fn cancel_one(
+    state: &AppState,
+    id: Uuid,
+    reason: Option<String>,
+) -> Result<(StatusCode, ReportRecord), ApiError> {
     let mut conn = db::connection(&state.pool).await?;
     let outcome = reports::request_cancel(&mut conn, id, reason.as_deref()).await?;
     let record = reports::find(&mut conn, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no report with id {id}")).with_field("id"))?;
     drop(conn);
-    let mut answer = match outcome {
+    let status = match outcome {
         Some(CancelOutcome::Cancelled) => {
             state.metrics.jobs_cancelled.inc();
             tracing::info!(report_id = %id, reason = ?reason, "report cancelled before it ran");
-            HttpResponse::Ok()
+            StatusCode::OK
         }
         Some(CancelOutcome::Requested) => {
             tracing::info!(report_id = %id, reason = ?reason, "cancel requested for a running report");
-            HttpResponse::Accepted()
+            StatusCode::ACCEPTED
         }
-        None if record.status == JobStatus::Cancelled.as_str() => HttpResponse::Ok(),
+        None if record.status == JobStatus::Cancelled.as_str() => StatusCode::OK,
         None => return Err(not_cancellable(id, &record.status)),
     };
-    Ok(answer.json(record_json(&record, state.store.link_ttl_s())))
+    Ok((status, record))
 }
 
 fn not_cancellable(id: Uuid, status: &str) -> ApiError {

@@ -104,10 +104,11 @@ impl From<DeliveryRecord> for Delivery {
 pub(crate) struct Deliveries {
     /// The report's deliveries, oldest first; empty until it finished (and the sweeper,
     /// within `webhooks.poll_ms`, recorded them) or when it has no endpoint.
-    items: Vec<Delivery>,
+    pub(crate) items: Vec<Delivery>,
 }
 
-async fn deliveries(state: &AppState, id: uuid::Uuid) -> Result<Deliveries, ApiError> {
+/// A report's deliveries, for the JSON API and the console's job page.
+pub(crate) async fn deliveries(state: &AppState, id: uuid::Uuid) -> Result<Deliveries, ApiError> {
     let mut conn = db::connection(&state.pool).await?;
     let rows = queries::for_report(&mut conn, id).await?;
     Ok(Deliveries {

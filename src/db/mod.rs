@@ -5,6 +5,7 @@
 //! pool is deadpool's, which (unlike bb8) spawns no background task on the runtime that
 //! created it — important under actix, where every worker thread has its own runtime.
 
+pub(crate) mod console;
 pub mod models;
 pub mod reconcile;
 pub mod reports;

@@ -532,3 +532,29 @@ fn redacted_toml_shows_the_server_limits() {
         "{shown}"
     );
 }
+
+#[test]
+fn named_tokens_with_roles_load_and_a_bad_entry_names_the_key_without_the_secret() {
+    let settings = Settings::from_toml_str(
+        "[api]\ntokens = [\"plain\", { name = \"viewer\", token = \"r34d\", role = \"read\" }]\n[ui]\nallow_anonymous_admin = true\n",
+        &no_env(),
+    )
+    .expect("valid");
+    assert_eq!(settings.api.tokens.len(), 2);
+    assert_eq!(
+        settings.api.tokens[1].role(),
+        reportd::config::TokenRole::Read
+    );
+    assert!(settings.ui.allow_anonymous_admin);
+    for bad in [
+        "[api]\ntokens = [{ name = \"x\", token = \"s3cret\", role = \"root\" }]\n",
+        "[api]\ntokens = [{ name = \"x\", token = \"s3cret\", role = \"read\" }, { name = \"x\", token = \"other\", role = \"admin\" }]\n",
+        "[api]\ntokens = [\"s3cret\", \"s3cret\"]\n",
+    ] {
+        let message = Settings::from_toml_str(bad, &no_env())
+            .expect_err("refused")
+            .to_string();
+        assert!(message.contains("api.tokens"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+    }
+}

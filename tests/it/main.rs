@@ -8,6 +8,7 @@ mod api;
 mod bench_smoke;
 mod cli;
 mod config;
+mod console;
 mod consumer;
 mod control;
 mod dlq;

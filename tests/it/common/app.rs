@@ -27,7 +27,8 @@ pub(crate) struct AppOptions {
     /// `jobs.max_attempts`.
     pub max_attempts: u32,
     pub simulate: SimulateSettings,
-    pub tokens: Vec<String>,
+    pub tokens: Vec<reportd::config::ApiToken>,
+    pub allow_anonymous_admin: bool,
     pub grace_s: u64,
     pub generator: Option<Arc<dyn ReportGenerator>>,
     /// Share a database with another process (None: a fresh one).
@@ -59,6 +60,7 @@ impl Default for AppOptions {
             max_attempts: 3,
             simulate: SimulateSettings::default(),
             tokens: Vec::new(),
+            allow_anonymous_admin: false,
             grace_s: 5,
             generator: None,
             database_url: None,
@@ -116,6 +118,7 @@ pub(crate) async fn test_settings(options: &AppOptions) -> (Settings, Arc<tempfi
     settings.shutdown.grace_s = options.grace_s;
     settings.simulate = options.simulate.clone();
     settings.api.tokens = options.tokens.clone();
+    settings.ui.allow_anonymous_admin = options.allow_anonymous_admin;
     settings.api.max_range_days = options.max_range_days;
     settings.api.max_body_bytes = options.max_body_bytes;
     settings.retry.backoff_base_s = options.backoff_base_s;

@@ -1,0 +1,405 @@
+//! Jobs: the filtered listing (the JSON API's query and keyset cursor), one job's page
+//! (live status and progress), and retry / cancel of one job or a selection, through
+//! the same functions `POST /reports/{id}/retry` and `…/cancel` run.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::pages::{self, csrf_input, esc, text_of, Page, Tab};
+use super::session::Viewer;
+use super::{acting_viewer, html, outcome_page, viewer, ConsoleError, Form};
+use crate::api::reports::{self, encode_cursor, find_report, parse_id, record_json};
+use crate::api::AppState;
+use crate::db::models::JobStatus;
+use crate::db::{self};
+
+/// Most jobs one bulk action takes (a page's worth: the selection is a page's checkboxes).
+const MAX_SELECTION: usize = 200;
+
+/// The listing's query with empty fields (an unset filter) left out, so that the JSON
+/// API's parser ([`reports::parse_list_query`]) reads exactly what it reads there.
+fn listing_query(raw: &str) -> String {
+    url::form_urlencoded::parse(raw.as_bytes())
+        .filter(|(k, v)| {
+            !v.is_empty() && matches!(k.as_ref(), "status" | "userId" | "cursor" | "limit")
+        })
+        .fold(
+            url::form_urlencoded::Serializer::new(String::new()),
+            |mut s, (k, v)| {
+                s.append_pair(&k, &v);
+                s
+            },
+        )
+        .finish()
+}
+
+/// The filter form, with the current values selected.
+fn filter_form(status: Option<JobStatus>, user_id: Option<i64>) -> String {
+    let mut options = String::from("<option value=\"\">any</option>");
+    for s in JobStatus::ALL {
+        let selected = if Some(s) == status { " selected" } else { "" };
+        options.push_str(&format!("<option{selected}>{}</option>", s.as_str()));
+    }
+    let user = user_id.map(|u| u.to_string()).unwrap_or_default();
+    format!(
+        "<form method=\"get\" action=\"/ui/jobs\" class=\"filters\">\
+         <label for=\"status\">Status</label><select id=\"status\" name=\"status\">{options}</select>\
+         <label for=\"userId\">User id</label><input id=\"userId\" name=\"userId\" inputmode=\"numeric\" value=\"{}\">\
+         <button type=\"submit\">Filter</button></form>",
+        esc(&user)
+    )
+}
+
+/// `GET /ui/jobs?status=&userId=&cursor=`: newest first, a page at a time.
+pub(super) async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let viewer = viewer(&req, &state)?;
+    let query = listing_query(req.query_string());
+    let filter = reports::parse_list_query(&query)?;
+    let mut conn = db::connection(&state.pool)
+        .await
+        .map_err(crate::api::error::ApiError::from)?;
+    let rows = db::reports::list(&mut conn, &filter)
+        .await
+        .map_err(crate::api::error::ApiError::from)?;
+    drop(conn);
+    let mut table_rows = String::new();
+    for row in &rows {
+        table_rows.push_str(&job_row(row, viewer.is_admin()));
+    }
+    let next = (rows.len() as i64 == filter.limit)
+        .then(|| rows.last().map(|r| encode_cursor(r.created_at, r.id)))
+        .flatten()
+        .map(|cursor| {
+            let mut next = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(s) = filter.status {
+                next.append_pair("status", s.as_str());
+            }
+            if let Some(u) = filter.user_id {
+                next.append_pair("userId", &u.to_string());
+            }
+            next.append_pair("cursor", &cursor);
+            format!(
+                "<p><a rel=\"next\" href=\"/ui/jobs?{}\">Next page</a></p>",
+                esc(&next.finish())
+            )
+        })
+        .unwrap_or_default();
+    let back = format!("/ui/jobs?{query}");
+    let table = pages::table(
+        "Jobs, newest first",
+        &[
+            "",
+            "Id",
+            "Status",
+            "User",
+            "Created",
+            "Attempts",
+            "Last error",
+        ],
+        &table_rows,
+    );
+    let body = format!(
+        "{}{}{next}",
+        filter_form(filter.status, filter.user_id),
+        bulk_form(&viewer, &table, &back)
+    );
+    let page = Page {
+        title: "Jobs",
+        tab: Tab::Jobs,
+        poll: None,
+        body,
+    };
+    Ok(html(StatusCode::OK, pages::layout(&page, Some(&viewer))))
+}
+
+/// The table inside the bulk-action form (admins), or bare (readers: no buttons).
+fn bulk_form(viewer: &Viewer, table: &str, back: &str) -> String {
+    if !viewer.is_admin() {
+        return table.to_string();
+    }
+    format!(
+        "<form method=\"post\" action=\"/ui/jobs/action\" data-confirm=\"job\">{}\
+         <input type=\"hidden\" name=\"back\" value=\"{}\">\
+         <p class=\"actions\"><label><input type=\"checkbox\" data-select-all> Select all on this page</label>\
+         <button type=\"submit\" name=\"action\" value=\"retry\" data-verb=\"Retry\">Retry selected</button>\
+         <button type=\"submit\" name=\"action\" value=\"cancel\" data-verb=\"Cancel\">Cancel selected</button></p>\
+         {table}</form>",
+        csrf_input(viewer),
+        esc(back)
+    )
+}
+
+fn job_row(row: &db::models::ReportRecord, selectable: bool) -> String {
+    let check = if selectable {
+        format!(
+            "<input type=\"checkbox\" name=\"ids\" value=\"{0}\" aria-label=\"Select {0}\">",
+            row.id
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "<tr data-id=\"{id}\"><td>{check}</td><td><a href=\"/ui/jobs/{id}\">{id}</a></td>\
+         <td><span class=\"status status-{s}\">{s}</span></td><td>{}</td><td>{}</td><td>{}</td><td class=\"error-text\">{}</td></tr>",
+        row.user_id.map(|u| u.to_string()).unwrap_or_else(|| "—".into()),
+        row.created_at.format("%Y-%m-%d %H:%M:%S"),
+        row.attempts,
+        esc(row.last_error.as_deref().unwrap_or("")),
+        id = row.id,
+        s = esc(&row.status),
+    )
+}
+
+/// The live fields of one job, keyed as its page's `data-field` attributes.
+fn job_fields(report: &Value) -> Value {
+    let progress = &report["progress"];
+    json!({
+        "status": text_of(&report["status"]),
+        "attempts": text_of(&report["attempts"]),
+        "failures": text_of(&report["failures"]),
+        "lastError": text_of(&report["lastError"]),
+        "startedAt": text_of(&report["startedAt"]),
+        "finishedAt": text_of(&report["finishedAt"]),
+        "enqueuedAt": text_of(&report["enqueuedAt"]),
+        "stage": text_of(&progress["stage"]),
+        "percent": progress["percent"].as_f64().unwrap_or(0.0),
+        "eta": report["etaS"].as_f64().map_or_else(|| "—".into(), pages::age),
+    })
+}
+
+/// `GET /ui/api/jobs/{id}`: the job page's live fields, polled every 2 s.
+pub(super) async fn json(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    viewer(&req, &state)?;
+    let id = parse_id(&path)?;
+    let record = find_report(&state, id).await?;
+    let report = record_json(&record, state.store.link_ttl_s());
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "fields": job_fields(&report) })))
+}
+
+/// `GET /ui/jobs/{id}/file`: the report's file or its download link, as
+/// `GET /reports/{id}/file` answers it, for a signed-in viewer.
+pub(super) async fn file(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    viewer(&req, &state)?;
+    Ok(reports::file(path, state).await?)
+}
+
+/// `GET /ui/jobs/{id}`: payload, timeline, progress, last error, file, webhooks, actions.
+pub(super) async fn detail(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let viewer = viewer(&req, &state)?;
+    let id = parse_id(&path)?;
+    let record = find_report(&state, id).await?;
+    let report = record_json(&record, state.store.link_ttl_s());
+    let fields = job_fields(&report);
+    let field = |key: &str| {
+        format!(
+            "<dd data-field=\"{key}\">{}</dd>",
+            esc(&fields[key]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| text_of(&fields[key])))
+        )
+    };
+    let percent = fields["percent"].as_f64().unwrap_or(0.0);
+    let payload = serde_json::to_string_pretty(&report["payload"]).unwrap_or_default();
+    let body = format!(
+        "<dl class=\"stats\"><div class=\"stat\"><dt>Status</dt>{}</div><div class=\"stat\"><dt>Attempts</dt>{}</div>\
+         <div class=\"stat\"><dt>Failures</dt>{}</div><div class=\"stat\"><dt>ETA</dt>{}</div></dl>\
+         <p><label for=\"progress\">Progress</label> <progress id=\"progress\" max=\"100\" value=\"{percent}\" data-bar=\"percent\">{percent}%</progress> {}</p>\
+         <h2>Timeline</h2><dl class=\"timeline\"><dt>Created</dt><dd>{}</dd><dt>Enqueued</dt>{}<dt>Started</dt>{}<dt>Finished</dt>{}</dl>\
+         <h2>Last error</h2><pre class=\"error-text\" data-field=\"lastError\">{}</pre>\
+         <h2>File</h2>{}<h2>Payload</h2><pre>{}</pre><h2>Webhook deliveries</h2>{}{}",
+        field("status"),
+        field("attempts"),
+        field("failures"),
+        field("eta"),
+        field("stage").replace("<dd", "<span").replace("</dd>", "</span>"),
+        esc(&text_of(&report["createdAt"])),
+        field("enqueuedAt"),
+        field("startedAt"),
+        field("finishedAt"),
+        esc(&text_of(&report["lastError"])),
+        file_block(&report, id),
+        esc(&payload),
+        webhooks_block(&state, id).await,
+        actions_block(&viewer, id),
+    );
+    let title = format!("Job {id}");
+    let page = Page {
+        title: &title,
+        tab: Tab::Jobs,
+        poll: Some(format!("/ui/api/jobs/{id}")),
+        body,
+    };
+    Ok(html(StatusCode::OK, pages::layout(&page, Some(&viewer))))
+}
+
+/// The download link: `/ui/jobs/{id}/file`, the JSON API's `GET /reports/{id}/file`
+/// behind the session cookie (a link cannot carry a bearer header).
+fn file_block(report: &Value, id: Uuid) -> String {
+    match report["file"].as_object() {
+        Some(file) => format!(
+            "<p><a href=\"/ui/jobs/{id}/file\">Download</a> ({} bytes, {}, SHA-256 <code>{}</code>)</p>",
+            esc(&text_of(&file["sizeBytes"])),
+            esc(&text_of(&file["contentType"])),
+            esc(&text_of(&file["sha256"]))
+        ),
+        None => "<p>No file (yet).</p>".into(),
+    }
+}
+
+/// The report's webhook deliveries, as `GET /reports/{id}/webhooks` lists them.
+async fn webhooks_block(state: &AppState, id: Uuid) -> String {
+    let deliveries = match crate::api::webhooks::deliveries(state, id).await {
+        Ok(d) => serde_json::to_value(&d.items).unwrap_or(Value::Null),
+        Err(e) => return format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
+    };
+    let mut rows = String::new();
+    for d in deliveries.as_array().into_iter().flatten() {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&text_of(&d["endpoint"])),
+            esc(&text_of(&d["event"])),
+            esc(&text_of(&d["state"])),
+            esc(&text_of(&d["attempts"])),
+            esc(&text_of(&d["lastStatusCode"])),
+            esc(&text_of(&d["lastError"]))
+        ));
+    }
+    if rows.is_empty() {
+        return "<p>None.</p>".into();
+    }
+    pages::table(
+        "Deliveries",
+        &[
+            "Endpoint",
+            "Event",
+            "State",
+            "Tries",
+            "Last status",
+            "Last error",
+        ],
+        &rows,
+    )
+}
+
+/// Retry and cancel buttons (admins only).
+fn actions_block(viewer: &Viewer, id: Uuid) -> String {
+    if !viewer.is_admin() {
+        return String::new();
+    }
+    format!(
+        "<h2>Actions</h2><form method=\"post\" action=\"/ui/jobs/action\" data-confirm=\"job\">{}\
+         <input type=\"hidden\" name=\"ids\" value=\"{id}\"><input type=\"hidden\" name=\"back\" value=\"/ui/jobs/{id}\">\
+         <button type=\"submit\" name=\"action\" value=\"retry\" data-verb=\"Retry\">Retry</button> \
+         <button type=\"submit\" name=\"action\" value=\"cancel\" data-verb=\"Cancel\">Cancel</button></form>",
+        csrf_input(viewer)
+    )
+}
+
+/// What a console action does to each job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobAction {
+    Retry,
+    Cancel,
+}
+
+/// `POST /ui/jobs/action` with `action=retry|cancel`, `ids=…` (one or more), `csrf`.
+pub(super) async fn action(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let form = Form::read(body, &state).await?;
+    let viewer = acting_viewer(&req, &state, &form)?;
+    let action = match form.first("action") {
+        Some("retry") => JobAction::Retry,
+        Some("cancel") => JobAction::Cancel,
+        _ => {
+            return Err(crate::api::error::ApiError::invalid(
+                "action",
+                "action must be retry or cancel",
+            )
+            .into())
+        }
+    };
+    let ids = form.all("ids");
+    if ids.is_empty() || ids.len() > MAX_SELECTION {
+        return Err(crate::api::error::ApiError::invalid(
+            "ids",
+            format!("select between 1 and {MAX_SELECTION} jobs"),
+        )
+        .into());
+    }
+    let ids = ids
+        .iter()
+        .map(|raw| parse_id(raw))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut lines = Vec::with_capacity(ids.len());
+    let mut done = 0;
+    for id in &ids {
+        let outcome = match action {
+            JobAction::Retry => reports::retry(web::Path::from(id.to_string()), state.clone())
+                .await
+                .map(|_| "retried".to_string()),
+            JobAction::Cancel => reports::cancel_one(&state, *id, None)
+                .await
+                .map(|(_, record)| format!("now {}", record.status)),
+        };
+        match outcome {
+            Ok(what) => {
+                done += 1;
+                lines.push(format!("{id}: {what}"));
+            }
+            Err(e) => lines.push(format!("{id}: refused: {e}")),
+        }
+    }
+    tracing::info!(who = %viewer.name, action = ?action, selected = ids.len(), done, "console job action");
+    let back = form
+        .first("back")
+        .filter(|b| b.starts_with("/ui"))
+        .unwrap_or("/ui/jobs");
+    let verb = if action == JobAction::Retry {
+        "Retried"
+    } else {
+        "Cancelled"
+    };
+    Ok(outcome_page(
+        &viewer,
+        &format!("{verb} {done} of {} jobs.", ids.len()),
+        &lines,
+        back,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listing_query_drops_empty_and_foreign_fields() {
+        assert_eq!(
+            listing_query("status=&userId=7&flash=x&cursor=abc"),
+            "userId=7&cursor=abc"
+        );
+        assert_eq!(listing_query(""), "");
+    }
+}

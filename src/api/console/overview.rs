@@ -1,0 +1,236 @@
+//! Overview (queue depths, jobs by status, oldest waiting job, reachability; live) and
+//! Actors (the `/health` document as a table).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Map, Value};
+
+use super::pages::{self, age, esc, text_of, Page, Tab};
+use super::{html, viewer, ConsoleError};
+use crate::api::AppState;
+use crate::db;
+
+/// Counts stop at this many rows per status (see [`db::console::status_counts`]).
+const COUNT_CAP: i64 = 10_000;
+
+/// The overview's live fields, keyed as the page's `data-field` attributes.
+async fn fields(state: &AppState) -> (Map<String, Value>, Vec<(String, i64)>) {
+    let mut fields = Map::new();
+    let depths = state.depths.latest();
+    for queue in ["main", "dlq"] {
+        let reading = &depths[queue];
+        let (visible, in_flight) = if reading.get("error").is_some() || reading.is_null() {
+            ("—".to_string(), "—".to_string())
+        } else {
+            (
+                text_of(&reading["approximateNumberOfMessages"]),
+                text_of(&reading["approximateNumberOfMessagesNotVisible"]),
+            )
+        };
+        fields.insert(format!("{queue}.visible"), json!(visible));
+        fields.insert(format!("{queue}.inFlight"), json!(in_flight));
+    }
+    // SQS reachability as the background refresh last saw it: no SQS call per poll.
+    let sqs = match depths["main"].get("error") {
+        _ if depths.is_null() => "not read yet".to_string(),
+        Some(e) => format!("unreachable: {}", text_of(e)),
+        None => "reachable".to_string(),
+    };
+    fields.insert("sqs".into(), json!(sqs));
+    let mut bars = Vec::new();
+    match database_figures(state).await {
+        Ok((counts, oldest)) => {
+            fields.insert("database".into(), json!("reachable"));
+            for (status, n) in counts {
+                let shown = if n > COUNT_CAP {
+                    format!("{COUNT_CAP}+")
+                } else {
+                    n.to_string()
+                };
+                fields.insert(format!("status.{}", status.as_str()), json!(shown));
+                bars.push((status.as_str().to_string(), n.min(COUNT_CAP + 1)));
+            }
+            let oldest = oldest.map_or_else(
+                || "none waiting".to_string(),
+                |at| age((chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0),
+            );
+            fields.insert("oldestWaiting".into(), json!(oldest));
+        }
+        Err(e) => {
+            fields.insert("database".into(), json!(format!("unreachable: {e}")));
+        }
+    }
+    fields.insert(
+        "updatedAt".into(),
+        json!(chrono::Utc::now().format("%H:%M:%S UTC").to_string()),
+    );
+    (fields, bars)
+}
+
+/// Jobs by status (bounded counts) and the oldest waiting job's creation time, within 2 s.
+async fn database_figures(
+    state: &AppState,
+) -> Result<
+    (
+        Vec<(db::models::JobStatus, i64)>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    ),
+    String,
+> {
+    let read = async {
+        let mut conn = db::connection(&state.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        let counts = db::console::status_counts(&mut conn, COUNT_CAP)
+            .await
+            .map_err(|e| e.to_string())?;
+        let oldest = db::console::oldest_waiting(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((counts, oldest))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), read)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 2 s".into()))
+}
+
+/// `GET /ui/api/overview`: the live fields and the status chart, polled every 2 s.
+pub(super) async fn json(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    viewer(&req, &state)?;
+    let (fields, bars) = fields(&state).await;
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "fields": fields, "chart": pages::bar_chart("Jobs by status", &bars) })))
+}
+
+/// A definition list entry whose value console.js keeps current.
+fn live(label: &str, key: &str, fields: &Map<String, Value>) -> String {
+    let value = fields.get(key).map(text_of).unwrap_or_else(|| "—".into());
+    format!(
+        "<div class=\"stat\"><dt>{}</dt><dd data-field=\"{}\">{}</dd></div>",
+        esc(label),
+        esc(key),
+        esc(&value)
+    )
+}
+
+/// `GET /ui`: the overview.
+pub(super) async fn page(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let viewer = viewer(&req, &state)?;
+    let (fields, bars) = fields(&state).await;
+    let f = |label: &str, key: &str| live(label, key, &fields);
+    let mut statuses = String::new();
+    for status in db::models::JobStatus::ALL {
+        statuses.push_str(&f(status.as_str(), &format!("status.{}", status.as_str())));
+    }
+    let body = format!(
+        "<p class=\"note\">Updated <span data-field=\"updatedAt\">{}</span> \
+         <span id=\"live\" aria-live=\"polite\"></span></p>\
+         <section aria-labelledby=\"q\"><h2 id=\"q\">Queues</h2><dl class=\"stats\">{}{}{}{}</dl></section>\
+         <section aria-labelledby=\"j\"><h2 id=\"j\">Jobs by status</h2>\
+         <p class=\"note\">Counts stop at {COUNT_CAP} per status (an index scan bounded by a limit, never a full count).</p>\
+         <dl class=\"stats\">{statuses}{}</dl><div id=\"chart\" class=\"chart\">{}</div></section>\
+         <section aria-labelledby=\"d\"><h2 id=\"d\">Dependencies</h2><dl class=\"stats\">{}{}</dl></section>",
+        esc(&fields.get("updatedAt").map(text_of).unwrap_or_default()),
+        f("Main queue: visible", "main.visible"),
+        f("Main queue: in flight", "main.inFlight"),
+        f("DLQ: visible", "dlq.visible"),
+        f("DLQ: in flight", "dlq.inFlight"),
+        f("Oldest waiting job", "oldestWaiting"),
+        pages::bar_chart("Jobs by status", &bars),
+        f("PostgreSQL", "database"),
+        f("SQS", "sqs"),
+    );
+    let page = Page {
+        title: "Overview",
+        tab: Tab::Overview,
+        poll: Some("/ui/api/overview".into()),
+        body,
+    };
+    Ok(html(StatusCode::OK, pages::layout(&page, Some(&viewer))))
+}
+
+/// `GET /ui/actors`: every actor of this process, as `/health` reports it.
+pub(super) async fn actors(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let viewer = viewer(&req, &state)?;
+    let (health, healthy) = crate::api::health::health_body(&state).await;
+    let mut rows = String::new();
+    for actor in health["actors"].as_array().into_iter().flatten() {
+        rows.push_str(&actor_row(actor));
+    }
+    let overall = if healthy { "healthy" } else { "unhealthy" };
+    let body = format!(
+        "<p>This process is <strong data-testid=\"health\">{overall}</strong>. \
+         Reload for fresh figures.</p>{}",
+        pages::table(
+            "Actors",
+            &[
+                "Actor",
+                "Kind",
+                "State",
+                "Restarts",
+                "Last restart cause",
+                "Heartbeat age",
+                "Job in hand",
+                "Details"
+            ],
+            &rows
+        )
+    );
+    let page = Page {
+        title: "Actors",
+        tab: Tab::Actors,
+        poll: None,
+        body,
+    };
+    Ok(html(StatusCode::OK, pages::layout(&page, Some(&viewer))))
+}
+
+/// One actor's row; a restart storm (`restarting`) or any non-running state stands out.
+fn actor_row(actor: &Value) -> String {
+    let state = text_of(&actor["state"]);
+    let class = if state == "running" { "ok" } else { "alert" };
+    let job = match actor["job"].as_str() {
+        Some(id) => format!(
+            "<a href=\"/ui/jobs/{0}\">{0}</a> for {1}",
+            esc(id),
+            age(actor["jobAgeS"].as_f64().unwrap_or(0.0))
+        ),
+        None => "—".into(),
+    };
+    let heartbeat = actor["heartbeatAgeS"]
+        .as_f64()
+        .map_or_else(|| "—".into(), age);
+    let details: Vec<String> = [
+        "pendingWrites",
+        "lastFlushMs",
+        "consecutiveErrors",
+        "waitingForDatabase",
+        "idleWorkers",
+        "busyWorkers",
+    ]
+    .iter()
+    .filter(|k| !actor[**k].is_null())
+    .map(|k| format!("{k}: {}", text_of(&actor[*k])))
+    .collect();
+    format!(
+        "<tr class=\"{class}\"><th scope=\"row\">{}</th><td>{}</td><td data-testid=\"state\">{}</td>\
+         <td data-testid=\"restarts\">{}</td><td>{}</td><td>{}</td><td>{job}</td><td>{}</td></tr>",
+        esc(&text_of(&actor["name"])),
+        esc(&text_of(&actor["kind"])),
+        esc(&state),
+        esc(&text_of(&actor["restarts"])),
+        esc(&text_of(&actor["lastRestartCause"])),
+        esc(&heartbeat),
+        esc(&details.join(", "))
+    )
+}
