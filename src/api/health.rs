@@ -237,6 +237,7 @@ pub(crate) async fn health(req: HttpRequest, state: web::Data<AppState>) -> Http
         "actors": actors,
         "dependencies": deps,
         "queueDepths": state.depths.latest(),
+        "queueTable": state.db_hygiene.latest(),
         "webhooks": webhook_backlog(&state).await,
     });
     respond(healthy, redacted_for(&req, &state, body))

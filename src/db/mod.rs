@@ -5,9 +5,11 @@
 //! pool is deadpool's, which (unlike bb8) spawns no background task on the runtime that
 //! created it — important under actix, where every worker thread has its own runtime.
 
+pub(crate) mod hygiene;
 pub mod models;
 pub mod reconcile;
 pub mod reports;
+pub mod retention;
 pub(crate) mod schema;
 pub(crate) mod webhooks;
 
