@@ -121,10 +121,16 @@ impl Pruner {
                     tracing::debug!("retention: another process is pruning; skipped")
                 }
                 Ok(outcome) if outcome.total() > 0 => {
-                    tracing::info!(deleted = outcome.total(), ?outcome, "retention: pruned finished reports")
+                    tracing::info!(
+                        deleted = outcome.total(),
+                        ?outcome,
+                        "retention: pruned finished reports"
+                    )
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "retention: pass stopped; the rest waits for the next"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention: pass stopped; the rest waits for the next")
+                }
             }
             tokio::time::sleep(every).await;
         }

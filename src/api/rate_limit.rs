@@ -81,7 +81,10 @@ mod tests {
     #[test]
     fn a_full_bucket_allows_a_burst_of_the_rate_then_refuses() {
         let now = Instant::now();
-        let mut bucket = Bucket { tokens: 3.0, at: now };
+        let mut bucket = Bucket {
+            tokens: 3.0,
+            at: now,
+        };
         for _ in 0..3 {
             bucket = take(bucket, now, 3.0).expect("within the burst");
         }
@@ -92,7 +95,10 @@ mod tests {
     #[test]
     fn tokens_come_back_at_the_rate_up_to_the_burst() {
         let now = Instant::now();
-        let empty = Bucket { tokens: 0.0, at: now };
+        let empty = Bucket {
+            tokens: 0.0,
+            at: now,
+        };
         let later = now + Duration::from_millis(500);
         let refilled = take(empty, later, 4.0).expect("two tokens after half a second");
         assert!((refilled.tokens - 1.0).abs() < 1e-9);
@@ -106,7 +112,10 @@ mod tests {
         let limiter = SubmitLimiter::default();
         assert!(limiter.check(1, 1).is_ok());
         assert_eq!(limiter.check(1, 1), Err(1));
-        assert!(limiter.check(2, 1).is_ok(), "another user has its own bucket");
+        assert!(
+            limiter.check(2, 1).is_ok(),
+            "another user has its own bucket"
+        );
         for _ in 0..100 {
             assert!(limiter.check(3, 0).is_ok());
         }

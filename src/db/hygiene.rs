@@ -8,7 +8,11 @@
 //! - the oldest waiting job is `min(created_at) WHERE status = 'in-queue'`, which
 //!   PostgreSQL answers from one end of `report_queue_status_created_idx`;
 //! - rows by status are *bounded counts*: each status counted up to [`ROW_COUNT_CAP`]
-//!   rows through the same index, so a status showing the cap has at least that many.
+//!   rows, so a status showing the cap has at least that many. The listing order makes
+//!   a common status an ordered index scan that stops at the cap (checked with EXPLAIN
+//!   on 250k rows), instead of a sequential scan that may read the whole table looking
+//!   for a rare one; a rare status is read from the status index (all of its entries,
+//!   which are few).
 //!   No `count(*)` over the whole table, and no estimate from `pg_stats`, which is only
 //!   as fresh as the last `ANALYZE` (never, on a server with autovacuum off);
 //! - dead tuples and the last (auto)vacuum come from `pg_stat_user_tables`, the
@@ -120,7 +124,8 @@ pub(crate) async fn read(conn: &mut AsyncPgConnection) -> QueryResult<Hygiene> {
     for status in JobStatus::ALL {
         let count: Count = diesel::sql_query(
             "SELECT count(*)::bigint AS count FROM \
-             (SELECT 1 FROM report_queue WHERE status = $1 LIMIT $2) AS capped",
+             (SELECT 1 FROM report_queue WHERE status = $1 \
+              ORDER BY created_at DESC, id DESC LIMIT $2) AS capped",
         )
         .bind::<Text, _>(status.as_str())
         .bind::<BigInt, _>(ROW_COUNT_CAP)
@@ -196,7 +201,10 @@ fn set_gauges(metrics: &Metrics, hygiene: &Hygiene) {
         .db_oldest_waiting
         .set(hygiene.oldest_waiting_s.unwrap_or(0.0));
     for (status, n) in &hygiene.rows {
-        metrics.db_rows.with_label_values(&[status.as_str()]).set(*n);
+        metrics
+            .db_rows
+            .with_label_values(&[status.as_str()])
+            .set(*n);
     }
     metrics.db_dead_tuples.set(hygiene.dead_tuples);
     metrics.db_dead_tuple_ratio.set(hygiene.dead_ratio());

@@ -390,7 +390,8 @@ async fn read_activity(
         }
         Ok(rows)
     });
-    read.await.map_err(|ActivityError(e)| classify_query_error(e, timeout_s))
+    read.await
+        .map_err(|ActivityError(e)| classify_query_error(e, timeout_s))
 }
 
 /// A failed activity read inside its transaction (diesel's error, classified once the

@@ -110,20 +110,32 @@ async fn the_pruner_deletes_expired_finished_rows_and_their_files_and_nothing_el
     );
     for id in old_completed.iter().chain([&old_failed, &old_cancelled]) {
         assert!(!exists(&db, *id).await, "{id} expired and is deleted");
-        assert!(!dir.join(format!("{id}.csv")).exists(), "{id}'s file is deleted");
+        assert!(
+            !dir.join(format!("{id}.csv")).exists(),
+            "{id}'s file is deleted"
+        );
     }
     for id in &kept {
         assert!(exists(&db, *id).await, "{id} is kept");
     }
-    assert!(dir.join(format!("{}.csv", kept[0])).exists(), "a kept report keeps its file");
+    assert!(
+        dir.join(format!("{}.csv", kept[0])).exists(),
+        "a kept report keeps its file"
+    );
     let deliveries: i64 = db
         .query_one("SELECT count(*) FROM webhook_deliveries", &[])
         .await
         .expect("count")
         .get(0);
-    assert_eq!(deliveries, 0, "the expired report's deliveries went with it");
+    assert_eq!(
+        deliveries, 0,
+        "the expired report's deliveries went with it"
+    );
     let pruned = |status: &str| metrics.rows_pruned.with_label_values(&[status]).get();
-    assert_eq!((pruned("completed"), pruned("failed"), pruned("cancelled")), (4, 1, 1));
+    assert_eq!(
+        (pruned("completed"), pruned("failed"), pruned("cancelled")),
+        (4, 1, 1)
+    );
     let again = pruner.prune_once().await.expect("a second pass");
     assert_eq!(again.total(), 0, "nothing left to prune");
     common::drop_database(&url).await;
@@ -154,15 +166,24 @@ async fn a_pruner_skips_its_turn_while_another_holds_the_lock_and_two_never_dele
     holder.commit().await.expect("commit");
     let db = common::pg_connect(&url).await;
     for id in &ids {
-        assert!(exists(&db, *id).await, "nothing deleted while the lock was held");
+        assert!(
+            exists(&db, *id).await,
+            "nothing deleted while the lock was held"
+        );
     }
 
     // Two at once: between them every row is deleted, and counted, exactly once.
     let (one, two) = futures_util::join!(a.prune_once(), b.prune_once());
     let deleted = one.expect("pass a").total() + two.expect("pass b").total();
     assert_eq!(deleted, 20);
-    let counted = metrics_a.rows_pruned.with_label_values(&["completed"]).get()
-        + metrics_b.rows_pruned.with_label_values(&["completed"]).get();
+    let counted = metrics_a
+        .rows_pruned
+        .with_label_values(&["completed"])
+        .get()
+        + metrics_b
+            .rows_pruned
+            .with_label_values(&["completed"])
+            .get();
     assert_eq!(counted, 20);
     for id in &ids {
         assert!(!exists(&db, *id).await);
@@ -212,24 +233,38 @@ async fn a_worker_process_prunes_in_the_background_and_reports_the_queue_table()
     std::fs::create_dir_all(&app.output_dir).expect("output dir");
     let old = insert_row(&db, "completed", Some(2), Some(&app.output_dir)).await;
     let fresh = insert_row(&db, "completed", Some(0), Some(&app.output_dir)).await;
-    wait_until("the expired report is pruned", Duration::from_secs(15), || async {
-        !exists(&db, old).await
-    })
+    wait_until(
+        "the expired report is pruned",
+        Duration::from_secs(15),
+        || async { !exists(&db, old).await },
+    )
     .await;
     assert!(exists(&db, fresh).await);
     assert!(!app.output_dir.join(format!("{old}.csv")).exists());
     let text = metrics_text(&app).await;
-    assert_eq!(metric(&text, "reportd_rows_pruned_total{status=\"completed\"}"), Some(1.0));
+    assert_eq!(
+        metric(&text, "reportd_rows_pruned_total{status=\"completed\"}"),
+        Some(1.0)
+    );
     let oldest = metric(&text, "reportd_db_oldest_waiting_seconds").expect("oldest waiting");
     assert!((3500.0..3700.0).contains(&oldest), "{oldest}");
-    assert!(metric(&text, "reportd_db_rows{status=\"in-queue\"}").is_some(), "{text}");
-    assert!(metric(&text, "reportd_db_dead_tuple_ratio").is_some(), "{text}");
+    assert!(
+        metric(&text, "reportd_db_rows{status=\"in-queue\"}").is_some(),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "reportd_db_dead_tuple_ratio").is_some(),
+        "{text}"
+    );
     assert!(metric(&text, "reportd_db_last_vacuum_timestamp_seconds").is_some());
     let (_, health) = app.get_json("/health").await;
     let table = &health["queueTable"];
     assert_eq!(table["rowsByStatus"]["in-queue"], 1, "{health}");
     assert_eq!(table["rowsCountedUpTo"], 10_000);
-    assert!(table["oldestWaitingS"].as_f64().is_some_and(|s| s > 3500.0), "{table}");
+    assert!(
+        table["oldestWaitingS"].as_f64().is_some_and(|s| s > 3500.0),
+        "{table}"
+    );
     assert!(table["deadTupleRatio"].is_number(), "{table}");
     app.stop().await;
     common::drop_database(&url).await;
@@ -301,4 +336,73 @@ async fn a_user_over_the_submit_rate_gets_429_with_retry_after_and_nothing_is_wr
     tokio::time::sleep(Duration::from_millis(600)).await;
     app.submit_ok(5).await;
     app.stop().await;
+}
+
+/// `n_tup_upd` and `n_tup_hot_upd` of `report_queue`.
+async fn update_counts(db: &tokio_postgres::Client) -> (i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'report_queue'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_user_tables");
+    (row.get(0), row.get(1))
+}
+
+/// Drains 2,000 zero-work jobs against a fresh database whose `report_queue` has
+/// `fillfactor` and returns (updates, HOT updates, the table's pages).
+async fn drain_2000(fillfactor: u32) -> (i64, i64, i64) {
+    let url = common::migrated_database().await;
+    let db = common::pg_connect(&url).await;
+    db.batch_execute(&format!(
+        "ALTER TABLE report_queue SET (fillfactor = {fillfactor})"
+    ))
+    .await
+    .expect("set fillfactor");
+    let app = spawn_app(AppOptions {
+        database_url: Some(url.clone()),
+        workers: 8,
+        simulate: reportd::config::SimulateSettings {
+            skip_generator: true,
+            ..Default::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    for user in 0..2000 {
+        app.submit_ok(user % 50 + 1).await;
+    }
+    wait_until("2,000 jobs complete", Duration::from_secs(300), || async {
+        common::jobs::count_by_status(&app, "completed").await == 2000
+    })
+    .await;
+    app.stop().await;
+    // Backends flush their table statistics when idle (at most every 10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (updates, hot) = update_counts(&db).await;
+    let pages: i64 = db
+        .query_one(
+            "SELECT (pg_relation_size('report_queue') / current_setting('block_size')::int)::bigint",
+            &[],
+        )
+        .await
+        .expect("pages")
+        .get(0);
+    common::drop_database(&url).await;
+    (updates, hot, pages)
+}
+
+/// Not a CI test (`--ignored`): measures the HOT-update share of a 2,000-job drain with
+/// the default fillfactor and with 80, for the README's figures.
+#[actix_web::test]
+#[ignore = "a measurement, run by hand: cargo test --test it -- --ignored upkeep::measure"]
+async fn measure_hot_updates_over_a_2000_job_drain() {
+    for fillfactor in [100, 80] {
+        let (updates, hot, pages) = drain_2000(fillfactor).await;
+        println!(
+            "fillfactor {fillfactor}: {updates} updates, {hot} HOT ({:.1} %), {pages} pages",
+            100.0 * hot as f64 / updates.max(1) as f64
+        );
+    }
 }
