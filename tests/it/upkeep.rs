@@ -241,6 +241,13 @@ async fn a_worker_process_prunes_in_the_background_and_reports_the_queue_table()
     .await;
     assert!(exists(&db, fresh).await);
     assert!(!app.output_dir.join(format!("{old}.csv")).exists());
+    // The figures are read every 15 s in the background (the first read may fail on a
+    // busy machine): wait for a reading rather than for a fixed time.
+    wait_until("a queue-table reading", Duration::from_secs(40), || async {
+        let (_, health) = app.get_json("/health").await;
+        health["queueTable"]["oldestWaitingS"].is_number()
+    })
+    .await;
     let text = metrics_text(&app).await;
     assert_eq!(
         metric(&text, "reportd_rows_pruned_total{status=\"completed\"}"),
