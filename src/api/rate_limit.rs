@@ -28,8 +28,7 @@ struct Bucket {
 /// (capped at a burst of `rate`), then one token taken. Returns the new bucket, or how
 /// long until a token is there when none is.
 fn take(bucket: Bucket, now: Instant, rate: f64) -> Result<Bucket, Duration> {
-    let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-    let tokens = (bucket.tokens + elapsed * rate).min(rate);
+    let tokens = refilled(bucket, now, rate);
     if tokens >= 1.0 {
         Ok(Bucket {
             tokens: tokens - 1.0,
@@ -38,6 +37,12 @@ fn take(bucket: Bucket, now: Instant, rate: f64) -> Result<Bucket, Duration> {
     } else {
         Err(Duration::from_secs_f64((1.0 - tokens) / rate))
     }
+}
+
+/// The tokens `bucket` holds at `now`: refilled at `rate` per second, at most `rate`.
+fn refilled(bucket: Bucket, now: Instant, rate: f64) -> f64 {
+    let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+    (bucket.tokens + elapsed * rate).min(rate)
 }
 
 /// The buckets of every user this process has seen submit recently.
@@ -58,7 +63,8 @@ impl SubmitLimiter {
         // A poisoned lock only means a panic elsewhere mid-update; the map is still usable.
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_BUCKETS {
-            buckets.retain(|_, b| take(*b, now, rate).is_ok_and(|b| b.tokens + 1.0 < rate));
+            // Only full buckets go: a user at the limit keeps it.
+            buckets.retain(|_, b| refilled(*b, now, rate) < rate);
         }
         let bucket = buckets.get(&user).copied().unwrap_or(Bucket {
             tokens: rate,
@@ -105,6 +111,17 @@ mod tests {
         let much_later = now + Duration::from_secs(3600);
         let capped = take(empty, much_later, 4.0).expect("a full bucket");
         assert!((capped.tokens - 3.0).abs() < 1e-9, "burst = rate");
+    }
+
+    #[test]
+    fn only_full_buckets_are_forgotten_when_the_map_is_full() {
+        let limiter = SubmitLimiter::default();
+        for user in 0..MAX_BUCKETS as i64 {
+            assert!(limiter.check(user, 1).is_ok());
+        }
+        // Every bucket is empty (1 per second, one taken): none may be dropped, so user 0
+        // is still over the rate.
+        assert_eq!(limiter.check(0, 1), Err(1));
     }
 
     #[test]
