@@ -413,3 +413,63 @@ async fn measure_hot_updates_over_a_2000_job_drain() {
         );
     }
 }
+
+/// Whether `key` is in `bucket`.
+async fn object_exists(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> bool {
+    match s3.head_object().bucket(bucket).key(key).send().await {
+        Ok(_) => true,
+        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => false,
+        Err(e) => panic!("HeadObject {bucket}/{key}: {e:?}"),
+    }
+}
+
+#[actix_web::test]
+async fn with_the_s3_backend_the_pruner_deletes_the_expired_reports_objects() {
+    common::require_s3().await;
+    let bucket = common::unique_bucket_name("prune");
+    let storage = common::s3_storage(&bucket);
+    let s3 = reportd::storage::s3::build_client(&storage).await;
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("CreateBucket");
+    let url = common::migrated_database().await;
+    let db = common::pg_connect(&url).await;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut settings = retention_settings(&url, tmp.path(), 500);
+    settings.storage = storage;
+    let old = insert_row(&db, "completed", Some(40), None).await;
+    let fresh = insert_row(&db, "completed", Some(1), None).await;
+    for id in [old, fresh] {
+        let key = format!("{id}.csv");
+        db.execute(
+            "UPDATE report_queue SET file_key = $2 WHERE id = $1::text::uuid",
+            &[&id.to_string(), &key],
+        )
+        .await
+        .expect("set file_key");
+        s3.put_object()
+            .bucket(&bucket)
+            .key(&key)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"day\n"))
+            .send()
+            .await
+            .expect("PutObject");
+    }
+    let store = Arc::new(ReportStore::open(&settings).await);
+    let pruner = Pruner::new(&settings, store, Metrics::new()).expect("a pruner");
+    let outcome = pruner.prune_once().await.expect("a pass");
+    assert_eq!(outcome.total(), 1, "{outcome:?}");
+    assert!(!exists(&db, old).await);
+    assert!(
+        !object_exists(&s3, &bucket, &format!("{old}.csv")).await,
+        "the expired object is deleted"
+    );
+    assert!(exists(&db, fresh).await);
+    assert!(
+        object_exists(&s3, &bucket, &format!("{fresh}.csv")).await,
+        "a kept report keeps its object"
+    );
+    common::drop_database(&url).await;
+}
