@@ -22,6 +22,8 @@ pub mod report_types;
 
 pub use access::{ApiToken, TokenRole, UiSettings};
 pub use report_types::ReportTypeSettings;
+mod retention;
+pub use retention::RetentionSettings;
 mod webhooks;
 pub(crate) use webhooks::check_url as check_webhook_url;
 pub use webhooks::WebhookSettings;
@@ -78,6 +80,9 @@ pub struct Settings {
     /// The operator console under `/ui`.
     #[serde(default)]
     pub ui: UiSettings,
+    /// How long finished reports are kept (off until a status has a limit).
+    #[serde(default)]
+    pub retention: RetentionSettings,
 }
 
 /// `[supervisor]`: how many actor restarts, how fast, make a restart storm (unhealthy).
@@ -339,6 +344,10 @@ pub struct ApiSettings {
     /// non-empty every endpoint but health, metrics and the OpenAPI document requires
     /// one. Never printed.
     pub tokens: Vec<ApiToken>,
+    /// Submits per second one user may make to this process (a token bucket with a
+    /// burst of the same size); over it, 429 with `Retry-After`. 0 = no limit. Per
+    /// process, not shared by the fleet.
+    pub submit_rate_per_user: u32,
 }
 
 impl Default for ApiSettings {
@@ -347,6 +356,7 @@ impl Default for ApiSettings {
             max_range_days: 366,
             max_body_bytes: 256 * 1024,
             tokens: Vec::new(),
+            submit_rate_per_user: 0,
         }
     }
 }
@@ -357,6 +367,7 @@ impl fmt::Debug for ApiSettings {
             .field("max_range_days", &self.max_range_days)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .field("submit_rate_per_user", &self.submit_rate_per_user)
             .finish()
     }
 }
@@ -425,12 +436,20 @@ pub(crate) const RECEIVE_HEADROOM: u32 = 5;
 pub struct ReportSettings {
     /// Directory the CSV files are written to (created if missing).
     pub output_dir: PathBuf,
+    /// Seconds one query of the built-in CSV generator may run (`statement_timeout`);
+    /// a longer one is cancelled and fails the attempt (retryably). Bounds a runaway
+    /// read on the queue's primary, where long reads hold back vacuum. 0 = no limit.
+    pub query_timeout_s: u64,
 }
+
+/// Longest accepted `report.query_timeout_s` (a day).
+pub(crate) const MAX_QUERY_TIMEOUT_S: u64 = 86_400;
 
 impl Default for ReportSettings {
     fn default() -> Self {
         Self {
             output_dir: PathBuf::from("./reports"),
+            query_timeout_s: 300,
         }
     }
 }
@@ -718,6 +737,25 @@ impl Settings {
         self.validate_storage()?;
         report_types::validate(&self.report_types)?;
         self.webhooks.validate()?;
+        self.retention.validate()?;
+        if self.report.query_timeout_s > MAX_QUERY_TIMEOUT_S {
+            return Err(ConfigError::Invalid {
+                key: "report.query_timeout_s",
+                reason: format!(
+                    "{} is outside 0..={MAX_QUERY_TIMEOUT_S} seconds (0 = no limit)",
+                    self.report.query_timeout_s
+                ),
+            });
+        }
+        if self.api.submit_rate_per_user > 1_000_000 {
+            return Err(ConfigError::Invalid {
+                key: "api.submit_rate_per_user",
+                reason: format!(
+                    "{} is outside 0..=1000000 per second (0 = no limit)",
+                    self.api.submit_rate_per_user
+                ),
+            });
+        }
         self.validate_simulate()
     }
 

@@ -14,6 +14,8 @@
 //!   purge) and the DLQ watcher.
 //! - [`report`]: the `ReportGenerator` extension point and the built-in CSV generator.
 //! - [`api`]: the actix-web HTTP API, one module per resource.
+//! - [`retention`]: the pruner that deletes finished reports (rows and files) past
+//!   their status's `[retention]` limit, one process of the fleet at a time.
 //! - `webhooks`: signed webhooks when a report finishes: the sweeper that records
 //!   deliveries, the deliverer, signatures and the SSRF guard.
 //! - [`startup`]: wires it all together and runs until a shutdown signal.
@@ -32,6 +34,7 @@ pub mod metrics;
 pub(crate) mod outbox;
 pub mod queue;
 pub mod report;
+pub mod retention;
 pub(crate) mod sqs_limits;
 pub mod startup;
 pub mod storage;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -52,6 +52,18 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     /// Time from a webhook attempt's start to the receiver's answer (or the timeout).
     pub webhook_seconds: Histogram,
+    /// Finished rows the retention pruner deleted, by their status.
+    pub rows_pruned: IntCounterVec,
+    /// Age of the oldest `in-queue` row (0 when none waits); refreshed in the background.
+    pub db_oldest_waiting: Gauge,
+    /// `report_queue` rows by status, counted up to a cap (see `db::hygiene`).
+    pub db_rows: IntGaugeVec,
+    /// Dead tuples of `report_queue` as a share of all its tuples (`pg_stat_user_tables`).
+    pub db_dead_tuple_ratio: Gauge,
+    /// Dead tuples of `report_queue`.
+    pub db_dead_tuples: IntGauge,
+    /// Unix time of the last vacuum (manual or auto) of `report_queue`; 0 = never.
+    pub db_last_vacuum: Gauge,
 }
 
 /// Latency buckets from 1 ms to 2 min.
@@ -158,6 +170,43 @@ impl Metrics {
             webhook_seconds: seconds(
                 "reportd_webhook_delivery_seconds",
                 "Webhook attempt latency (request to answer)",
+            ),
+            rows_pruned: counter_vec(
+                "reportd_rows_pruned_total",
+                "Finished report rows deleted by retention, by status",
+                &["status"],
+            ),
+            db_oldest_waiting: register(
+                &registry,
+                Gauge::new(
+                    "reportd_db_oldest_waiting_seconds",
+                    "Age of the oldest in-queue report_queue row",
+                ),
+            ),
+            db_rows: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "reportd_db_rows",
+                        "report_queue rows by status, counted up to 10000 (10000 = at least that many)",
+                    ),
+                    &["status"],
+                ),
+            ),
+            db_dead_tuple_ratio: register(
+                &registry,
+                Gauge::new(
+                    "reportd_db_dead_tuple_ratio",
+                    "report_queue dead tuples / (live + dead)",
+                ),
+            ),
+            db_dead_tuples: gauge("reportd_db_dead_tuples", "report_queue dead tuples"),
+            db_last_vacuum: register(
+                &registry,
+                Gauge::new(
+                    "reportd_db_last_vacuum_timestamp_seconds",
+                    "Unix time of report_queue's last vacuum or autovacuum (0 = never)",
+                ),
             ),
             registry,
         };

@@ -124,6 +124,12 @@ impl Application {
         let batchers = SqsBatchers::spawn(&sqs);
         let depths = QueueDepths::default();
         actix::spawn(depths.clone().refresh_forever(sqs.clone(), metrics.clone()));
+        let db_hygiene = crate::db::hygiene::HygieneWatch::default();
+        actix::spawn(
+            db_hygiene
+                .clone()
+                .refresh_forever(pool.clone(), metrics.clone()),
+        );
         let (status, status_probe) = start_writer(&settings, &metrics, &registry)?;
         let dispatcher = settings.has_role(Role::Api).then(|| {
             let timings = Timings::from_settings(&settings);
@@ -139,6 +145,10 @@ impl Application {
             actix::spawn(all_feed.clone().run(pool.clone()));
         }
         let (abort, abort_rx) = watch::channel(false);
+        if settings.has_role(Role::Worker) && settings.retention.enabled() {
+            let pruner = crate::retention::Pruner::new(&settings, store.clone(), metrics.clone())?;
+            actix::spawn(pruner.run_forever());
+        }
         let webhooks = if settings.has_role(Role::Worker) {
             start_webhooks(&settings, &pool, &metrics, store.link_ttl_s())?
         } else {
@@ -171,6 +181,8 @@ impl Application {
             metrics,
             registry,
             depths,
+            db_hygiene,
+            submit_limiter: Default::default(),
             status_probe,
             dlq: Default::default(),
             feed,
@@ -349,6 +361,7 @@ fn choose_generator(
             parts.store.clone(),
             settings.server.public_url.clone(),
             settings.storage.gzip,
+            settings.report.query_timeout_s,
         ));
         Arc::new(TypedGenerators::new(settings, parts.store, built_in))
     });

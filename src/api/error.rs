@@ -18,6 +18,8 @@ pub(crate) struct ApiError {
     pub message: String,
     /// The request field (body field, query parameter, path segment or header) at fault.
     pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (a 429); None: no such header.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -27,6 +29,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after_s: None,
         }
     }
 
@@ -69,6 +72,18 @@ impl ApiError {
         .with_field("body")
     }
 
+    /// 429: `field` is over its rate; try again after `retry_after_s` seconds.
+    pub(crate) fn too_many_requests(
+        field: &str,
+        message: impl Into<String>,
+        retry_after_s: u64,
+    ) -> Self {
+        let mut error =
+            Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).with_field(field);
+        error.retry_after_s = Some(retry_after_s);
+        error
+    }
+
     /// 408: the body did not arrive within `server.request_timeout_s`.
     pub(crate) fn request_timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message).with_field("body")
@@ -93,6 +108,7 @@ pub(crate) fn code_for_status(status: StatusCode) -> &'static str {
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::URI_TOO_LONG => "uri_too_long",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         s if s.is_server_error() => "internal",
         _ => "bad_request",
@@ -143,6 +159,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, BEARER_CHALLENGE));
+        }
+        if let Some(seconds) = self.retry_after_s {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
         response.json(ErrorBody {
             error: ErrorDetail {

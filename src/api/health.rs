@@ -244,6 +244,7 @@ pub(crate) async fn health_body(state: &AppState) -> (Value, bool) {
         "actors": actors,
         "dependencies": deps,
         "queueDepths": state.depths.latest(),
+        "queueTable": state.db_hygiene.latest(),
         "webhooks": webhook_backlog(state).await,
     });
     (body, healthy)

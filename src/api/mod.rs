@@ -8,6 +8,7 @@ pub(crate) mod events;
 pub(crate) mod health;
 mod input;
 pub(crate) mod openapi;
+pub(crate) mod rate_limit;
 pub(crate) mod report_types;
 pub(crate) mod reports;
 pub(crate) mod schemas;
@@ -51,6 +52,10 @@ pub(crate) struct AppState {
     pub registry: ActorRegistry,
     /// Queue depths, refreshed in the background.
     pub depths: QueueDepths,
+    /// `report_queue`'s upkeep figures, refreshed in the background (`db::hygiene`).
+    pub(crate) db_hygiene: crate::db::hygiene::HygieneWatch,
+    /// Per-user submit buckets (`api.submit_rate_per_user`).
+    pub(crate) submit_limiter: rate_limit::SubmitLimiter,
     /// The StatusActor's flush figures, readable while its mailbox is full.
     pub status_probe: crate::actors::status::StatusProbe,
     /// Watched reports' changes for `GET /reports/{id}/events`, read by one task.

@@ -44,6 +44,8 @@ const MAX_LIMIT: i64 = 500;
             body = ErrorBody),
         super::schemas::WriteErrors,
         (status = 409, description = "The Idempotency-Key was used with another body (`code: idempotency_conflict`)", body = ErrorBody),
+        (status = 429, description = "The user submits faster than `api.submit_rate_per_user` (`code: rate_limited`, `field: userId`)", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds until a submit is accepted again"))),
     ),
     security(("bearer" = []))
 )]
@@ -211,6 +213,17 @@ async fn accept(
         payload: payload_json,
         user_id,
     } = submission;
+    // Before anything is written: a refused submit leaves no row and no message.
+    if let Some(user) = user_id {
+        let rate = state.settings.api.submit_rate_per_user;
+        if let Err(retry_after_s) = state.submit_limiter.check(user, rate) {
+            return Err(ApiError::too_many_requests(
+                "userId",
+                format!("user {user} submits more than {rate} reports per second (api.submit_rate_per_user, per process); retry after {retry_after_s} s"),
+                retry_after_s,
+            ));
+        }
+    }
     let request_hash = key.as_ref().map(|_| {
         let mut hashed = limits.hashed_with(&payload_json);
         // A callback is part of the request an idempotency key protects.

@@ -6,9 +6,11 @@
 //! created it — important under actix, where every worker thread has its own runtime.
 
 pub(crate) mod console;
+pub(crate) mod hygiene;
 pub mod models;
 pub mod reconcile;
 pub mod reports;
+pub mod retention;
 pub(crate) mod schema;
 pub(crate) mod webhooks;
 

@@ -125,6 +125,8 @@ pub(crate) struct CsvReportGenerator {
     public_url: String,
     /// `storage.gzip`: compress the file as it is written.
     gzip: bool,
+    /// `report.query_timeout_s`: each activity query's `statement_timeout` (0 = none).
+    query_timeout_s: u64,
 }
 
 impl CsvReportGenerator {
@@ -133,12 +135,14 @@ impl CsvReportGenerator {
         store: Arc<ReportStore>,
         public_url: String,
         gzip: bool,
+        query_timeout_s: u64,
     ) -> Self {
         Self {
             pool,
             store,
             public_url: public_url.trim_end_matches('/').to_string(),
             gzip,
+            query_timeout_s,
         }
     }
 }
@@ -174,6 +178,7 @@ impl ReportGenerator for CsvReportGenerator {
         let pool = self.pool.clone();
         let store = self.store.clone();
         let gzip = self.gzip;
+        let timeout_s = self.query_timeout_s;
         let url = format!("{}/reports/{}/file", self.public_url, job.report_id);
         let progress = job.progress.clone();
         Box::pin(async move {
@@ -186,19 +191,7 @@ impl ReportGenerator for CsvReportGenerator {
             let mut conn = db::connection(&pool)
                 .await
                 .map_err(|e| GeneratorError::Environment(e.to_string()))?;
-            let chunks = day_chunks(payload.start_date, payload.end_date, CHUNK_DAYS);
-            let mut rows: Vec<DailyFigures> = Vec::new();
-            for (done, &(from, until)) in chunks.iter().enumerate() {
-                // 20–80 % while reading, in steps of one chunk.
-                let percent = 20 + 60 * done / chunks.len();
-                let stage = format!(
-                    "reading the user's activity ({} of {})",
-                    done + 1,
-                    chunks.len()
-                );
-                progress.report(u8::try_from(percent).unwrap_or(80), &stage);
-                rows.extend(daily_figures(&mut conn, payload.user_id, from, until).await?);
-            }
+            let rows = read_activity(&mut conn, &payload, timeout_s, &progress).await?;
             drop(conn);
             progress.report(80, "writing the file");
             let file = store_report(&store, job.report_id, job.attempt, gzip, rows).await?;
@@ -310,13 +303,83 @@ fn temporary_path(dir: &Path, id: Uuid, attempt: i32) -> PathBuf {
 /// Days of activity one query of the CSV generator reads: the unit of its progress.
 const CHUNK_DAYS: i64 = 30;
 
+/// Reads the payload's range chunk by chunk, reporting progress, in one transaction
+/// whose `SET LOCAL statement_timeout` bounds each query by `report.query_timeout_s`.
+/// `SET LOCAL` ends with the transaction, so the pooled connection goes back to the API
+/// and the other generators without the limit whatever happens. Each query is a
+/// statement of its own, so under READ COMMITTED the transaction holds no snapshot
+/// between them.
+async fn read_activity(
+    conn: &mut diesel_async::AsyncPgConnection,
+    payload: &ReportPayload,
+    timeout_s: u64,
+    progress: &ProgressReporter,
+) -> Result<Vec<DailyFigures>, GeneratorError> {
+    use diesel_async::AsyncConnection;
+    let chunks = day_chunks(payload.start_date, payload.end_date, CHUNK_DAYS);
+    let user_id = payload.user_id;
+    let read = conn.transaction::<_, ActivityError, _>(async move |tx| {
+        if timeout_s > 0 {
+            // An integer in milliseconds: nothing from a request reaches this string.
+            diesel::sql_query(format!(
+                "SET LOCAL statement_timeout = {}",
+                timeout_s.saturating_mul(1000)
+            ))
+            .execute(tx)
+            .await?;
+        }
+        let mut rows: Vec<DailyFigures> = Vec::new();
+        for (done, &(from, until)) in chunks.iter().enumerate() {
+            // 20–80 % while reading, in steps of one chunk.
+            let percent = 20 + 60 * done / chunks.len();
+            let stage = format!(
+                "reading the user's activity ({} of {})",
+                done + 1,
+                chunks.len()
+            );
+            progress.report(u8::try_from(percent).unwrap_or(80), &stage);
+            rows.extend(daily_figures(tx, user_id, from, until).await?);
+        }
+        Ok(rows)
+    });
+    read.await
+        .map_err(|ActivityError(e)| classify_query_error(e, timeout_s))
+}
+
+/// A failed activity read inside its transaction (diesel's error, classified once the
+/// transaction has ended).
+struct ActivityError(diesel::result::Error);
+
+impl From<diesel::result::Error> for ActivityError {
+    fn from(error: diesel::result::Error) -> Self {
+        ActivityError(error)
+    }
+}
+
+/// The generator error of a failed activity read: the database away is the host's
+/// trouble; a query cancelled by `report.query_timeout_s` says so (retryable: the
+/// database may be less busy next time); anything else is a retryable failure.
+fn classify_query_error(error: diesel::result::Error, timeout_s: u64) -> GeneratorError {
+    let error = crate::db::DbError::Query(error);
+    let text = error.to_string();
+    if error.is_database_away() {
+        return GeneratorError::Environment(format!("activity query failed: {text}"));
+    }
+    if text.contains("canceling statement due to statement timeout") {
+        return GeneratorError::Retryable(format!(
+            "the activity query ran longer than report.query_timeout_s ({timeout_s} s) and was cancelled"
+        ));
+    }
+    GeneratorError::Retryable(format!("activity query failed: {text}"))
+}
+
 /// Per-day figures of one user with `from <= occurred_at < until`.
 async fn daily_figures(
     conn: &mut diesel_async::AsyncPgConnection,
     user_id: i64,
     from: DateTime<Utc>,
     until: DateTime<Utc>,
-) -> Result<Vec<DailyFigures>, GeneratorError> {
+) -> diesel::QueryResult<Vec<DailyFigures>> {
     diesel::sql_query(
         "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, count(*)::bigint AS events, \
          COALESCE(sum(amount_cents), 0)::bigint AS amount_cents \
@@ -328,15 +391,6 @@ async fn daily_figures(
     .bind::<Timestamptz, _>(until)
     .load(conn)
     .await
-    .map_err(|e| {
-        let error = crate::db::DbError::Query(e);
-        let text = format!("activity query failed: {error}");
-        if error.is_database_away() {
-            GeneratorError::Environment(text)
-        } else {
-            GeneratorError::Retryable(text)
-        }
-    })
 }
 
 /// `[start, end]` as consecutive half-open ranges of at most `days` UTC days, cut at

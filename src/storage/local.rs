@@ -63,6 +63,19 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Removes the file of `key`; a missing one is fine.
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(
+                format!("cannot remove {}", path.display()),
+                e,
+            )),
+        }
+    }
+
     /// The path of a stored key. Keys are file names this store made; anything with a
     /// directory part is refused, so a key can never point outside the directory.
     pub(crate) fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {

@@ -201,6 +201,15 @@ impl ReportStore {
         }
     }
 
+    /// Deletes the file stored as `key` (retention). A file that is already gone is
+    /// fine: the pruner may run again over a row whose file it deleted before a crash.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Local(store) => store.delete(key).await,
+            Backend::S3(store) => store.delete(key).await,
+        }
+    }
+
     /// Seconds a download link lives (s3 backend); None for the local backend.
     pub(crate) fn link_ttl_s(&self) -> Option<u64> {
         match &self.backend {

@@ -238,6 +238,19 @@ impl S3Store {
         ))
     }
 
+    /// Deletes the object `key`. S3 answers a delete of a missing key with success, so
+    /// a file deleted before is no error.
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error("DeleteObject", e))?;
+        Ok(())
+    }
+
     /// Uploads the file at `path` as `key`.
     pub(crate) async fn put(
         &self,

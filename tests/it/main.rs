@@ -21,4 +21,5 @@ mod report_types;
 mod reports_db;
 mod status_actor;
 mod storage;
+mod upkeep;
 mod webhooks;

@@ -47,6 +47,8 @@ pub(crate) struct AppOptions {
     pub report_types: Vec<reportd::config::ReportTypeSettings>,
     /// `[webhooks]`; None: the default (off).
     pub webhooks: Option<WebhookSettings>,
+    /// Any other change to the settings, made last (before validation).
+    pub adjust: Option<fn(&mut Settings)>,
 }
 
 impl Default for AppOptions {
@@ -72,6 +74,7 @@ impl Default for AppOptions {
             storage: None,
             report_types: Vec::new(),
             webhooks: None,
+            adjust: None,
         }
     }
 }
@@ -129,6 +132,9 @@ pub(crate) async fn test_settings(options: &AppOptions) -> (Settings, Arc<tempfi
     settings.report_types = options.report_types.clone();
     if let Some(webhooks) = &options.webhooks {
         settings.webhooks = webhooks.clone();
+    }
+    if let Some(adjust) = options.adjust {
+        adjust(&mut settings);
     }
     settings.validate().expect("test settings are valid");
     (settings, tmp)
