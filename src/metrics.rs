@@ -48,22 +48,100 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// Actor restarts by actor kind.
     pub actor_restarts: IntCounterVec,
-    /// Webhook delivery attempts by outcome (`delivered`, `retry`, `gave_up`, `stopped`).
-    pub webhook_deliveries: IntCounterVec,
-    /// Time from a webhook attempt's start to the receiver's answer (or the timeout).
-    pub webhook_seconds: Histogram,
+    /// Webhook deliveries.
+    pub webhooks: WebhookMetrics,
+    /// The job table's upkeep.
+    pub upkeep: UpkeepMetrics,
+}
+
+/// Webhook deliveries: their attempts and how long receivers took.
+pub struct WebhookMetrics {
+    /// Delivery attempts by outcome (`delivered`, `retry`, `gave_up`, `stopped`).
+    pub deliveries: IntCounterVec,
+    /// Time from an attempt's start to the receiver's answer (or the timeout).
+    pub seconds: Histogram,
+}
+
+impl WebhookMetrics {
+    fn register(registry: &Registry) -> Self {
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "reportd_webhook_deliveries_total",
+                "Webhook delivery attempts by outcome",
+            ),
+            &["outcome"],
+        );
+        let seconds = HistogramOpts::new(
+            "reportd_webhook_delivery_seconds",
+            "Webhook attempt latency (request to answer)",
+        )
+        .buckets(SECONDS_BUCKETS.to_vec());
+        Self {
+            deliveries: register(registry, deliveries),
+            seconds: register(registry, Histogram::with_opts(seconds)),
+        }
+    }
+}
+
+/// The job table's upkeep: what retention deleted, and what the background reading of
+/// PostgreSQL's statistics found.
+pub struct UpkeepMetrics {
     /// Finished rows the retention pruner deleted, by their status.
     pub rows_pruned: IntCounterVec,
     /// Age of the oldest `in-queue` row (0 when none waits); refreshed in the background.
-    pub db_oldest_waiting: Gauge,
+    pub oldest_waiting: Gauge,
     /// `report_queue` rows by status, counted up to a cap (see `db::hygiene`).
-    pub db_rows: IntGaugeVec,
+    pub rows: IntGaugeVec,
     /// Dead tuples of `report_queue` as a share of all its tuples (`pg_stat_user_tables`).
-    pub db_dead_tuple_ratio: Gauge,
+    pub dead_tuple_ratio: Gauge,
     /// Dead tuples of `report_queue`.
-    pub db_dead_tuples: IntGauge,
+    pub dead_tuples: IntGauge,
     /// Unix time of the last vacuum (manual or auto) of `report_queue`; 0 = never.
-    pub db_last_vacuum: Gauge,
+    pub last_vacuum: Gauge,
+}
+
+impl UpkeepMetrics {
+    fn register(registry: &Registry) -> Self {
+        let gauge = |name: &str, help: &str| register(registry, Gauge::new(name, help));
+        Self {
+            rows_pruned: register(
+                registry,
+                IntCounterVec::new(
+                Opts::new(
+                    "reportd_rows_pruned_total",
+                    "Finished report rows deleted by retention, by status",
+                ),
+                &["status"],
+            ),
+            ),
+            oldest_waiting: gauge(
+                "reportd_db_oldest_waiting_seconds",
+                "Age of the oldest in-queue report_queue row",
+            ),
+            rows: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "reportd_db_rows",
+                        "report_queue rows by status, counted up to 10000 (10000 = at least that many)",
+                    ),
+                    &["status"],
+                ),
+            ),
+            dead_tuple_ratio: gauge(
+                "reportd_db_dead_tuple_ratio",
+                "report_queue dead tuples / (live + dead)",
+            ),
+            dead_tuples: register(
+                registry,
+                IntGauge::new("reportd_db_dead_tuples", "report_queue dead tuples"),
+            ),
+            last_vacuum: gauge(
+                "reportd_db_last_vacuum_timestamp_seconds",
+                "Unix time of report_queue's last vacuum or autovacuum (0 = never)",
+            ),
+        }
+    }
 }
 
 /// Latency buckets from 1 ms to 2 min.
@@ -162,52 +240,8 @@ impl Metrics {
                 "Actor restarts by kind",
                 &["kind"],
             ),
-            webhook_deliveries: counter_vec(
-                "reportd_webhook_deliveries_total",
-                "Webhook delivery attempts by outcome",
-                &["outcome"],
-            ),
-            webhook_seconds: seconds(
-                "reportd_webhook_delivery_seconds",
-                "Webhook attempt latency (request to answer)",
-            ),
-            rows_pruned: counter_vec(
-                "reportd_rows_pruned_total",
-                "Finished report rows deleted by retention, by status",
-                &["status"],
-            ),
-            db_oldest_waiting: register(
-                &registry,
-                Gauge::new(
-                    "reportd_db_oldest_waiting_seconds",
-                    "Age of the oldest in-queue report_queue row",
-                ),
-            ),
-            db_rows: register(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "reportd_db_rows",
-                        "report_queue rows by status, counted up to 10000 (10000 = at least that many)",
-                    ),
-                    &["status"],
-                ),
-            ),
-            db_dead_tuple_ratio: register(
-                &registry,
-                Gauge::new(
-                    "reportd_db_dead_tuple_ratio",
-                    "report_queue dead tuples / (live + dead)",
-                ),
-            ),
-            db_dead_tuples: gauge("reportd_db_dead_tuples", "report_queue dead tuples"),
-            db_last_vacuum: register(
-                &registry,
-                Gauge::new(
-                    "reportd_db_last_vacuum_timestamp_seconds",
-                    "Unix time of report_queue's last vacuum or autovacuum (0 = never)",
-                ),
-            ),
+            webhooks: WebhookMetrics::register(&registry),
+            upkeep: UpkeepMetrics::register(&registry),
             registry,
         };
         Arc::new(metrics)

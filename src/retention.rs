@@ -153,6 +153,7 @@ impl Pruner {
                 };
                 deleted += rows;
                 self.metrics
+                    .upkeep
                     .rows_pruned
                     .with_label_values(&[status.as_str()])
                     .inc_by(rows);

@@ -122,14 +122,7 @@ impl Application {
         let store = open_store(&settings).await?;
         let registry = ActorRegistry::new(storm_limit(&settings), metrics.clone());
         let batchers = SqsBatchers::spawn(&sqs);
-        let depths = QueueDepths::default();
-        actix::spawn(depths.clone().refresh_forever(sqs.clone(), metrics.clone()));
-        let db_hygiene = crate::db::hygiene::HygieneWatch::default();
-        actix::spawn(
-            db_hygiene
-                .clone()
-                .refresh_forever(pool.clone(), metrics.clone()),
-        );
+        let (depths, db_hygiene) = start_watches(&sqs, &pool, &metrics);
         let (status, status_probe) = start_writer(&settings, &metrics, &registry)?;
         let dispatcher = settings.has_role(Role::Api).then(|| {
             let timings = Timings::from_settings(&settings);
@@ -138,22 +131,9 @@ impl Application {
             actix::spawn(dispatcher.clone().sweep_forever(pool.clone()));
             dispatcher
         });
-        let feed = ReportFeed::default();
-        let all_feed = AllReportsFeed::new(feed.stream_slots(), store.link_ttl_s());
-        if settings.has_role(Role::Api) {
-            actix::spawn(feed.clone().run(pool.clone()));
-            actix::spawn(all_feed.clone().run(pool.clone()));
-        }
+        let (feed, all_feed) = start_feeds(&settings, &pool, &store);
         let (abort, abort_rx) = watch::channel(false);
-        if settings.has_role(Role::Worker) && settings.retention.enabled() {
-            let pruner = crate::retention::Pruner::new(&settings, store.clone(), metrics.clone())?;
-            actix::spawn(pruner.run_forever());
-        }
-        let webhooks = if settings.has_role(Role::Worker) {
-            start_webhooks(&settings, &pool, &metrics, store.link_ttl_s())?
-        } else {
-            None
-        };
+        let webhooks = start_worker_chores(&settings, &pool, &metrics, &store)?;
         let (poller, workers) = if settings.has_role(Role::Worker) {
             let parts = ConsumerParts {
                 settings: &settings,
@@ -257,6 +237,59 @@ impl Application {
 
 /// A running webhook engine: its stop signal and its task.
 type WebhookRun = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// The readings refreshed in the background, so that health checks, metrics and the
+/// console never wait on SQS or PostgreSQL for them: queue depths and the job table's
+/// upkeep figures.
+fn start_watches(
+    sqs: &SqsQueue,
+    pool: &DbPool,
+    metrics: &Arc<Metrics>,
+) -> (QueueDepths, crate::db::hygiene::HygieneWatch) {
+    let depths = QueueDepths::default();
+    actix::spawn(depths.clone().refresh_forever(sqs.clone(), metrics.clone()));
+    let db_hygiene = crate::db::hygiene::HygieneWatch::default();
+    actix::spawn(
+        db_hygiene
+            .clone()
+            .refresh_forever(pool.clone(), metrics.clone()),
+    );
+    (depths, db_hygiene)
+}
+
+/// The event feeds; only an api process runs them (each reads nothing while nobody
+/// listens).
+fn start_feeds(
+    settings: &Settings,
+    pool: &DbPool,
+    store: &ReportStore,
+) -> (ReportFeed, AllReportsFeed) {
+    let feed = ReportFeed::default();
+    let all_feed = AllReportsFeed::new(feed.stream_slots(), store.link_ttl_s());
+    if settings.has_role(Role::Api) {
+        actix::spawn(feed.clone().run(pool.clone()));
+        actix::spawn(all_feed.clone().run(pool.clone()));
+    }
+    (feed, all_feed)
+}
+
+/// What a worker process runs besides the consumer: the retention pruner (when a limit
+/// is set) and the webhook engine (when a secret is).
+fn start_worker_chores(
+    settings: &Settings,
+    pool: &DbPool,
+    metrics: &Arc<Metrics>,
+    store: &Arc<ReportStore>,
+) -> Result<Option<WebhookRun>, StartupError> {
+    if !settings.has_role(Role::Worker) {
+        return Ok(None);
+    }
+    if settings.retention.enabled() {
+        let pruner = crate::retention::Pruner::new(settings, store.clone(), metrics.clone())?;
+        actix::spawn(pruner.run_forever());
+    }
+    start_webhooks(settings, pool, metrics, store.link_ttl_s())
+}
 
 /// Starts the webhook sweeper and deliverer when webhooks are on. Worker processes run
 /// them: they finish the reports, and a fleet has workers wherever it has jobs. The

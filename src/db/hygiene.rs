@@ -198,18 +198,21 @@ impl HygieneWatch {
 /// Sets the `reportd_db_*` gauges from a reading.
 fn set_gauges(metrics: &Metrics, hygiene: &Hygiene) {
     metrics
-        .db_oldest_waiting
+        .upkeep
+        .oldest_waiting
         .set(hygiene.oldest_waiting_s.unwrap_or(0.0));
     for (status, n) in &hygiene.rows {
         metrics
-            .db_rows
+            .upkeep
+            .rows
             .with_label_values(&[status.as_str()])
             .set(*n);
     }
-    metrics.db_dead_tuples.set(hygiene.dead_tuples);
-    metrics.db_dead_tuple_ratio.set(hygiene.dead_ratio());
+    metrics.upkeep.dead_tuples.set(hygiene.dead_tuples);
+    metrics.upkeep.dead_tuple_ratio.set(hygiene.dead_ratio());
     metrics
-        .db_last_vacuum
+        .upkeep
+        .last_vacuum
         .set(hygiene.last_vacuum.map_or(0.0, |t| t.timestamp() as f64));
 }
 

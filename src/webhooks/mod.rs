@@ -235,7 +235,8 @@ impl WebhookEngine {
         let started = Instant::now();
         let answer = self.send(&delivery).await;
         self.metrics
-            .webhook_seconds
+            .webhooks
+            .seconds
             .observe(started.elapsed().as_secs_f64());
         let jitter = rand::rng().random_range(0.8..1.2);
         let update = deliver::decide(
@@ -253,7 +254,8 @@ impl WebhookEngine {
             DeliveryUpdate::GaveUp { .. } => "gave_up",
         };
         self.metrics
-            .webhook_deliveries
+            .webhooks
+            .deliveries
             .with_label_values(&[outcome])
             .inc();
         tracing::info!(outcome, update = ?update, "webhook attempt");

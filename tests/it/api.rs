@@ -1120,10 +1120,12 @@ async fn headers_not_sent_within_header_timeout_s_get_408() {
     )
     .await;
     assert_eq!(response.status, 408);
-    // actix-web's own default would answer after 5 s.
+    // actix-web's own default would answer after 5 s. Its timers are coarse (seen
+    // answering at 888 ms for a 1 s limit on a busy machine): the lower bound only shows
+    // that it waited for the head at all.
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        elapsed >= Duration::from_millis(500) && elapsed < Duration::from_secs(3),
         "answered after {elapsed:?}"
     );
     process.terminate(Duration::from_secs(30));

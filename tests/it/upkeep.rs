@@ -131,7 +131,13 @@ async fn the_pruner_deletes_expired_finished_rows_and_their_files_and_nothing_el
         deliveries, 0,
         "the expired report's deliveries went with it"
     );
-    let pruned = |status: &str| metrics.rows_pruned.with_label_values(&[status]).get();
+    let pruned = |status: &str| {
+        metrics
+            .upkeep
+            .rows_pruned
+            .with_label_values(&[status])
+            .get()
+    };
     assert_eq!(
         (pruned("completed"), pruned("failed"), pruned("cancelled")),
         (4, 1, 1)
@@ -177,10 +183,12 @@ async fn a_pruner_skips_its_turn_while_another_holds_the_lock_and_two_never_dele
     let deleted = one.expect("pass a").total() + two.expect("pass b").total();
     assert_eq!(deleted, 20);
     let counted = metrics_a
+        .upkeep
         .rows_pruned
         .with_label_values(&["completed"])
         .get()
         + metrics_b
+            .upkeep
             .rows_pruned
             .with_label_values(&["completed"])
             .get();
