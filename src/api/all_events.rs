@@ -233,9 +233,13 @@ impl AllReportsFeed {
         }
     }
 
-    /// Looks every [`POLL_EVERY`] while someone listens, then sleeps until someone does.
+    /// Sleeps until someone subscribes, then looks every [`POLL_EVERY`] while someone
+    /// listens and for [`LINGER`] after the last one left, then sleeps again.
     pub(crate) async fn run(self, pool: DbPool) {
         let mut idle_since: Option<Instant> = None;
+        // The feed starts stopped: a process nobody has subscribed to yet reads nothing
+        // (the linger is for reconnects, not for a process that just started).
+        self.wake.notified().await;
         loop {
             if self.sender.receiver_count() == 0 {
                 let idle = *idle_since.get_or_insert_with(Instant::now);
