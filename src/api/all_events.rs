@@ -102,10 +102,9 @@ impl FeedEvent {
 struct FeedState {
     /// The horizon of the last look; `None` while the feed is stopped.
     horizon: Option<DateTime<Utc>>,
-    /// Rows whose state was told (or learnt at start), while a look may read them again.
+    /// Rows whose state was told (or learnt at start), while a look may read them again;
+    /// the running ones among them are what ran at the last look.
     known: HashMap<Uuid, Arc<ReportRecord>>,
-    /// Running at the last look.
-    running: HashSet<Uuid>,
     /// Recent events, oldest first, for resuming.
     buffer: VecDeque<(Instant, Arc<FeedEvent>)>,
     /// Every change written at or after this (microseconds) is in `buffer`.
@@ -117,7 +116,6 @@ struct FeedState {
 impl FeedState {
     /// The first look: learns what runs now, tells nothing.
     fn start(&mut self, horizon: DateTime<Utc>, running: Vec<ReportRecord>) {
-        self.running = running.iter().map(|row| row.id).collect();
         self.known = running
             .into_iter()
             .map(|row| (row.id, Arc::new(row)))
@@ -136,7 +134,11 @@ impl FeedState {
     /// Ids that ran at the last look and are in none of this look's reads.
     fn stopped_running(&self, read: &[ReportRecord]) -> Vec<Uuid> {
         let read: HashSet<Uuid> = read.iter().map(|row| row.id).collect();
-        self.running.difference(&read).copied().collect()
+        self.known
+            .values()
+            .filter(|row| row.status == JobStatus::InProgress.as_str() && !read.contains(&row.id))
+            .map(|row| row.id)
+            .collect()
     }
 
     /// Takes in one look's rows: the events to tell, in the order seen.
@@ -153,12 +155,6 @@ impl FeedState {
             }
             self.known.insert(row.id, Arc::new(row));
         }
-        self.running = self
-            .known
-            .values()
-            .filter(|row| row.status == JobStatus::InProgress.as_str())
-            .map(|row| row.id)
-            .collect();
         // A row no look reads again needs no memory: not running, and created and
         // finished (if at all) before the horizon.
         self.known.retain(|_, row| {

@@ -495,17 +495,16 @@ pub(crate) async fn authenticate<B: MessageBody + 'static>(
     req: ServiceRequest,
     next: actix_web::middleware::Next<B>,
 ) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
-    let tokens = req
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.settings.api.tokens.clone())
-        .unwrap_or_default();
+    // The shared state, not a copy of its token list: this runs on every request.
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let tokens: &[ApiToken] = state.as_ref().map_or(&[], |s| &s.settings.api.tokens);
     if tokens.is_empty() || is_public(req.path()) || console::is_console_path(req.path()) {
         return next
             .call(req)
             .await
             .map(ServiceResponse::map_into_left_body);
     }
-    let error = match caller_of(req.headers(), &tokens) {
+    let error = match caller_of(req.headers(), tokens) {
         Some(caller) if caller.may(req.method()) => {
             return next
                 .call(req)
