@@ -68,7 +68,8 @@ pub struct Settings {
     /// Demo/load-test knobs that reproduce the original article's slow, flaky jobs.
     #[serde(default)]
     pub simulate: SimulateSettings,
-    /// Report types declared in config (`[[report_types]]`), besides the built-in one.
+    /// Report types declared in config (`[[report_types]]`); the built-in
+    /// `user-activity` may be among them (then its declaration makes its files).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub report_types: Vec<ReportTypeSettings>,
     /// When restarting actors counts as a restart storm.
@@ -696,6 +697,11 @@ fn type_of(actual: &figment::error::Actual) -> &'static str {
 }
 
 impl Settings {
+    /// The `[[report_types]]` entry named `name`, if config declares one.
+    pub fn report_type(&self, name: &str) -> Option<&ReportTypeSettings> {
+        self.report_types.iter().find(|t| t.name == name)
+    }
+
     /// Loads `path` (which must exist), applies `REPORTD_*` and `DATABASE_URL` from the
     /// process environment, and validates the result.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::config::report_types::{ParamType, ReportKind, BUILT_IN_TYPE};
+use crate::config::report_types::{ParamType, ReportKind, BUILT_IN_PARAMS, BUILT_IN_TYPE};
 use crate::config::{ReportTypeSettings, Settings};
 
 /// `GET /report-types`'s body.
@@ -65,10 +65,7 @@ pub(crate) struct ParamInfo {
 }
 
 fn type_name(kind: ParamType) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    kind.name().to_string()
 }
 
 fn required(kind: ParamType) -> ParamInfo {
@@ -91,11 +88,10 @@ fn built_in(settings: &Settings) -> ReportTypeInfo {
         format: Some("csv"),
         content_type: crate::report::CSV_CONTENT_TYPE.into(),
         max_range_days: Some(settings.api.max_range_days),
-        params: BTreeMap::from([
-            ("userId".into(), required(ParamType::Integer)),
-            ("startDate".into(), required(ParamType::Timestamp)),
-            ("endDate".into(), required(ParamType::Timestamp)),
-        ]),
+        params: BUILT_IN_PARAMS
+            .into_iter()
+            .map(|(name, kind)| (name.to_string(), required(kind)))
+            .collect(),
     }
 }
 
@@ -155,7 +151,18 @@ fn declared(t: &ReportTypeSettings) -> ReportTypeInfo {
 /// `GET /report-types`.
 pub(crate) async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let settings = &state.settings;
-    let mut items = vec![built_in(settings)];
-    items.extend(settings.report_types.iter().map(declared));
+    // config.toml declares the built-in type; a config that does not still has it.
+    let mut items = Vec::new();
+    if settings.report_type(BUILT_IN_TYPE).is_none() {
+        items.push(built_in(settings));
+    }
+    items.extend(settings.report_types.iter().map(|t| {
+        let mut info = declared(t);
+        if t.name == BUILT_IN_TYPE && info.max_range_days.is_none() {
+            // The original body is held to api.max_range_days then.
+            info.max_range_days = Some(settings.api.max_range_days);
+        }
+        info
+    }));
     Ok(HttpResponse::Ok().json(ReportTypeList { items }))
 }

@@ -146,6 +146,16 @@ fn built_in_by_name(
     Submission::built_in(&payload)
 }
 
+/// The longest range of a built-in report: its declaration's `max_range_days` when
+/// config declares the type with one, else `api.max_range_days`.
+fn built_in_range_days(settings: &crate::config::Settings) -> i64 {
+    use crate::config::report_types::BUILT_IN_TYPE;
+    settings
+        .report_type(BUILT_IN_TYPE)
+        .and_then(|t| t.max_range_days)
+        .map_or(settings.api.max_range_days, i64::from)
+}
+
 /// The parameters of the built-in type (the original body's fields).
 pub(crate) const BUILT_IN_PARAMS: [&str; 3] = ["userId", "startDate", "endDate"];
 
@@ -162,7 +172,7 @@ pub(crate) fn parse_typed_submission(
             return Err(ApiError::invalid("type", "type is required with params"))
         }
         None => {
-            let payload = parse_submission(object, settings.api.max_range_days)?;
+            let payload = parse_submission(object, built_in_range_days(settings))?;
             return Submission::built_in(&payload);
         }
         Some(Value::String(name)) => name.as_str(),
@@ -184,12 +194,10 @@ pub(crate) fn parse_typed_submission(
     }
     let params = params_object(object)?;
     if name == BUILT_IN_TYPE {
-        return built_in_by_name(&params, settings.api.max_range_days);
+        return built_in_by_name(&params, built_in_range_days(settings));
     }
     let declared = settings
-        .report_types
-        .iter()
-        .find(|t| t.name == name)
+        .report_type(name)
         .ok_or_else(|| ApiError::invalid("type", format!("unknown report type `{name}`")))?;
     let values = declared
         .parse_params(&params)

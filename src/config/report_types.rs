@@ -10,9 +10,19 @@ use serde_json::Value;
 
 use super::ConfigError;
 
-/// The name of the built-in report type (the Rust CSV generator over `user_activity`);
-/// a declared type may not take it.
+/// The name of the built-in report type: the original body `{userId, startDate, endDate}`
+/// is a report of this type. `config.toml` declares it as SQL; a config that does not
+/// declare it gets the Rust CSV generator over `user_activity`, which makes the same file.
 pub const BUILT_IN_TYPE: &str = "user-activity";
+
+/// The parameters of the built-in type: the original body's fields, with the types its
+/// validation gives them (`startDate` / `endDate` are stored as RFC 3339 timestamps, a
+/// plain `endDate` meaning the end of that day).
+pub const BUILT_IN_PARAMS: [(&str, ParamType); 3] = [
+    ("userId", ParamType::Integer),
+    ("startDate", ParamType::Timestamp),
+    ("endDate", ParamType::Timestamp),
+];
 
 /// Longest `statement_timeout_s` / `timeout_s` of a report type: a day.
 const MAX_TYPE_TIMEOUT_S: u32 = 24 * 3600;
@@ -137,6 +147,18 @@ pub enum ParamType {
 }
 
 impl ParamType {
+    /// The name config and `GET /report-types` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamType::Integer => "integer",
+            ParamType::Number => "number",
+            ParamType::String => "string",
+            ParamType::Boolean => "boolean",
+            ParamType::Date => "date",
+            ParamType::Timestamp => "timestamp",
+        }
+    }
+
     /// The PostgreSQL type the (text) parameter is cast to in the query.
     pub fn sql_type(self) -> &'static str {
         match self {
@@ -363,6 +385,50 @@ pub(super) fn validate(types: &[ReportTypeSettings]) -> Result<(), ConfigError> 
             validate_param(name, spec, &format!("{at}.params.{name}"))?;
         }
         validate_range(declared, &at)?;
+        if declared.name == BUILT_IN_TYPE {
+            validate_built_in_params(declared, &at)?;
+        }
+    }
+    Ok(())
+}
+
+/// A declaration of the built-in type takes the original body's fields as its
+/// parameters, so it must declare each of them with the type the body gives it, and
+/// anything else as optional (the original body cannot send it).
+fn validate_built_in_params(declared: &ReportTypeSettings, at: &str) -> Result<(), ConfigError> {
+    for (name, kind) in BUILT_IN_PARAMS {
+        let key = format!("{at}.params.{name}");
+        let full = declared.params.get(name).map(ParamSpec::full);
+        match full {
+            None => {
+                return Err(invalid(
+                    key,
+                    format!("`{BUILT_IN_TYPE}` takes the original body's `{name}`: declare it"),
+                ))
+            }
+            Some(spec) if spec.kind != kind || spec.optional || spec.default.is_some() => {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "`{BUILT_IN_TYPE}` needs `{name}` as a required {} (the original body's type)",
+                        kind.name()
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let extra = declared.params.iter().find(|(name, spec)| {
+        let full = spec.full();
+        !BUILT_IN_PARAMS.iter().any(|(known, _)| known == name)
+            && !full.optional
+            && full.default.is_none()
+    });
+    if let Some((name, _)) = extra {
+        return Err(invalid(
+            format!("{at}.params.{name}"),
+            format!("the original body of `{BUILT_IN_TYPE}` cannot send `{name}`: make it optional or give it a default"),
+        ));
     }
     Ok(())
 }
@@ -378,12 +444,6 @@ fn validate_name(types: &[ReportTypeSettings], i: usize, at: &str) -> Result<(),
         return Err(invalid(
             format!("{at}.name"),
             format!("`{name}` is not 1–64 lowercase letters, digits, `-` or `_`"),
-        ));
-    }
-    if name == BUILT_IN_TYPE {
-        return Err(invalid(
-            format!("{at}.name"),
-            format!("`{BUILT_IN_TYPE}` is the built-in type"),
         ));
     }
     if types[..i].iter().any(|t| &t.name == name) {
@@ -648,5 +708,46 @@ mod tests {
         assert_eq!(key_of(error), "report_types[0].params.startDate.default");
         let error = validate(&[ok.clone(), ok]).unwrap_err();
         assert_eq!(key_of(error), "report_types[1].name");
+    }
+
+    #[test]
+    fn a_built_in_declaration_takes_exactly_what_the_original_body_sends() {
+        let short = |kind| ParamSpec::Short(kind);
+        let body_params = || -> BTreeMap<String, ParamSpec> {
+            BUILT_IN_PARAMS
+                .iter()
+                .map(|(name, kind)| (name.to_string(), short(*kind)))
+                .collect()
+        };
+        let built_in = |params| ReportTypeSettings {
+            name: BUILT_IN_TYPE.into(),
+            ..sql_type(params)
+        };
+        assert!(validate(&[built_in(body_params())]).is_ok());
+
+        let mut missing = body_params();
+        missing.remove("userId");
+        let key = key_of(validate(&[built_in(missing)]).unwrap_err());
+        assert_eq!(key, "report_types[0].params.userId");
+
+        let mut retyped = body_params();
+        retyped.insert("endDate".into(), short(ParamType::Date));
+        let key = key_of(validate(&[built_in(retyped)]).unwrap_err());
+        assert_eq!(key, "report_types[0].params.endDate");
+
+        let mut extra = body_params();
+        extra.insert("kind".into(), short(ParamType::String));
+        let key = key_of(validate(&[built_in(extra.clone())]).unwrap_err());
+        assert_eq!(key, "report_types[0].params.kind");
+
+        let optional = ParamSpec::Full(FullParamSpec {
+            optional: true,
+            ..short(ParamType::String).full()
+        });
+        extra.insert("kind".into(), optional);
+        assert!(
+            validate(&[built_in(extra)]).is_ok(),
+            "an optional extra is fine"
+        );
     }
 }

@@ -161,11 +161,13 @@ pub(crate) struct DailyFigures {
     pub amount_cents: i64,
 }
 
-/// Writes the CSV (header + one line per day that had activity).
+/// Writes the CSV (header + one line per day that had activity), lines ended by CRLF
+/// as RFC 4180 says and as the declared `sql` types write them: the file is the same
+/// whether config declares `user-activity` or not.
 fn write_csv(out: &mut dyn Write, rows: &[DailyFigures]) -> std::io::Result<()> {
-    out.write_all(b"day,events,amount_cents\n")?;
+    out.write_all(b"day,events,amount_cents\r\n")?;
     for row in rows {
-        writeln!(out, "{},{},{}", row.day, row.events, row.amount_cents)?;
+        write!(out, "{},{},{}\r\n", row.day, row.events, row.amount_cents)?;
     }
     Ok(())
 }

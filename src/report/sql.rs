@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
@@ -250,6 +251,17 @@ async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
+/// On a fresh machine the database does not exist until `serve` or `migrate` creates it
+/// (`database.create_if_missing`): say so rather than leave the operator guessing.
+fn missing_database_hint(error: &tokio_postgres::Error) -> &'static str {
+    match error.as_db_error().map(|db| db.code().code()) {
+        Some("3D000") => {
+            "; `reportd migrate` (or `serve`) creates it when database.create_if_missing is on"
+        }
+        _ => "",
+    }
+}
+
 /// PostgreSQL's message, with its detail and hint and where in the query it points.
 fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
@@ -281,8 +293,9 @@ pub async fn check_queries(
     let mut client = connect(url).await.map_err(|e| ReportTypeError {
         name: sql_types[0].name.clone(),
         problem: format!(
-            "cannot connect to the database to check the query: {}",
-            describe(&e)
+            "cannot connect to the database to check the query: {}{}",
+            describe(&e),
+            missing_database_hint(&e)
         ),
     })?;
     for declared in &sql_types {
@@ -314,10 +327,56 @@ pub async fn check_queries(
     Ok(sql_types.len())
 }
 
+/// Connections of the report queries kept between jobs: opening one per job cost a TCP
+/// connection and a backend start on every report, which for small reports is most
+/// of the work. A connection goes back only after its transaction ended cleanly; one
+/// idle longer than [`IDLE_FOR`] is closed rather than reused, since the server or a
+/// proxy between may have dropped it without the client knowing yet.
+pub(crate) struct ReportConnections {
+    url: String,
+    idle: Mutex<Vec<(Client, Instant)>>,
+    max_idle: usize,
+}
+
+/// How long a report connection may sit idle and still be reused.
+const IDLE_FOR: Duration = Duration::from_secs(60);
+
+impl ReportConnections {
+    /// Connections to `url` (`database.reports_url`), at most `max_idle` kept.
+    pub(crate) fn new(url: String, max_idle: usize) -> Self {
+        Self {
+            url,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    /// An idle connection that is still open, else a new one.
+    async fn take(&self) -> Result<Client, tokio_postgres::Error> {
+        let reusable = {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.retain(|(client, since)| !client.is_closed() && since.elapsed() < IDLE_FOR);
+            idle.pop()
+        };
+        match reusable {
+            Some((client, _)) => Ok(client),
+            None => connect(&self.url).await,
+        }
+    }
+
+    /// Keeps `client` for the next job (its transaction has ended).
+    fn give_back(&self, client: Client) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if !client.is_closed() && idle.len() < self.max_idle {
+            idle.push((client, Instant::now()));
+        }
+    }
+}
+
 /// Generates reports of one `sql` type.
 pub(crate) struct SqlGenerator {
-    /// `database.url`: each job opens a connection of its own for its transaction.
-    url: String,
+    /// Shared by every `sql` type of the process.
+    connections: Arc<ReportConnections>,
     declared: Arc<ReportTypeSettings>,
     store: Arc<ReportStore>,
     public_url: String,
@@ -326,14 +385,14 @@ pub(crate) struct SqlGenerator {
 
 impl SqlGenerator {
     pub(crate) fn new(
-        url: String,
+        connections: Arc<ReportConnections>,
         declared: ReportTypeSettings,
         store: Arc<ReportStore>,
         public_url: &str,
         gzip: bool,
     ) -> Self {
         Self {
-            url,
+            connections,
             declared: Arc::new(declared),
             store,
             public_url: public_url.trim_end_matches('/').to_string(),
@@ -374,7 +433,7 @@ impl ReportGenerator for SqlGenerator {
         &self,
         job: JobContext,
     ) -> BoxFuture<'static, Result<GeneratedReport, GeneratorError>> {
-        let url = self.url.clone();
+        let connections = self.connections.clone();
         let declared = self.declared.clone();
         let store = self.store.clone();
         let gzip = self.gzip;
@@ -385,14 +444,17 @@ impl ReportGenerator for SqlGenerator {
                 .map_err(|e| GeneratorError::Permanent(e.to_string()))?;
             let values = bound_values(&job.payload, &rewritten.names);
             job.progress.report(5, "connecting to the database");
-            let mut client = connect(&url)
+            let mut client = connections
+                .take()
                 .await
                 .map_err(|e| GeneratorError::Environment(format!("report query: {e}")))?;
             let (tx, inner, statement) = begin(&mut client, &declared, &rewritten).await?;
+            let estimated_rows = estimate_rows(&tx, &rewritten.sql, &values).await;
             let run = Run {
                 tx: &tx,
                 statement: &statement,
                 values: &values,
+                estimated_rows,
                 store: &store,
                 job: &job,
             };
@@ -414,11 +476,44 @@ impl ReportGenerator for SqlGenerator {
             tx.rollback()
                 .await
                 .map_err(|e| query_failure("report query", &e))?;
+            connections.give_back(client);
             Ok(GeneratedReport {
                 report_url: Some(link),
                 file: Some(file),
             })
         })
+    }
+}
+
+/// The planner's estimate of the rows `sql` returns with `values` bound: a plan, not a
+/// run, so it costs one round trip. Progress without it only counts rows; an EXPLAIN
+/// that fails (it should not: the query was just prepared) leaves it at that.
+async fn estimate_rows(tx: &Transaction<'_>, sql: &str, values: &[Option<String>]) -> Option<i64> {
+    let params: Vec<&(dyn ToSql + Sync)> =
+        values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    let lines = tx.query(&format!("EXPLAIN {sql}"), &params).await.ok()?;
+    let top: String = lines.first()?.try_get(0).ok()?;
+    plan_rows(&top)
+}
+
+/// `rows=N` of an EXPLAIN's first line, the top node: `Sort  (cost=1.2..3.4 rows=57 width=24)`.
+fn plan_rows(top: &str) -> Option<i64> {
+    let after = &top[top.find("rows=")? + "rows=".len()..];
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Progress while rows stream: 10 % when reading starts, 95 % when storing starts, the
+/// rows written against the planner's estimate between. An estimate is only that: once
+/// the rows pass it the percent stays just under storing and the stage says so.
+fn rows_progress(rows: i64, estimated: Option<i64>) -> (u8, String) {
+    match estimated.filter(|e| *e > 0) {
+        Some(estimated) => {
+            let share = (rows.min(estimated) * 84) / estimated;
+            let percent = u8::try_from(10 + share).unwrap_or(94).min(94);
+            (percent, format!("{rows} of about {estimated} rows written"))
+        }
+        None => (50, format!("{rows} rows written")),
     }
 }
 
@@ -558,6 +653,8 @@ struct Run<'a> {
     tx: &'a Transaction<'a>,
     statement: &'a Statement,
     values: &'a [Option<String>],
+    /// The planner's row estimate, for progress (`None` when it gave none).
+    estimated_rows: Option<i64>,
     store: &'a ReportStore,
     job: &'a JobContext,
 }
@@ -589,11 +686,8 @@ impl Run<'_> {
             }
             rows += 1;
             if rows % PROGRESS_EVERY_ROWS == 0 {
-                // The total is unknown without running the query twice: the stage says
-                // how many rows are written, the percent stays put.
-                self.job
-                    .progress
-                    .report(50, &format!("{rows} rows written"));
+                let (percent, stage) = rows_progress(rows, self.estimated_rows);
+                self.job.progress.report(percent, &stage);
             }
         }
         sink.write(encoder.finish()).await?;
@@ -696,5 +790,33 @@ mod tests {
             &[Some("a"), None, Some("b,c"), Some("say \"hi\"")],
         );
         assert_eq!(out, b"a,,\"b,c\",\"say \"\"hi\"\"\"\r\n");
+    }
+
+    #[test]
+    fn the_estimate_is_read_off_the_plans_top_line() {
+        assert_eq!(
+            plan_rows("Sort  (cost=10.23..10.30 rows=57 width=24)"),
+            Some(57)
+        );
+        assert_eq!(
+            plan_rows("Result  (cost=0.00..0.01 rows=1 width=4)"),
+            Some(1)
+        );
+        assert_eq!(plan_rows("Seq Scan on t"), None);
+    }
+
+    #[test]
+    fn progress_follows_the_estimate_and_never_claims_storing_early() {
+        assert_eq!(rows_progress(0, Some(1000)).0, 10);
+        assert_eq!(rows_progress(500, Some(1000)).0, 52);
+        assert_eq!(rows_progress(1000, Some(1000)).0, 94);
+        let (percent, stage) = rows_progress(5000, Some(1000));
+        assert_eq!(percent, 94, "past the estimate it waits just under storing");
+        assert_eq!(stage, "5000 of about 1000 rows written");
+        assert_eq!(
+            rows_progress(20_000, None),
+            (50, "20000 rows written".into())
+        );
+        assert_eq!(rows_progress(10, Some(0)).0, 50, "an estimate of 0 is none");
     }
 }

@@ -343,7 +343,8 @@ async fn the_csv_report_matches_an_independent_computation() {
         .expect("GET file");
     assert_eq!(response.status().as_u16(), 200);
     let csv = response.text().await.expect("csv");
-    let expected = "day,events,amount_cents\n2024-05-01,2,350\n2024-05-03,1,5\n2024-05-04,1,7\n";
+    let expected =
+        "day,events,amount_cents\r\n2024-05-01,2,350\r\n2024-05-03,1,5\r\n2024-05-04,1,7\r\n";
     assert_eq!(csv, expected);
     assert!(app.output_dir.join(format!("{id}.csv")).exists());
     app.stop().await;

@@ -613,3 +613,109 @@ async fn cancel_kills_a_running_command() {
     .await;
     app.stop().await;
 }
+
+/// The `user-activity` declaration config.toml ships.
+fn shipped_user_activity() -> ReportTypeSettings {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let settings = reportd::config::Settings::load_with_env(&path, &Default::default())
+        .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
+    settings
+        .report_type("user-activity")
+        .cloned()
+        .expect("config.toml declares user-activity")
+}
+
+/// Seeds the same activity into a test app's database: three days of user 77, one
+/// event outside the range and one of another user.
+async fn seed_user_77(app: &TestApp) {
+    let db = pg_connect(&app.settings.database.url).await;
+    db.batch_execute(
+        "INSERT INTO user_activity (user_id, occurred_at, kind, amount_cents) VALUES
+           (77, '2024-05-01T08:00:00Z', 'purchase', 100),
+           (77, '2024-05-01T23:59:00Z', 'purchase', 250),
+           (77, '2024-05-03T12:00:00Z', 'purchase', 5),
+           (77, '2024-05-04T00:00:00Z', 'purchase', 7),
+           (77, '2024-06-01T00:00:00Z', 'purchase', 1000),
+           (78, '2024-05-02T00:00:00Z', 'purchase', 42)",
+    )
+    .await
+    .expect("seed activity");
+}
+
+#[actix_web::test]
+async fn the_shipped_user_activity_declaration_makes_the_built_in_generators_file() {
+    let declared = shipped_user_activity();
+    assert_eq!(declared.kind, ReportKind::Sql);
+    let with_declaration = spawn_app(AppOptions {
+        report_types: vec![declared.clone()],
+        ..Default::default()
+    })
+    .await;
+    let built_in_only = spawn_app(AppOptions::default()).await;
+    seed_user_77(&with_declaration).await;
+    seed_user_77(&built_in_only).await;
+
+    let original = json!({"userId": 77, "startDate": "2024-05-01", "endDate": "2024-05-04"});
+    let by_name = json!({"type": "user-activity", "params": original.clone()});
+    let mut files = Vec::new();
+    for (app, body) in [
+        (&with_declaration, &original),
+        (&with_declaration, &by_name),
+        (&built_in_only, &original),
+    ] {
+        let id = submit_typed(app, body.clone()).await;
+        let record = app
+            .wait_for_status(id, "completed", Duration::from_secs(30))
+            .await;
+        assert_eq!(
+            record["payload"]["userId"], 77,
+            "the original body is stored"
+        );
+        let (content_type, disposition, body) = download(app, id).await;
+        assert_eq!(content_type, "text/csv; charset=utf-8");
+        assert_eq!(disposition, format!("attachment; filename=\"{id}.csv\""));
+        files.push(body);
+    }
+    let expected =
+        "day,events,amount_cents\r\n2024-05-01,2,350\r\n2024-05-03,1,5\r\n2024-05-04,1,7\r\n";
+    assert_eq!(files, [expected, expected, expected]);
+
+    // Listed once, as what config declares.
+    let (_, types) = with_declaration.get_json("/report-types").await;
+    let items = types["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{types}");
+    assert_eq!(items[0]["name"], "user-activity");
+    assert_eq!(items[0]["kind"], "sql");
+    assert_eq!(items[0]["maxRangeDays"], 366, "{types}");
+
+    // The declaration's range limit holds for the original body too.
+    let (status, answer) = with_declaration
+        .submit(&json!({"userId": 77, "startDate": "2020-01-01", "endDate": "2024-01-01"}))
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "endDate");
+    with_declaration.stop().await;
+    built_in_only.stop().await;
+}
+
+#[actix_web::test]
+async fn a_user_activity_declaration_must_take_the_original_bodys_fields() {
+    let mut declared = shipped_user_activity();
+    declared
+        .params
+        .insert("startDate".into(), ParamSpec::Short(ParamType::Date));
+    let config = format!(
+        "[database]\nurl = \"postgres://postgres@127.0.0.1:5432/unused\"\n\n{}",
+        toml::to_string(&json!({ "report_types": [declared] })).expect("toml")
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).expect("write config");
+    let error = reportd::config::Settings::load_with_env(&path, &Default::default())
+        .expect_err("a date startDate is refused");
+    let text = error.to_string();
+    assert!(
+        text.contains("report_types[0].params.startDate") && text.contains("timestamp"),
+        "{text}"
+    );
+}

@@ -20,7 +20,7 @@ use crate::common::{self, require_s3, s3_storage, unique_bucket_name};
 
 /// The CSV the activity of [`seed_activity`] gives for user 77 over 2024-05-01..04.
 const EXPECTED_CSV: &str =
-    "day,events,amount_cents\n2024-05-01,2,350\n2024-05-03,1,5\n2024-05-04,1,7\n";
+    "day,events,amount_cents\r\n2024-05-01,2,350\r\n2024-05-03,1,5\r\n2024-05-04,1,7\r\n";
 
 /// LocalStack's S3, through reportd's own client builder.
 async fn s3_client() -> Client {
