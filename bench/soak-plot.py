@@ -38,18 +38,12 @@ def main(src: str, dst: str) -> None:
 
     window_min = soak["window_s"] / 60
     windows = soak["windows"]
-    ax_p95.step(
-        [w["window_index"] * window_min for w in windows],
-        [w["p95_ms"] for w in windows],
-        where="post",
-        label="p95",
-    )
-    ax_p95.step(
-        [w["window_index"] * window_min for w in windows],
-        [w["p50_ms"] for w in windows],
-        where="post",
-        label="p50",
-    )
+    # Steps drawn "post" end at their last x: repeat the last window at its end.
+    edges = [w["window_index"] * window_min for w in windows]
+    edges += [edges[-1] + window_min] if edges else []
+    for key in ("p95_ms", "p50_ms"):
+        values = [w[key] for w in windows]
+        ax_p95.step(edges, values + values[-1:], where="post", label=key[:3])
     ax_p95.set_ylabel("submit -> start (ms)")
     ax_p95.set_xlabel("minutes since the load started")
     ax_p95.legend(loc="upper left")

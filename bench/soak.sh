@@ -183,9 +183,10 @@ soak_finish() {
      --slurpfile reads "$SC_DIR/reads.json" --argjson by "$by_status" --argjson depth "$depth" \
      --argjson left_old "$left_old" --argjson old "$3" --argjson t0 "$t0" --argjson secs "$secs" \
      --argjson rate "${opt[soak-rate]}" --argjson ms "${opt[soak-job-ms]}" --argjson workers "${opt[soak-workers]}" \
-     --argjson window "${opt[soak-window-s]}" --argjson read_s "${opt[soak-read-s]}" --arg png "$(basename "$png")" '
+     --argjson window "${opt[soak-window-s]}" --argjson read_s "${opt[soak-read-s]}" --arg png "$(basename "$png")" \
+     --argjson sample "${opt[soak-sample-s]}" '
     ($s[0]) as $s | ($w[0]) as $w | ($by.completed // 0) as $done |
-    {t0: $t0, seconds: $secs, plot: $png, rate: $rate, job_ms: $ms, workers: $workers, window_s: $window,
+    {t0: $t0, seconds: $secs, plot: $png, sample_s: $sample, rate: $rate, job_ms: $ms, workers: $workers, window_s: $window,
      submitted: $s.jobs, accepted: $s.accepted, submit_errors: $s.errors, submit_latency_ms: $s.latency_ms,
      by_status: $by, completed: $done, sqs_depth_at_end: $depth,
      old_rows_seeded: $old, old_rows_left: $left_old,
@@ -211,6 +212,7 @@ bench_plot() {
 md_soak() {
   jq -r '.results.soak // empty |
     def n0: if . == null then "–" else (round | tostring) end;
+    def min1: (. / 6 | round) / 10 | tostring;
     def mib: if . == null then "–" else ((. / 1048576 * 10 | round) / 10 | tostring) + " MiB" end;
     def ok(c): if c then "✅" else "❌" end;
     . as $s |
@@ -218,11 +220,11 @@ md_soak() {
     "",
     "| window (from start) | jobs created | submit → start p50 | p95 |",
     "|---|---|---|---|",
-    (.windows[] | "| \(.window_index * $s.window_s / 60 | n0)–\((.window_index + 1) * $s.window_s / 60 | n0) min | \(.jobs) | \(.p50_ms | n0) ms | \(.p95_ms | n0) ms |"),
+    (.windows[] | "| \(.window_index * $s.window_s | min1)–\((.window_index + 1) * $s.window_s | min1) min | \(.jobs) | \(.p50_ms | n0) ms | \(.p95_ms | n0) ms |"),
     "",
     "- Last window p95 within 20 % of the first (\(.p95_first_ms | n0) → \(.p95_last_ms | n0) ms): \(if .p95_ok == null then "–" else ok(.p95_ok) end)",
     "- Nothing lost or stranded: \(.accepted) accepted of \(.submitted) submitted, by status \(.by_status | tostring), SQS depth at the end \(.sqs_depth_at_end // "?"): \(ok(.no_loss))",
-    "- `report_queue` (sampled every 30 s): dead tuples max \(.samples | map(.n_dead_tup) | max | n0), at the end \(.samples[-1].n_dead_tup | n0); size \(.samples[0].total_bytes | mib) → max \(.samples | map(.total_bytes) | max | mib) → end \(.samples[-1].total_bytes | mib); autovacuums \(.samples[-1].autovacuum_count // 0)",
+    "- `report_queue` (sampled every \(.sample_s) s): dead tuples max \(.samples | map(.n_dead_tup) | max | n0), at the end \(.samples[-1].n_dead_tup | n0); size \(.samples[0].total_bytes | mib) → max \(.samples | map(.total_bytes) | max | mib) → end \(.samples[-1].total_bytes | mib); autovacuums \(.samples[-1].autovacuum_count // 0)",
     "- Plot (dead tuples, table size, p95 per window): `\(.plot)`",
     "- Retention: \(.old_rows_seeded) old completed rows seeded to expire over the run, \(.old_rows_left) left at the end",
     ""' "$1"
