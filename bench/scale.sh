@@ -95,6 +95,7 @@ ratio_drain() {
     '{jobs: .jobs, completed: .completed, jobs_per_s: .jobs_per_s, span_s: .span_s,
       reportd_us_per_job: $us.reportd, postgres_us_per_job: $us.postgres,
       localstack_us_per_job: $us.localstack, cpu: $cpu}' "$d/wait.json" >"$d/round.json"
+  log "ratio: drain $i: $(jq -r '"\(.jobs_per_s) jobs/s, reportd \(.reportd_us_per_job) µs/job, PostgreSQL \(.postgres_us_per_job) µs/job"' "$d/round.json")"
 }
 
 scenario_ratio() {
@@ -110,6 +111,7 @@ scenario_ratio() {
     dfiles+=("$SC_DIR/drain$i/round.json")
     ratio_ceiling "$SC_DIR/ceiling$i.json"
     cfiles+=("$SC_DIR/ceiling$i.json")
+    log "ratio: ceiling $i: $(jq .recv "$SC_DIR/ceiling$i.json") msg/s (receive+delete)"
   done
   jq -s . "${cfiles[@]}" >"$SC_DIR/ceilings.json"
   jq -s . "${dfiles[@]}" >"$SC_DIR/drains.json"

@@ -141,7 +141,9 @@ scenario_soak() {
   SC_DIR="$work/soak"; mkdir -p "$SC_DIR"
   soak_cluster_start
   new_scenario soak
-  local secs=$(( ${opt[soak-min]%.*} * 60 )) old="${opt[soak-old-rows]}" t0 end
+  local secs old="${opt[soak-old-rows]}" t0 end
+  secs="$(awk -v m="${opt[soak-min]}" 'BEGIN {printf "%d", m * 60}')"
+  [ "$secs" -ge 60 ] || die "--soak-min must be at least 1"
   [ "$old" != auto ] || old="$(awk -v r="${opt[soak-rate]}" -v s="$secs" 'BEGIN {printf "%d", r * s}')"
   export REPORTD_SERVER__ROLES='["api", "worker"]' REPORTD_WORKERS__COUNT="${opt[soak-workers]}" \
          REPORTD_SIMULATE__DURATION_MS="[${opt[soak-job-ms]}, ${opt[soak-job-ms]}]" \
