@@ -153,6 +153,7 @@ FLEET_API_PORTS=""
 # each answering /health/live within 60 s.
 fleet_start() {
   local role="$1" count="$2" k port pid deadline
+  env | grep -E '^REPORTD_' | sort >"$SC_DIR/env.txt"
   for k in $(seq 1 "$count"); do
     port="$("$BENCH" free-port)"
     REPORTD_SERVER__ROLES="[\"$role\"]" REPORTD_SERVER__BIND="127.0.0.1:$port" \
@@ -263,6 +264,9 @@ fleet_round() {
 scenario_fleet() {
   new_scenario fleet nodb
   CLEANUP_HOOKS="$CLEANUP_HOOKS fleet_stop"
+  # Every process has a pool of its own: sized so the fleet fits max_connections (100 on
+  # a default server), as an operator of a fleet has to.
+  export REPORTD_DATABASE__POOL_SIZE="${opt[fleet-pool]}"
   local k files=()
   for k in ${opt[fleet-sizes]}; do
     fleet_round "$k"
