@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154  # pg, opt, keep, ...: bench/run's
 # bench/soak.sh: the soak scenario of bench/run (issue 15), sourced by bench/run after its
 # helpers. A steady offered load through the API on a PostgreSQL cluster of its own
 # (default settings: autovacuum on; the shared dev server runs with it off), with long
@@ -25,7 +26,7 @@ soak_cluster_start() {
   $SOAK_RUN "$PG_BIN/initdb" -D "$SOAK_DIR/data" -U postgres --auth=trust -E UTF8 \
     >"$SC_DIR/initdb.log" 2>&1 || { cat "$SC_DIR/initdb.log" >&2; die "initdb failed"; }
   $SOAK_RUN "$PG_BIN/pg_ctl" -D "$SOAK_DIR/data" -l "$SOAK_DIR/postgres.log" -w -t 60 \
-    -o "-p $port -k $SOAK_DIR -c listen_addresses=127.0.0.1 -c max_connections=200" start \
+    -o "-p $port -k $SOAK_DIR -c listen_addresses=127.0.0.1" start \
     >"$SC_DIR/pg_ctl.log" 2>&1 || { cat "$SC_DIR/pg_ctl.log" "$SOAK_DIR/postgres.log" >&2; die "pg_ctl start failed"; }
   pg="postgres://postgres@127.0.0.1:$port"
   log "soak: own PostgreSQL cluster on port $port ($SOAK_DIR; autovacuum $(psql -qtAX "$pg/postgres" -c 'show autovacuum'))"
@@ -77,14 +78,14 @@ soak_sampler() {
 # connections each hold a REPEATABLE READ snapshot on user_activity for --soak-read-s;
 # no burst starts that would outlast END (unix seconds).
 soak_readers() {
-  local end="$1" every="${opt[soak-read-every-s]}" secs="${opt[soak-read-s]}" next now i
+  local end="$1" every="${opt[soak-read-every-s]}" secs="${opt[soak-read-s]}" next now
   next=$(( $(date +%s) + every / 2 ))
   while :; do
     now="$(date +%s)"
     [ $((next + secs)) -le "$end" ] || break
     [ "$now" -ge "$next" ] || { sleep 1; continue; }
     echo "$now" >>"$2"
-    for i in 1 2 3; do
+    for _ in 1 2 3; do
       psql -qtAX -v ON_ERROR_STOP=1 "$REPORTD_DATABASE__URL" >/dev/null 2>&1 <<SQL &
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT count(*), sum(length(user_activity::text)) FROM user_activity;
