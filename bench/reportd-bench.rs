@@ -105,6 +105,10 @@ enum Cmd {
         rate: f64,
         #[arg(long, default_value_t = 1000)]
         users: i64,
+        /// User ids are first_user..first_user+users (a scenario can keep one user apart
+        /// from the others, e.g. the noisy user).
+        #[arg(long, default_value_t = 1)]
+        first_user: i64,
         #[arg(long, default_value_t = 300)]
         timeout_s: u64,
     },
@@ -249,6 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<Value> {
             concurrency,
             rate,
             users,
+            first_user,
             timeout_s,
         } => {
             submit(
@@ -256,7 +261,7 @@ async fn run(cli: Cli) -> anyhow::Result<Value> {
                 *jobs,
                 *concurrency,
                 *rate,
-                *users,
+                (*first_user, *users),
                 Duration::from_secs(*timeout_s),
             )
             .await
@@ -744,7 +749,7 @@ async fn submit(
     jobs: usize,
     concurrency: usize,
     rate: f64,
-    users: i64,
+    (first_user, users): (i64, i64),
     timeout: Duration,
 ) -> anyhow::Result<Value> {
     let base = url.trim_end_matches('/').to_string();
@@ -776,7 +781,7 @@ async fn submit(
                 }
                 let body = format!(
                     "{{\"userId\":{},\"startDate\":\"{from}\",\"endDate\":\"{today}\"}}",
-                    (i as i64 % users.max(1)) + 1
+                    first_user + (i as i64 % users.max(1))
                 );
                 let t = Instant::now();
                 let result =
