@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 
 use super::sink::{Described, FileSink, CHUNK_BYTES};
 use super::{xlsx, GeneratedReport, GeneratorError, JobContext, ReportGenerator};
@@ -240,14 +240,8 @@ pub struct ReportTypeError {
 
 /// Connects to `url` for one job or check; the connection runs on a task of its own
 /// and ends when the client is dropped.
-async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "report query connection ended");
-        }
-    });
-    Ok(client)
+async fn connect(url: &str) -> Result<Client, crate::db::tls::PgConnectError> {
+    crate::db::tls::client(url).await
 }
 
 /// PostgreSQL's message, with its detail and hint and where in the query it points.
@@ -280,10 +274,7 @@ pub async fn check_queries(
     }
     let mut client = connect(url).await.map_err(|e| ReportTypeError {
         name: sql_types[0].name.clone(),
-        problem: format!(
-            "cannot connect to the database to check the query: {}",
-            describe(&e)
-        ),
+        problem: format!("cannot connect to the database to check the query: {e}"),
     })?;
     for declared in &sql_types {
         let problem = |problem: String| ReportTypeError {
