@@ -66,7 +66,7 @@ pub(crate) enum PgTlsError {
 
 /// libpq parameters about TLS that reportd does not implement: refused by name rather
 /// than left for tokio-postgres to call "unknown option".
-const UNSUPPORTED: &[&str] = &["sslcert", "sslkey", "sslpassword", "sslcrl", "sslcrldir"];
+const UNSUPPORTED: &[&str] = &["sslcert", "sslkey", "sslcrl", "sslcrldir"];
 
 /// Reads `sslmode` and `sslrootcert` out of a `postgres://` URL.
 pub(crate) fn parse_pg_url(raw: &str) -> Result<PgTarget, PgTlsError> {
@@ -83,6 +83,8 @@ pub(crate) fn parse_pg_url(raw: &str) -> Result<PgTarget, PgTlsError> {
         match name {
             "sslmode" => mode_text = Some(value),
             "sslrootcert" => root = Some(value),
+            // Only unlocks an `sslkey`, which is refused; tokio-postgres would call it unknown.
+            "sslpassword" => {}
             _ if UNSUPPORTED.contains(&name) => {
                 return Err(PgTlsError::Unsupported(name.to_string()))
             }
@@ -190,5 +192,7 @@ mod tests {
     fn client_certificates_are_refused_by_name() {
         let error = parse_pg_url("postgres://h/d?sslmode=require&sslkey=/k.pem").unwrap_err();
         assert_eq!(error, PgTlsError::Unsupported("sslkey".into()));
+        let target = parse_pg_url("postgres://h/d?sslpassword=x&application_name=a").unwrap();
+        assert_eq!(target.url, "postgres://h/d?application_name=a");
     }
 }

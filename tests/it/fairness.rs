@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::app::{spawn_app, wait_until, AppOptions};
+use crate::common::app::{spawn_app, wait_until, AppOptions, TestApp};
 use crate::common::jobs::{queue_depth, zero_work};
 
 /// A job's user, status, attempts, failures, start and end (epoch seconds).
@@ -11,16 +11,27 @@ type Row = (i64, String, i32, i32, f64, f64);
 
 #[actix_web::test]
 async fn with_a_cap_of_one_a_users_jobs_run_one_at_a_time_and_others_go_first() {
-    let app = spawn_app(AppOptions {
-        workers: 4,
+    let options = AppOptions {
+        workers: 2,
         simulate: zero_work(Some([1_500, 1_500])),
         adjust: Some(|settings: &mut reportd::config::Settings| {
             settings.fairness.max_in_flight_per_user = 1;
             settings.fairness.release_delay_s = 1;
         }),
         ..Default::default()
+    };
+    let app = spawn_app(options.clone()).await;
+    // A second process on the same database and queue: the cap holds for the fleet.
+    let other_process = spawn_app(AppOptions {
+        database_url: Some(app.settings.database.url.clone()),
+        queue_name: Some(app.settings.sqs.queue_name.clone()),
+        ..options
     })
     .await;
+    assert!(
+        app.settings.sqs.fair_groups,
+        "standard-queue sends carry MessageGroupId (LocalStack accepts it)"
+    );
     for _ in 0..3 {
         app.submit_ok(1).await;
     }
@@ -63,20 +74,7 @@ async fn with_a_cap_of_one_a_users_jobs_run_one_at_a_time_and_others_go_first() 
         "user 2's job waited for user 1's second job: {rows:?}"
     );
 
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
-    let releases: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("reportd_fairness_releases_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no releases counter in:\n{metrics}"));
+    let releases = releases(&app).await + releases(&other_process).await;
     assert!(
         releases >= 1.0,
         "user 1's later jobs were released: {releases}"
@@ -86,5 +84,24 @@ async fn with_a_cap_of_one_a_users_jobs_run_one_at_a_time_and_others_go_first() 
         0,
         "nothing dead-lettered"
     );
+    other_process.stop().await;
     app.stop().await;
+}
+
+/// `reportd_fairness_releases_total` of one process.
+async fn releases(app: &TestApp) -> f64 {
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("reportd_fairness_releases_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no releases counter in:\n{metrics}"))
 }
