@@ -29,8 +29,8 @@ pub(crate) type Opened = (
 /// Why a connection could not be opened. The text never holds the URL's password.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PgConnectError {
-    /// The TLS settings or the CA file are unusable (also caught by `config check`).
-    #[error("TLS settings: {0}")]
+    /// The URL's settings or the CA file are unusable (mostly caught by `config check`).
+    #[error("bad connection settings: {0}")]
     Settings(String),
     /// The server refused or could not be reached; the whole cause chain, e.g.
     /// `error performing TLS handshake: invalid peer certificate: UnknownIssuer`.
