@@ -272,3 +272,28 @@ async fn require_works_against_the_shared_server_and_encrypts_every_connection()
     assert!(row.starts_with("true,TLSv1."), "{csv}");
     drop_database(&plain).await;
 }
+
+#[test]
+fn config_check_refuses_an_unknown_or_falling_back_sslmode_naming_the_key_not_the_password() {
+    for mode in ["prefer", "verify-fool"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            format!("[database]\nurl = \"postgres://app:s3cret-pw@db/reportd?sslmode={mode}\"\n"),
+        )
+        .expect("write config");
+        let output = Command::new(env!("CARGO_BIN_EXE_reportd"))
+            .arg("--config")
+            .arg(&path)
+            .args(["config", "check"])
+            .env_remove("DATABASE_URL")
+            .output()
+            .expect("run reportd");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{mode}: {stderr}");
+        assert!(stderr.contains("database.url"), "{stderr}");
+        assert!(stderr.contains(mode), "{stderr}");
+        assert!(!stderr.contains("s3cret-pw"), "password leaked: {stderr}");
+    }
+}
