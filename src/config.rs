@@ -22,6 +22,10 @@ pub mod report_types;
 
 pub use access::{ApiToken, TokenRole, UiSettings};
 pub use report_types::ReportTypeSettings;
+mod fairness;
+pub use fairness::FairnessSettings;
+mod pg_tls;
+pub(crate) use pg_tls::{parse_pg_url, RootCerts, SslMode};
 mod retention;
 pub use retention::RetentionSettings;
 mod webhooks;
@@ -84,6 +88,9 @@ pub struct Settings {
     /// How long finished reports are kept (off until a status has a limit).
     #[serde(default)]
     pub retention: RetentionSettings,
+    /// `[fairness]`: the per-user cap on jobs in progress (off by default).
+    #[serde(default)]
+    pub fairness: FairnessSettings,
 }
 
 /// `[supervisor]`: how many actor restarts, how fast, make a restart storm (unhealthy).
@@ -246,6 +253,10 @@ pub struct SqsSettings {
     pub receive_batch: u32,
     /// How long SQS keeps an unconsumed message (60..=1209600 s).
     pub message_retention_s: u32,
+    /// Standard queues: send each job with `MessageGroupId` = its user id, so SQS fair
+    /// queues keep one busy user from delaying the others' messages. FIFO queues always
+    /// group by user, whatever this says.
+    pub fair_groups: bool,
 }
 
 impl Default for SqsSettings {
@@ -261,6 +272,7 @@ impl Default for SqsSettings {
             max_receive_count: 10,
             receive_batch: 10,
             message_retention_s: limits::MAX_RETENTION_S,
+            fair_groups: true,
         }
     }
 }
@@ -744,6 +756,7 @@ impl Settings {
         report_types::validate(&self.report_types)?;
         self.webhooks.validate()?;
         self.retention.validate()?;
+        self.fairness.validate()?;
         if self.report.query_timeout_s > MAX_QUERY_TIMEOUT_S {
             return Err(ConfigError::Invalid {
                 key: "report.query_timeout_s",
@@ -841,6 +854,10 @@ impl Settings {
                     "not a postgres:// or postgresql:// URL".into(),
                 );
             }
+        }
+        check_pg_tls("database.url", &self.database.url)?;
+        if let Some(reports_url) = &self.database.reports_url {
+            check_pg_tls("database.reports_url", reports_url)?;
         }
         if self.database.pool_size == 0 {
             return invalid("database.pool_size", "must be at least 1".into());
@@ -1136,6 +1153,24 @@ impl Settings {
     }
 }
 
+/// A database URL's TLS settings (`sslmode`, `sslrootcert`): a known mode, and a CA file
+/// that can be read. The reason never repeats the URL, which may hold a password.
+fn check_pg_tls(key: &'static str, url: &str) -> Result<(), ConfigError> {
+    let target = parse_pg_url(url).map_err(|e| ConfigError::Invalid {
+        key,
+        reason: e.to_string(),
+    })?;
+    if let RootCerts::File(path) = &target.roots {
+        if let Err(e) = std::fs::File::open(path) {
+            return Err(ConfigError::Invalid {
+                key,
+                reason: format!("sslrootcert `{}` cannot be read: {e}", path.display()),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// What [`redact_url`] puts in place of a secret.
 const REDACTED: &str = "***";
 
@@ -1290,6 +1325,29 @@ impl figment::Provider for EnvOverrides {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_url_tls_settings_are_checked_and_the_error_names_the_key_not_the_password() {
+        let mut settings = Settings::default();
+        settings.database.url = "postgres://app:hunter2@db/r?sslmode=verify-fool".into();
+        let message = settings
+            .validate()
+            .expect_err("unknown sslmode")
+            .to_string();
+        assert!(message.contains("database.url"), "{message}");
+        assert!(message.contains("verify-fool"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        settings.database.url =
+            "postgres://db/r?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem".into();
+        let message = settings.validate().expect_err("missing CA").to_string();
+        assert!(message.contains("database.url") && message.contains("/nonexistent/ca.pem"));
+        settings.database.url = "postgres://db/r?sslmode=require".into();
+        settings.database.reports_url = Some("postgres://db/r?sslmode=prefer".into());
+        let message = settings.validate().expect_err("prefer").to_string();
+        assert!(message.contains("database.reports_url"), "{message}");
+        settings.database.reports_url = None;
+        assert!(settings.validate().is_ok());
+    }
 
     #[test]
     fn redact_url_hides_the_userinfo_password() {

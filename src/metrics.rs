@@ -24,6 +24,9 @@ pub struct Metrics {
     pub jobs_cancelled: IntCounter,
     /// Attempts that failed and were put back for another try.
     pub jobs_retried: IntCounter,
+    /// Jobs handed back unclaimed because their user was at
+    /// `fairness.max_in_flight_per_user` (not failures).
+    pub fairness_releases: IntCounter,
     /// Messages sent to the dead-letter queue by reportd or left for SQS's redrive.
     pub jobs_dead_lettered: IntCounter,
     /// Seconds a successful attempt ran.
@@ -183,6 +186,10 @@ impl Metrics {
             jobs_completed: counter("reportd_jobs_completed_total", "Jobs completed"),
             jobs_failed: counter("reportd_jobs_failed_total", "Jobs that ended failed"),
             jobs_cancelled: counter("reportd_jobs_cancelled_total", "Jobs cancelled or expired"),
+            fairness_releases: counter(
+                "reportd_fairness_releases_total",
+                "Jobs handed back unclaimed because their user was at the in-flight cap",
+            ),
             jobs_retried: counter(
                 "reportd_jobs_retried_total",
                 "Failed attempts put back for a retry",

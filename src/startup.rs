@@ -425,6 +425,8 @@ fn start_consumer(
             visibility_timeout_s: settings.sqs.visibility_timeout_s,
             fifo: settings.sqs.fifo,
             retry: settings.retry.clone(),
+            max_in_flight_per_user: settings.fairness.max_in_flight_per_user,
+            fair_release_delay_s: settings.fairness.release_delay_s,
         },
         abort,
         metrics: parts.metrics.clone(),

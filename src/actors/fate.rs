@@ -42,6 +42,10 @@ pub(crate) struct Limits {
     /// FIFO queue: failures run again in place, to keep the group's order.
     pub fifo: bool,
     pub retry: RetrySettings,
+    /// `fairness.max_in_flight_per_user` (0 = no cap), passed to the claim.
+    pub max_in_flight_per_user: u32,
+    /// `fairness.release_delay_s`: how long a job released at the cap waits.
+    pub fair_release_delay_s: u32,
 }
 
 /// What a claim found, as far as the rules care.
@@ -58,6 +62,8 @@ pub(crate) enum ClaimSeen {
     NotFound(uuid::Uuid),
     /// The claim did not commit (database away, row locked, writer overloaded).
     Unavailable,
+    /// Not claimed: the job's user is at `fairness.max_in_flight_per_user`.
+    UserAtCap,
 }
 
 /// How an attempt ended.
@@ -157,6 +163,14 @@ pub(crate) fn on_claim(claim: &ClaimSeen, receive_count: u32, limits: &Limits) -
         ClaimSeen::Unavailable => settle(
             None,
             hand_back(CLAIM_RETRY_DELAY_S, receive_count, limits),
+            Group::Stop,
+        ),
+        // Not a failure and nothing written: back soon, so other users' jobs go first.
+        // Each release is one more SQS receive; `hand_back` renews the message before
+        // its receives run out, so the redrive never sees a capped job.
+        ClaimSeen::UserAtCap => settle(
+            None,
+            hand_back(limits.fair_release_delay_s, receive_count, limits),
             Group::Stop,
         ),
     }
@@ -300,6 +314,8 @@ mod tests {
                 backoff_base_s: 2,
                 backoff_max_s: 300,
             },
+            max_in_flight_per_user: 0,
+            fair_release_delay_s: 2,
         }
     }
 
@@ -383,6 +399,30 @@ mod tests {
             panic!("dead-lettered");
         };
         assert!(reason.contains(&id.to_string()), "{reason}");
+    }
+
+    #[test]
+    fn a_job_at_its_users_cap_goes_back_for_the_release_delay_without_counting() {
+        let ClaimDecision::Settle(decision) = on_claim(&ClaimSeen::UserAtCap, 1, &limits(false))
+        else {
+            panic!("a capped job does not run");
+        };
+        assert_eq!(
+            decision,
+            Decision {
+                end: None,
+                message: MessageAction::Hide { delay_s: 2 },
+                group: Group::Stop,
+            }
+        );
+        // Near the end of its receives the message is renewed, never redriven.
+        let limits = limits(false);
+        let ClaimDecision::Settle(decision) =
+            on_claim(&ClaimSeen::UserAtCap, limits.max_receive_count, &limits)
+        else {
+            panic!("a capped job does not run");
+        };
+        assert_eq!(decision.message, MessageAction::Renew { delay_s: 2 });
     }
 
     #[test]

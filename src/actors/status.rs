@@ -51,6 +51,8 @@ pub enum WriteOp {
         /// Seconds an `in-progress` row's heartbeat may be silent before its worker
         /// counts as lost and this claim may take the job over.
         stale_after_s: i64,
+        /// `fairness.max_in_flight_per_user` (0 = no cap).
+        max_per_user: u32,
     },
     /// A running attempt's heartbeat.
     Touch {
@@ -437,7 +439,7 @@ fn rows_of(op: &WriteOp) -> Vec<Uuid> {
 struct ByKind<'a> {
     inserts: Vec<(usize, &'a NewReport)>,
     marks: Vec<(usize, &'a [Uuid])>,
-    claims: Vec<(usize, Uuid, i64)>,
+    claims: Vec<(usize, Uuid, i64, u32)>,
     touches: Vec<(usize, reports::Touch)>,
     completions: Vec<(usize, reports::Completion)>,
     /// The rarer ends (retry, failure, release), one statement each.
@@ -451,7 +453,11 @@ impl<'a> ByKind<'a> {
             match op {
                 WriteOp::Insert(row) => kinds.inserts.push((i, row)),
                 WriteOp::MarkEnqueued(ids) => kinds.marks.push((i, ids)),
-                WriteOp::Claim { id, stale_after_s } => kinds.claims.push((i, *id, *stale_after_s)),
+                WriteOp::Claim {
+                    id,
+                    stale_after_s,
+                    max_per_user,
+                } => kinds.claims.push((i, *id, *stale_after_s, *max_per_user)),
                 WriteOp::Touch {
                     id,
                     attempt,
@@ -547,15 +553,15 @@ async fn apply_marks(
 
 async fn apply_claims(
     conn: &mut diesel_async::AsyncPgConnection,
-    mut claims: Vec<(usize, Uuid, i64)>,
+    mut claims: Vec<(usize, Uuid, i64, u32)>,
     outcomes: &mut Outcomes,
 ) -> Result<(), diesel::result::Error> {
-    // One statement per stale-after value (in practice one: the queue's).
-    claims.sort_by_key(|(i, _, stale)| (*stale, *i));
-    for group in claims.chunk_by(|a, b| a.2 == b.2) {
-        let ids: Vec<Uuid> = group.iter().map(|(_, id, _)| *id).collect();
-        let results = reports::claim_many(conn, &ids, group[0].2).await?;
-        for ((i, _, _), result) in group.iter().zip(results) {
+    // One claim per stale-after value and cap (in practice one: the queue's and config's).
+    claims.sort_by_key(|(i, _, stale, cap)| (*stale, *cap, *i));
+    for group in claims.chunk_by(|a, b| (a.2, a.3) == (b.2, b.3)) {
+        let ids: Vec<Uuid> = group.iter().map(|(_, id, _, _)| *id).collect();
+        let results = reports::claim_many_fair(conn, &ids, group[0].2, group[0].3).await?;
+        for ((i, _, _, _), result) in group.iter().zip(results) {
             outcomes[*i] = Some(WriteOutcome::Claim(result));
         }
     }
@@ -633,8 +639,14 @@ pub async fn claim(
     addr: &Addr<StatusActor>,
     id: Uuid,
     stale_after_s: i64,
+    max_per_user: u32,
 ) -> Result<ClaimOutcome, DbError> {
-    match write(addr, WriteOp::Claim { id, stale_after_s }).await? {
+    let claim = WriteOp::Claim {
+        id,
+        stale_after_s,
+        max_per_user,
+    };
+    match write(addr, claim).await? {
         WriteOutcome::Claim(outcome) => Ok(outcome),
         other => Err(mismatch(other)),
     }
@@ -730,6 +742,7 @@ mod tests {
             WriteOp::Claim {
                 id,
                 stale_after_s: 40,
+                max_per_user: 0,
             },
             WriteOp::MarkEnqueued(vec![id]),
             end(AttemptEnd::Requeued { error: "x".into() }),
@@ -759,6 +772,7 @@ mod tests {
         let claim = WriteOp::Claim {
             id,
             stale_after_s: 40,
+            max_per_user: 0,
         };
         assert_eq!(rows_of(&claim), vec![id]);
         assert_eq!(

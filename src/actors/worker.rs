@@ -368,7 +368,8 @@ async fn claim_or_settle(
     id: Uuid,
 ) -> Result<Claimed, Outcome> {
     let stale_after_s = fate::stale_after_s(deps.limits.visibility_timeout_s);
-    let claim = match status::claim(&deps.status, id, stale_after_s).await {
+    let cap = deps.limits.max_in_flight_per_user;
+    let claim = match status::claim(&deps.status, id, stale_after_s, cap).await {
         Ok(claim) => Some(claim),
         Err(e) => {
             note_db_error(deps, &e);
@@ -379,6 +380,9 @@ async fn claim_or_settle(
     if claim == Some(ClaimOutcome::CancelledNow) {
         tracing::info!("job cancelled at its claim (a pending cancel, or not started by notAfter)");
         deps.metrics.jobs_cancelled.inc();
+    }
+    if claim == Some(ClaimOutcome::UserAtCap) {
+        deps.metrics.fairness_releases.inc();
     }
     let seen = claim
         .as_ref()
@@ -431,6 +435,7 @@ fn seen_of(claim: &ClaimOutcome, id: Uuid) -> ClaimSeen {
         ClaimOutcome::AlreadyFinished(_) | ClaimOutcome::CancelledNow => ClaimSeen::AlreadyFinished,
         ClaimOutcome::HeldElsewhere => ClaimSeen::HeldElsewhere,
         ClaimOutcome::NotFound => ClaimSeen::NotFound(id),
+        ClaimOutcome::UserAtCap => ClaimSeen::UserAtCap,
     }
 }
 

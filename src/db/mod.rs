@@ -12,6 +12,7 @@ pub mod reconcile;
 pub mod reports;
 pub mod retention;
 pub(crate) mod schema;
+pub(crate) mod tls;
 pub(crate) mod webhooks;
 
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -19,7 +20,7 @@ use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 /// The migrations under `migrations/`, compiled into the binary.
@@ -156,7 +157,7 @@ pub(crate) fn build_writer_pool(
         let setup = setup.clone();
         let url = url.to_string();
         Box::pin(async move {
-            let mut conn = AsyncPgConnection::establish(&url).await?;
+            let mut conn = tls::diesel(&url).await?;
             diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, &setup)
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
@@ -179,6 +180,11 @@ pub fn build_pool(url: &str, size: usize) -> Result<DbPool, DbError> {
     let mut manager_config = ManagerConfig::default();
     // Skips a `SELECT 1` per checkout; a broken connection is noticed by its query.
     manager_config.recycling_method = RecyclingMethod::Fast;
+    // Through `tls::diesel`, so the URL's `sslmode` holds for pooled connections too.
+    manager_config.custom_setup = Box::new(|url| {
+        let url = url.to_string();
+        Box::pin(async move { tls::diesel(&url).await })
+    });
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
     Pool::builder(manager)
@@ -204,17 +210,12 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
         return Ok(false);
     }
     // Connecting straight to the target tells us it exists without needing privileges.
-    if AsyncPgConnection::establish(url).await.is_ok() {
+    if tls::diesel(url).await.is_ok() {
         return Ok(false);
     }
     let mut maintenance = parsed.clone();
     maintenance.set_path("/postgres");
-    let mut conn = AsyncPgConnection::establish(maintenance.as_str())
-        .await
-        .map_err(|source| DbError::Connect {
-            url: crate::config::redact_url(maintenance.as_str()),
-            source,
-        })?;
+    let mut conn = establish(maintenance.as_str()).await?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     match diesel::sql_query(format!("CREATE DATABASE {quoted}"))
         .execute(&mut conn)
@@ -231,20 +232,25 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
     }
 }
 
+/// One direct connection (not pooled), TLS as the URL says.
+pub(crate) async fn establish(url: &str) -> Result<AsyncPgConnection, DbError> {
+    tls::diesel(url).await.map_err(|source| DbError::Connect {
+        url: crate::config::redact_url(url),
+        source,
+    })
+}
+
 /// Applies pending migrations and returns the versions applied (empty when up to date).
 ///
 /// diesel's migration harness is synchronous; it runs on a blocking thread through
 /// `AsyncConnectionWrapper`, which works inside actix's single-threaded runtimes (the
 /// async harness's `block_in_place` does not).
 pub async fn run_migrations(url: &str) -> Result<Vec<String>, DbError> {
-    let url = url.to_string();
+    // Opened here, on the caller's runtime, which then drives the connection's task
+    // while the blocking thread below waits on it through the wrapper.
+    let conn = establish(url).await?;
     tokio::task::spawn_blocking(move || {
-        let mut conn =
-            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
-                .map_err(|source| DbError::Connect {
-                    url: crate::config::redact_url(&url),
-                    source,
-                })?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         let lock = diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"));
         diesel::RunQueryDsl::execute(lock, &mut conn)?;
         let applied = conn

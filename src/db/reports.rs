@@ -46,6 +46,9 @@ pub enum ClaimOutcome {
     HeldElsewhere,
     /// No such row: a poison message.
     NotFound,
+    /// Not claimed: its user already has `fairness.max_in_flight_per_user` jobs in
+    /// progress. Nothing was written; the message goes back for a short delay.
+    UserAtCap,
 }
 
 /// How an attempt ends.
@@ -294,6 +297,105 @@ pub async fn claim_many(
             }
         })
         .collect())
+}
+
+/// [`claim_many`] under `fairness.max_in_flight_per_user` (`max_per_user`; 0 = off,
+/// and then exactly `claim_many`, one statement). With a cap, inside the caller's
+/// transaction: each candidate's user is locked (`pg_advisory_xact_lock`, in user order so
+/// two processes cannot deadlock on each other's users), then the user's fresh
+/// `in-progress` rows are counted (`report_queue_in_progress_user_idx`) in a statement of
+/// its own, so it sees every claim committed while it waited. The lock is held until the
+/// caller commits its claims: across the fleet, no two claims of one user race past the cap.
+pub async fn claim_many_fair(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    stale_after_s: i64,
+    max_per_user: u32,
+) -> QueryResult<Vec<ClaimOutcome>> {
+    if max_per_user == 0 || ids.is_empty() {
+        return claim_many(conn, ids, stale_after_s).await;
+    }
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('reportd fairness ' || u, 0)) \
+         FROM (SELECT DISTINCT user_id AS u FROM report_queue \
+               WHERE id = ANY($1) AND status = 'in-queue' AND user_id IS NOT NULL \
+               ORDER BY 1) AS users",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .execute(conn)
+    .await?;
+    let candidates: Vec<CapCandidate> = diesel::sql_query(
+        "SELECT q.id, q.user_id, (SELECT count(*) FROM report_queue r \
+             WHERE r.user_id = q.user_id AND r.status = 'in-progress' \
+               AND r.updated_at >= now() - $2::float8 * interval '1 second') AS running \
+         FROM report_queue q \
+         WHERE q.id = ANY($1) AND q.status = 'in-queue' AND q.user_id IS NOT NULL \
+           AND q.cancel_requested_at IS NULL",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<BigInt, _>(stale_after_s)
+    .load(conn)
+    .await?;
+    let candidates: HashMap<Uuid, (i64, i64)> = candidates
+        .into_iter()
+        .map(|c| (c.id, (c.user_id, c.running)))
+        .collect();
+    let over = over_cap(ids, &candidates, max_per_user);
+    if over.is_empty() {
+        return claim_many(conn, ids, stale_after_s).await;
+    }
+    let allowed: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !over.contains(id))
+        .copied()
+        .collect();
+    let mut claimed = claim_many(conn, &allowed, stale_after_s).await?.into_iter();
+    Ok(ids
+        .iter()
+        .map(|id| match over.contains(id) {
+            true => ClaimOutcome::UserAtCap,
+            // `claim_many` answers once per allowed id, in order.
+            false => claimed.next().unwrap_or(ClaimOutcome::HeldElsewhere),
+        })
+        .collect())
+}
+
+/// The ids a capped claim must not take: walking `ids` in order, each candidate (an
+/// `in-queue` row, with its user and that user's jobs running now) is taken while its
+/// user stays under `cap`; the rest are over. A repeated id is judged once.
+pub(crate) fn over_cap(
+    ids: &[Uuid],
+    candidates: &HashMap<Uuid, (i64, i64)>,
+    cap: u32,
+) -> HashSet<Uuid> {
+    let mut running: HashMap<i64, i64> = HashMap::new();
+    let mut seen = HashSet::new();
+    let mut over = HashSet::new();
+    for id in ids {
+        let Some((user, already)) = candidates.get(id) else {
+            continue;
+        };
+        if !seen.insert(*id) {
+            continue;
+        }
+        let count = running.entry(*user).or_insert(*already);
+        if *count < i64::from(cap) {
+            *count += 1;
+        } else {
+            over.insert(*id);
+        }
+    }
+    over
+}
+
+#[derive(QueryableByName)]
+struct CapCandidate {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    user_id: i64,
+    #[diesel(sql_type = BigInt)]
+    running: i64,
 }
 
 #[derive(QueryableByName)]
@@ -767,5 +869,30 @@ mod tests {
             note: Some("host trouble".into()),
         };
         assert_eq!(note.write().last_error, Some("host trouble"));
+    }
+
+    #[test]
+    fn the_cap_takes_each_users_jobs_in_order_until_it_is_reached() {
+        let ids: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+        // User 1 has one job running; user 2 none; ids[5] is not a candidate (finished).
+        let candidates = HashMap::from([
+            (ids[0], (1, 1)),
+            (ids[1], (2, 0)),
+            (ids[2], (1, 1)),
+            (ids[3], (2, 0)),
+            (ids[4], (2, 0)),
+        ]);
+        let over = over_cap(&ids, &candidates, 2);
+        assert_eq!(over, HashSet::from([ids[2], ids[4]]));
+        assert_eq!(over_cap(&ids, &candidates, 1).len(), 4);
+    }
+
+    #[test]
+    fn a_repeated_id_counts_once_and_a_user_over_the_cap_already_gets_nothing() {
+        let id = Uuid::new_v4();
+        let candidates = HashMap::from([(id, (7, 0))]);
+        assert!(over_cap(&[id, id], &candidates, 1).is_empty());
+        let candidates = HashMap::from([(id, (7, 3))]);
+        assert_eq!(over_cap(&[id], &candidates, 2), HashSet::from([id]));
     }
 }

@@ -223,8 +223,8 @@ pub(crate) const POISON_REASON_ATTRIBUTE: &str = "reportd_poison_reason";
 pub struct OutgoingMessage {
     /// The report whose id the body carries.
     pub report_id: Uuid,
-    /// FIFO `MessageGroupId` (the user id); None sends to group `default`. Standard queues
-    /// ignore it.
+    /// `MessageGroupId` (the user id). FIFO: None sends to group `default`. Standard queues
+    /// send it when `sqs.fair_groups` is on (for SQS fair queues).
     pub group_id: Option<String>,
     /// FIFO `MessageDeduplicationId`: `<id>-<send_generation>`, so that repeating one
     /// send is deduplicated while a re-send (retry, redrive, reconciler) never is.
@@ -273,6 +273,8 @@ pub struct SqsQueue {
     /// URL of the dead-letter queue.
     pub dlq_url: String,
     fifo: bool,
+    /// `sqs.fair_groups`: standard-queue sends carry the user id as `MessageGroupId`.
+    fair_groups: bool,
     /// Counts calls by operation and outcome, when set.
     metrics: Option<Arc<Metrics>>,
 }
@@ -322,6 +324,7 @@ impl SqsQueue {
             queue_url: main_url,
             dlq_url,
             fifo: settings.fifo,
+            fair_groups: settings.fair_groups,
             metrics: None,
         })
     }
@@ -356,8 +359,15 @@ impl SqsQueue {
                 entry = entry
                     .message_group_id(message.group_id.clone().unwrap_or_else(|| "default".into()))
                     .message_deduplication_id(message.dedup_id.clone());
-            } else if message.delay_s > 0 {
-                entry = entry.delay_seconds(message.delay_s.min(limits::MAX_DELAY_S));
+            } else {
+                // A fair queue's tenant: SQS serves a group with a backlog no faster than
+                // the others (a standard queue keeps no order within it).
+                if let Some(group) = message.group_id.clone().filter(|_| self.fair_groups) {
+                    entry = entry.message_group_id(group);
+                }
+                if message.delay_s > 0 {
+                    entry = entry.delay_seconds(message.delay_s.min(limits::MAX_DELAY_S));
+                }
             }
             let entry = entry
                 .build()

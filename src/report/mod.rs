@@ -489,13 +489,7 @@ pub(crate) async fn seed_demo(
     users: i64,
     days: i64,
 ) -> Result<usize, crate::db::DbError> {
-    use diesel_async::AsyncConnection;
-    let mut conn = diesel_async::AsyncPgConnection::establish(url)
-        .await
-        .map_err(|source| crate::db::DbError::Connect {
-            url: crate::config::redact_url(url),
-            source,
-        })?;
+    let mut conn = crate::db::establish(url).await?;
     let inserted = diesel::sql_query(
         "INSERT INTO user_activity (user_id, occurred_at, kind, amount_cents) \
          SELECT u, d + random() * interval '1 day', \

@@ -15,7 +15,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 
 use super::sink::{Described, FileSink, CHUNK_BYTES};
 use super::{xlsx, GeneratedReport, GeneratorError, JobContext, ReportGenerator};
@@ -241,24 +241,19 @@ pub struct ReportTypeError {
 
 /// Connects to `url` for one job or check; the connection runs on a task of its own
 /// and ends when the client is dropped.
-async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "report query connection ended");
-        }
-    });
-    Ok(client)
+async fn connect(url: &str) -> Result<Client, crate::db::tls::PgConnectError> {
+    crate::db::tls::client(url).await
 }
 
 /// On a fresh machine the database does not exist until `serve` or `migrate` creates it
-/// (`database.create_if_missing`): say so rather than leave the operator guessing.
-fn missing_database_hint(error: &tokio_postgres::Error) -> &'static str {
-    match error.as_db_error().map(|db| db.code().code()) {
-        Some("3D000") => {
-            "; `reportd migrate` (or `serve`) creates it when database.create_if_missing is on"
-        }
-        _ => "",
+/// (`database.create_if_missing`): say so rather than leave the operator guessing. The
+/// connect error arrives as text (its cause chain), so PostgreSQL's message is matched.
+fn missing_database_hint(error: &crate::db::tls::PgConnectError) -> &'static str {
+    let text = error.to_string();
+    if text.contains("database \"") && text.contains("does not exist") {
+        "; `reportd migrate` (or `serve`) creates it when database.create_if_missing is on"
+    } else {
+        ""
     }
 }
 
@@ -294,7 +289,7 @@ pub async fn check_queries(
         name: sql_types[0].name.clone(),
         problem: format!(
             "cannot connect to the database to check the query: {}{}",
-            describe(&e),
+            e,
             missing_database_hint(&e)
         ),
     })?;
@@ -352,7 +347,7 @@ impl ReportConnections {
     }
 
     /// An idle connection that is still open, else a new one.
-    async fn take(&self) -> Result<Client, tokio_postgres::Error> {
+    async fn take(&self) -> Result<Client, crate::db::tls::PgConnectError> {
         let reusable = {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             idle.retain(|(client, since)| !client.is_closed() && since.elapsed() < IDLE_FOR);

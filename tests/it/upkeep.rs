@@ -422,6 +422,71 @@ async fn measure_hot_updates_over_a_2000_job_drain() {
     }
 }
 
+/// Ten heartbeat rounds (reportd's touch: `updated_at` and `progress`) over 2,000
+/// running rows at `fillfactor`, with the HOT migration's indexes or (`before`) with it
+/// undone; returns (updates, HOT updates). Not a CI test: see below.
+async fn heartbeats_2000(fillfactor: u32, before: bool) -> (i64, i64) {
+    let url = common::migrated_database().await;
+    let db = common::pg_connect(&url).await;
+    if before {
+        db.batch_execute(include_str!(
+            "../../migrations/2026-12-04-000009_hot_updates_and_fairness/down.sql"
+        ))
+        .await
+        .expect("the migration undone");
+    }
+    db.batch_execute(&format!(
+        "ALTER TABLE report_queue SET (fillfactor = {fillfactor}); \
+         INSERT INTO report_queue (id, payload, status, attempts, enqueued_at, user_id) \
+         SELECT gen_random_uuid(), '{{}}'::jsonb, 'in-progress', 1, now(), g % 50 \
+         FROM generate_series(1, 2000) AS g"
+    ))
+    .await
+    .expect("2,000 running rows");
+    let before = flushed_update_counts(&db).await;
+    for _ in 0..10 {
+        db.batch_execute(
+            "UPDATE report_queue SET updated_at = clock_timestamp(), progress = progress \
+             WHERE status = 'in-progress'",
+        )
+        .await
+        .expect("a heartbeat round");
+    }
+    let after = flushed_update_counts(&db).await;
+    common::drop_database(&url).await;
+    (after.0 - before.0, after.1 - before.1)
+}
+
+/// This session's table counters, flushed and read afresh (PostgreSQL 15+).
+async fn flushed_update_counts(db: &tokio_postgres::Client) -> (i64, i64) {
+    db.batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .expect("flush");
+    db.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .expect("clear snapshot");
+    update_counts(db).await
+}
+
+/// Not a CI test (`--ignored`): the HOT share of heartbeats at fillfactor 100 and 80
+/// (the migration's), for the README's figures.
+#[actix_web::test]
+#[ignore = "a measurement, run by hand: cargo test --test it -- --ignored upkeep::measure"]
+async fn measure_hot_heartbeats_over_2000_running_rows() {
+    for (before, fillfactor) in [(true, 100), (true, 80), (false, 100), (false, 80)] {
+        let (updates, hot) = heartbeats_2000(fillfactor, before).await;
+        let indexes = if before {
+            "before 000009"
+        } else {
+            "after 000009"
+        };
+        println!(
+            "heartbeats, {indexes}, fillfactor {fillfactor}: {updates} updates, {hot} HOT ({:.1} %)",
+            100.0 * hot as f64 / updates.max(1) as f64
+        );
+    }
+}
+
 /// Whether `key` is in `bucket`.
 async fn object_exists(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> bool {
     match s3.head_object().bucket(bucket).key(key).send().await {
