@@ -161,7 +161,14 @@ impl Browser {
             .expect("target dir")
             .join("console-screenshots");
         std::fs::create_dir_all(&dir).expect("screenshot dir");
-        std::fs::write(dir.join(format!("{name}.png")), png).expect("screenshot saved");
+        std::fs::write(dir.join(format!("{name}.png")), &png).expect("screenshot saved");
+        // The README's screenshots: `REPORTD_SCREENSHOTS=docs/screenshots cargo test --test
+        // it console::` writes them there too (relative to the crate root, cargo's cwd).
+        if let Some(docs) = std::env::var_os("REPORTD_SCREENSHOTS") {
+            let docs = std::path::PathBuf::from(docs);
+            std::fs::create_dir_all(&docs).expect("REPORTD_SCREENSHOTS dir");
+            std::fs::write(docs.join(format!("{name}.png")), &png).expect("screenshot copied");
+        }
     }
 
     async fn close(mut self) {
@@ -546,5 +553,119 @@ async fn a_read_token_sees_no_action_and_every_action_it_tries_answers_403() {
     let body: Value = no_csrf.json().await.expect("json error");
     assert_eq!(body["error"]["code"], "csrf_mismatch", "{body}");
     assert_eq!(status_of(&app, id).await, "failed");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_worker_panic_shows_on_the_actors_page_as_a_restart_without_a_reload() {
+    let app = spawn_app(AppOptions {
+        tokens: tokens(),
+        workers: 1,
+        simulate: SimulateSettings {
+            panic_first_attempts: 1,
+            skip_generator: true,
+            ..SimulateSettings::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let browser = Browser::start().await;
+    browser.sign_in(&app, ADMIN).await;
+    browser.goto(&app, "/ui/actors").await;
+    browser
+        .wait_text("#actors", "worker-0", Duration::from_secs(5))
+        .await;
+    assert!(
+        browser
+            .c()
+            .find(Locator::Css("#actors tr.restarted"))
+            .await
+            .is_err(),
+        "no restart yet"
+    );
+    let before = browser.c().current_url().await.expect("url");
+    let id = submit(&app, 7).await;
+    // The generator panics on the first attempt: the worker restarts, then the retry
+    // completes the job. The page shows it by polling, without a reload.
+    browser
+        .wait_text(
+            "#actors tr.restarted td[data-testid=restarts]",
+            "1 (last",
+            Duration::from_secs(30),
+        )
+        .await;
+    let marked = browser
+        .text("#actors tr.restarted th")
+        .await
+        .unwrap_or_default();
+    assert_eq!(marked, "worker-0");
+    wait_status(&app, id, "completed").await;
+    assert_eq!(browser.c().current_url().await.expect("url"), before);
+    browser.screenshot("actors-restart").await;
+    browser.close().await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_overview_charts_follow_finished_jobs_without_a_reload() {
+    let app = spawn_app(AppOptions {
+        tokens: tokens(),
+        simulate: SimulateSettings {
+            skip_generator: true,
+            ..SimulateSettings::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let browser = Browser::start().await;
+    browser.sign_in(&app, ADMIN).await;
+    browser
+        .wait_text("#throughput", "completed (0)", Duration::from_secs(5))
+        .await;
+    assert!(browser
+        .text("#latency")
+        .await
+        .unwrap_or_default()
+        .contains("queue wait p95"));
+    let mut ids = Vec::new();
+    for user in 1..=3 {
+        ids.push(submit(&app, user).await);
+    }
+    for id in &ids {
+        wait_status(&app, *id, "completed").await;
+    }
+    browser
+        .wait_text("#throughput", "completed (3)", Duration::from_secs(10))
+        .await;
+    browser
+        .wait_text(
+            "[data-field=\"status.completed\"]",
+            "3",
+            Duration::from_secs(5),
+        )
+        .await;
+    let label = browser
+        .c()
+        .find(Locator::Css("#latency svg"))
+        .await
+        .expect("latency chart")
+        .attr("aria-label")
+        .await
+        .expect("label")
+        .unwrap_or_default();
+    assert!(label.contains("queue wait p50"), "{label}");
+    let lines = browser
+        .c()
+        .find_all(Locator::Css("#throughput polyline"))
+        .await
+        .expect("lines");
+    assert_eq!(lines.len(), 2, "completed and failed");
+    browser
+        .c()
+        .execute("document.getElementById('h').scrollIntoView()", Vec::new())
+        .await
+        .expect("scrolls to the charts");
+    browser.screenshot("overview-charts").await;
+    browser.close().await;
     app.stop().await;
 }

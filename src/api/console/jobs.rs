@@ -52,13 +52,19 @@ fn filter_form(status: Option<JobStatus>, user_id: Option<i64>) -> String {
     )
 }
 
-/// `GET /ui/jobs?status=&userId=&cursor=`: newest first, a page at a time.
-pub(super) async fn list(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ConsoleError> {
-    let viewer = viewer(&req, &state)?;
-    let query = listing_query(req.query_string());
+/// One page of the listing for the console's `query` string: its filter and rows.
+async fn listing(
+    state: &AppState,
+    raw_query: &str,
+) -> Result<
+    (
+        String,
+        db::reports::ListFilter,
+        Vec<db::models::ReportRecord>,
+    ),
+    ConsoleError,
+> {
+    let query = listing_query(raw_query);
     let filter = reports::parse_list_query(&query)?;
     let mut conn = db::connection(&state.pool)
         .await
@@ -66,7 +72,34 @@ pub(super) async fn list(
     let rows = db::reports::list(&mut conn, &filter)
         .await
         .map_err(crate::api::error::ApiError::from)?;
-    drop(conn);
+    Ok((query, filter, rows))
+}
+
+/// `GET /ui/api/jobs?…`: the rows of the same page, polled every 2 s (the page keeps its
+/// rows while a checkbox is ticked, so a selection is never lost).
+pub(super) async fn list_json(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let viewer = viewer(&req, &state)?;
+    let (_, _, rows) = listing(&state, req.query_string()).await?;
+    let mut table_rows = String::new();
+    for row in &rows {
+        table_rows.push_str(&job_row(row, viewer.is_admin()));
+    }
+    Ok(super::overview::live_json(json!({
+        "fields": { "updatedAt": chrono::Utc::now().format("%H:%M:%S UTC").to_string() },
+        "html": { "rows": table_rows },
+    })))
+}
+
+/// `GET /ui/jobs?status=&userId=&cursor=`: newest first, a page at a time (live).
+pub(super) async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let viewer = viewer(&req, &state)?;
+    let (query, filter, rows) = listing(&state, req.query_string()).await?;
     let mut table_rows = String::new();
     for row in &rows {
         table_rows.push_str(&job_row(row, viewer.is_admin()));
@@ -90,7 +123,7 @@ pub(super) async fn list(
         })
         .unwrap_or_default();
     let back = format!("/ui/jobs?{query}");
-    let table = pages::table(
+    let table = pages::live_table(
         "Jobs, newest first",
         &[
             "",
@@ -102,16 +135,19 @@ pub(super) async fn list(
             "Last error",
         ],
         &table_rows,
+        "rows",
     );
     let body = format!(
-        "{}{}{next}",
+        "{}<p class=\"note\">Updated <span data-field=\"updatedAt\">{}</span> \
+         <span id=\"live\" aria-live=\"polite\"></span></p>{}{next}",
         filter_form(filter.status, filter.user_id),
+        chrono::Utc::now().format("%H:%M:%S UTC"),
         bulk_form(&viewer, &table, &back)
     );
     let page = Page {
         title: "Jobs",
         tab: Tab::Jobs,
-        poll: None,
+        poll: Some(format!("/ui/api/jobs?{query}")),
         body,
     };
     Ok(html(StatusCode::OK, pages::layout(&page, Some(&viewer))))

@@ -8,6 +8,7 @@
 //! Without tokens, everyone is an anonymous reader, or an admin when
 //! `ui.allow_anonymous_admin` is set.
 
+mod charts;
 mod dlq;
 mod jobs;
 mod overview;
@@ -53,6 +54,9 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/ui/logout").route(web::post().to(logout)))
         .service(resource("/ui/api/overview").route(web::get().to(overview::json)))
         .service(resource("/ui/actors").route(web::get().to(overview::actors)))
+        .service(resource("/ui/api/actors").route(web::get().to(overview::actors_json)))
+        .service(resource("/ui/api/jobs").route(web::get().to(jobs::list_json)))
+        .service(resource("/ui/api/dlq").route(web::get().to(dlq::live)))
         .service(resource("/ui/jobs").route(web::get().to(jobs::list)))
         .service(resource("/ui/jobs/action").route(web::post().to(jobs::action)))
         .service(resource("/ui/jobs/{id}").route(web::get().to(jobs::detail)))
