@@ -669,3 +669,111 @@ async fn the_overview_charts_follow_finished_jobs_without_a_reload() {
     browser.close().await;
     app.stop().await;
 }
+
+/// The fleet table's rows as the Actors page shows them now.
+async fn process_rows(browser: &Browser) -> Vec<String> {
+    let mut texts = Vec::new();
+    for row in browser
+        .c()
+        .find_all(Locator::Css("#processes tr"))
+        .await
+        .expect("rows")
+    {
+        texts.push(row.text().await.unwrap_or_default());
+    }
+    texts
+}
+
+/// Waits until the fleet table (updated by polling, never reloaded) satisfies `check`.
+async fn wait_rows(browser: &Browser, what: &str, check: impl Fn(&[String]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = process_rows(browser).await;
+        if check(&rows) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: never; rows {rows:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[actix_web::test]
+async fn two_daemons_on_one_database_are_both_listed_and_a_stopped_one_leaves() {
+    let first = spawn_app(AppOptions {
+        tokens: tokens(),
+        ..AppOptions::default()
+    })
+    .await;
+    let second = spawn_app(AppOptions {
+        tokens: tokens(),
+        roles: vec![reportd::config::Role::Worker],
+        database_url: Some(first.settings.database.url.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let browser = Browser::start().await;
+    browser.sign_in(&first, ADMIN).await;
+    browser.goto(&first, "/ui/actors").await;
+    wait_rows(&browser, "both processes listed", |rows| {
+        rows.len() == 2
+            && rows
+                .iter()
+                .any(|r| r.contains("(this process)") && r.contains("api,worker"))
+            && rows
+                .iter()
+                .any(|r| !r.contains("(this process)") && r.contains("worker"))
+            && rows.iter().all(|r| r.ends_with("live"))
+    })
+    .await;
+    browser
+        .c()
+        .execute(
+            "document.getElementById('processes').scrollIntoView()",
+            Vec::new(),
+        )
+        .await
+        .expect("scrolls to the processes");
+    browser.screenshot("fleet").await;
+
+    // A clean shutdown deletes the row; the open page drops it without a reload.
+    second.stop().await;
+    wait_rows(&browser, "the stopped process gone", |rows| {
+        rows.len() == 1 && rows[0].contains("(this process)")
+    })
+    .await;
+
+    // A process that stopped refreshing shows as stale; one silent for an hour is pruned
+    // by the live process's next heartbeat.
+    let db = pg_connect(&first.settings.database.url).await;
+    db.execute(
+        "INSERT INTO processes (id, host, pid, roles, version, started_at, heartbeat_at) VALUES \
+         ('00000000-0000-4000-8000-000000000001', 'stuck-host', 11, 'worker', '0.0.1', now() - interval '5 minutes', now() - interval '1 minute'), \
+         ('00000000-0000-4000-8000-000000000002', 'gone-host', 12, 'worker', '0.0.1', now() - interval '3 hours', now() - interval '2 hours')",
+        &[],
+    )
+    .await
+    .expect("rows inserted");
+    wait_rows(
+        &browser,
+        "the stuck process stale, the gone one pruned",
+        |rows| {
+            rows.len() == 2
+                && rows
+                    .iter()
+                    .any(|r| r.contains("stuck-host") && r.ends_with("stale"))
+                && !rows.iter().any(|r| r.contains("gone-host"))
+        },
+    )
+    .await;
+    let stale = browser
+        .c()
+        .find(Locator::Css("#processes tr.alert"))
+        .await
+        .expect("the stale row is marked")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(stale.contains("stuck-host"), "{stale}");
+    browser.close().await;
+    first.stop().await;
+}

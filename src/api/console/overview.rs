@@ -1,6 +1,8 @@
 //! Overview (queue depths, jobs by status, oldest waiting job, reachability; live) and
 //! Actors (the `/health` document as a table).
 
+use std::fmt::Write;
+
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
@@ -224,19 +226,91 @@ async fn actor_rows(state: &AppState) -> (String, &'static str) {
     (rows, if healthy { "healthy" } else { "unhealthy" })
 }
 
+/// Most processes the fleet table lists.
+const MAX_PROCESSES: i64 = 200;
+
+/// The fleet table's rows: every process registered in `processes`, stale ones marked.
+async fn process_rows(state: &AppState) -> String {
+    let read = async {
+        let mut conn = db::connection(&state.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        db::processes::list(&mut conn, MAX_PROCESSES)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let listed = match tokio::time::timeout(std::time::Duration::from_secs(2), read).await {
+        Ok(Ok(listed)) => listed,
+        Ok(Err(e)) => return unavailable_row(&e),
+        Err(_) => return unavailable_row("no answer within 2 s"),
+    };
+    let mut rows = String::new();
+    for p in listed {
+        let stale = p.heartbeat_age_s > crate::fleet::STALE_AFTER_S;
+        let me = if p.id == state.process_id {
+            " (this process)"
+        } else {
+            ""
+        };
+        let _ = write!(
+            rows,
+            "<tr class=\"{}\" data-testid=\"process-{}\"><th scope=\"row\"><code>{}</code>{me}</th>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td data-testid=\"process-state\">{}</td></tr>",
+            if stale { "alert" } else { "ok" },
+            p.id,
+            esc(&p.id.to_string()[..8]),
+            esc(&p.host),
+            p.pid,
+            esc(&p.roles),
+            esc(&p.version),
+            p.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            esc(&age(p.heartbeat_age_s.max(0.0))),
+            if stale { "stale" } else { "live" },
+        );
+    }
+    rows
+}
+
+/// A fleet table row saying why there are no rows.
+fn unavailable_row(why: &str) -> String {
+    format!(
+        "<tr><td colspan=\"8\" class=\"error\">Processes unavailable: {}</td></tr>",
+        esc(why)
+    )
+}
+
+/// The fleet table around `rows`.
+fn process_table(rows: &str) -> String {
+    pages::live_table(
+        "Processes sharing the database",
+        &[
+            "Process",
+            "Host",
+            "PID",
+            "Roles",
+            "Version",
+            "Started",
+            "Heartbeat age",
+            "State",
+        ],
+        rows,
+        "processes",
+    )
+}
+
 /// `GET /ui/api/actors`: the Actors table's rows, polled every 2 s.
 pub(super) async fn actors_json(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
     viewer(&req, &state)?;
-    let (rows, overall) = actor_rows(&state).await;
+    let ((rows, overall), processes) = tokio::join!(actor_rows(&state), process_rows(&state));
     Ok(live_json(json!({
         "fields": {
             "health": overall,
             "updatedAt": chrono::Utc::now().format("%H:%M:%S UTC").to_string(),
         },
-        "html": { "actors": rows },
+        "html": { "actors": rows, "processes": processes },
     })))
 }
 
@@ -246,15 +320,18 @@ pub(super) async fn actors(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
     let viewer = viewer(&req, &state)?;
-    let (rows, overall) = actor_rows(&state).await;
+    let ((rows, overall), processes) = tokio::join!(actor_rows(&state), process_rows(&state));
     let body = format!(
         "<p>This process is <strong data-testid=\"health\" data-field=\"health\">{overall}</strong>. \
          Updated <span data-field=\"updatedAt\">{}</span> <span id=\"live\" aria-live=\"polite\"></span></p>\
          <p class=\"note\">A row in red is not running (a restart storm shows as <code>restarting</code>); \
-         a marked row restarted within the last minute.</p>{}",
+         a marked row restarted within the last minute.</p>{}\
+         <h2>Processes</h2><p class=\"note\">Every process registers itself and refreshes its row every {} s; \
+         a row in red has missed three refreshes (stale: the process is stuck, cut off or killed). \
+         A clean shutdown removes the row; a killed process's row goes after an hour.</p>{}",
         chrono::Utc::now().format("%H:%M:%S UTC"),
         pages::live_table(
-            "Actors",
+            "Actors of this process",
             &[
                 "Actor",
                 "Kind",
@@ -267,7 +344,9 @@ pub(super) async fn actors(
             ],
             &rows,
             "actors"
-        )
+        ),
+        crate::fleet::HEARTBEAT_INTERVAL.as_secs(),
+        process_table(&processes),
     );
     let page = Page {
         title: "Actors",
