@@ -777,3 +777,121 @@ async fn two_daemons_on_one_database_are_both_listed_and_a_stopped_one_leaves() 
     browser.close().await;
     first.stop().await;
 }
+
+/// The ids the Jobs table lists now.
+async fn listed_ids(browser: &Browser) -> Vec<String> {
+    let mut ids = Vec::new();
+    for row in browser
+        .c()
+        .find_all(Locator::Css("#rows tr"))
+        .await
+        .expect("rows")
+    {
+        if let Ok(Some(id)) = row.attr("data-id").await {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+#[actix_web::test]
+async fn jobs_filter_by_creation_time_and_error_text_and_bad_values_name_the_field() {
+    let app = spawn_app(failing_once()).await;
+    let old = submit(&app, 41).await;
+    let recent = submit(&app, 42).await;
+    let other = submit(&app, 43).await;
+    for id in [old, recent, other] {
+        wait_status(&app, id, "failed").await;
+    }
+    let db = pg_connect(&app.settings.database.url).await;
+    db.execute(
+        "UPDATE report_queue SET created_at = now() - interval '2 days' WHERE id = $1::text::uuid",
+        &[&old.to_string()],
+    )
+    .await
+    .expect("moved back");
+    db.execute(
+        "UPDATE report_queue SET last_error = 'upstream answered 503 (50%_off)' WHERE id = $1::text::uuid",
+        &[&recent.to_string()],
+    )
+    .await
+    .expect("error set");
+
+    let browser = Browser::start().await;
+    browser.sign_in(&app, ADMIN).await;
+    browser.goto(&app, "/ui/jobs").await;
+    browser
+        .wait_text("#rows", &old.to_string(), Duration::from_secs(5))
+        .await;
+    // Text in lastError, typed into the form; `%` and `_` are taken literally.
+    let field = browser
+        .c()
+        .find(Locator::Css("#error"))
+        .await
+        .expect("error field");
+    field.send_keys("50%_OFF").await.expect("types");
+    browser.click("form.filters button[type=submit]").await;
+    browser
+        .wait_text("#rows", &recent.to_string(), Duration::from_secs(5))
+        .await;
+    assert_eq!(listed_ids(&browser).await, vec![recent.to_string()]);
+    browser.screenshot("jobs-filtered").await;
+
+    // Created since yesterday (as a browser's date-time field sends it, UTC).
+    let since = (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M");
+    browser
+        .goto(&app, &format!("/ui/jobs?createdFrom={since}"))
+        .await;
+    browser
+        .wait_text("#rows", &recent.to_string(), Duration::from_secs(5))
+        .await;
+    let mut ids = listed_ids(&browser).await;
+    ids.sort();
+    let mut expected = vec![recent.to_string(), other.to_string()];
+    expected.sort();
+    assert_eq!(ids, expected, "the two-day-old job is left out");
+    let until = (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%d");
+    browser
+        .goto(&app, &format!("/ui/jobs?createdTo={until}"))
+        .await;
+    browser
+        .wait_text("#rows", &old.to_string(), Duration::from_secs(5))
+        .await;
+    assert_eq!(listed_ids(&browser).await, vec![old.to_string()]);
+
+    // A bad value: the page says which field and keeps it in the form.
+    browser.goto(&app, "/ui/jobs?createdFrom=yesterday").await;
+    let alert = browser
+        .wait_text(
+            "[data-testid=filter-error]",
+            "createdFrom",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(alert.contains("not a date-time"), "{alert}");
+    browser.close().await;
+
+    // The JSON endpoints answer 400 naming the field.
+    let (cookie, _) = session_cookie(&app, ADMIN).await;
+    let live = app
+        .http
+        .get(app.url("/ui/api/jobs?createdTo=soon"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("live");
+    assert_eq!(live.status(), 400);
+    let body: Value = live.json().await.expect("json");
+    assert_eq!(body["error"]["field"], "createdTo", "{body}");
+    let api = app
+        .http
+        .get(app.url("/reports?error=503&status=completed"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(api.status(), 400);
+    let body: Value = api.json().await.expect("json");
+    assert_eq!(body["error"]["field"], "error", "{body}");
+    app.stop().await;
+}
