@@ -485,6 +485,15 @@ reusable_error!(
     )
 );
 
+reusable_error!(
+    /// 403: the token is known but has the `read` role, and the route changes something.
+    Forbidden,
+    error_answer(
+        "The bearer token has the `read` role: it may only read (`code: forbidden`, \
+         `field: Authorization`)"
+    )
+);
+
 /// The error answers of a guarded route without a body: 401, 405, 503.
 pub(crate) struct ReadErrors;
 
