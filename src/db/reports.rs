@@ -720,8 +720,29 @@ pub async fn list(
     conn: &mut AsyncPgConnection,
     filter: &ListFilter,
 ) -> QueryResult<Vec<ReportRecord>> {
-    let mut query = rq::report_queue
+    filtered(filter)
         .select(ReportRecord::as_select())
+        .load(conn)
+        .await
+}
+
+/// [`list`]'s page as keys only, `(created_at, id)`: what a bulk action walks (the key
+/// is also the next page's cursor).
+pub(crate) async fn list_keys(
+    conn: &mut AsyncPgConnection,
+    filter: &ListFilter,
+) -> QueryResult<Vec<(DateTime<Utc>, Uuid)>> {
+    filtered(filter)
+        .select((rq::created_at, rq::id))
+        .load(conn)
+        .await
+}
+
+/// The listing's rows for `filter`, newest first, one page.
+fn filtered(
+    filter: &ListFilter,
+) -> crate::db::schema::report_queue::BoxedQuery<'static, diesel::pg::Pg> {
+    let mut query = rq::report_queue
         .order((rq::created_at.desc(), rq::id.desc()))
         .limit(filter.limit)
         .into_boxed();
@@ -747,7 +768,7 @@ pub async fn list(
                 .or(rq::created_at.eq(created_at).and(rq::id.lt(id))),
         );
     }
-    query.load(conn).await
+    query
 }
 
 #[cfg(test)]

@@ -895,3 +895,68 @@ async fn jobs_filter_by_creation_time_and_error_text_and_bad_values_name_the_fie
     assert_eq!(body["error"]["field"], "error", "{body}");
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn everything_matching_a_filter_is_retried_after_a_confirmation_stating_the_count() {
+    let app = spawn_app(failing_once()).await;
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        mine.push(submit(&app, 51).await);
+    }
+    let other = submit(&app, 52).await;
+    for id in mine.iter().chain([&other]) {
+        wait_status(&app, *id, "failed").await;
+    }
+    let browser = Browser::start().await;
+    browser.sign_in(&app, ADMIN).await;
+    browser.goto(&app, "/ui/jobs?status=failed&userId=51").await;
+    browser
+        .wait_text("#rows", &mine[0].to_string(), Duration::from_secs(5))
+        .await;
+    browser.click("[data-testid=bulk-retry]").await;
+    let count = browser
+        .wait_text(
+            "[data-testid=bulk-count]",
+            "Retry 3 jobs",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(count.contains("status=failed&userId=51"), "{count}");
+    browser.screenshot("bulk-confirm").await;
+    browser
+        .click("form[action='/ui/jobs/bulk'] button[type=submit]")
+        .await;
+    let outcome = browser
+        .wait_text("[data-testid=outcome]", "done", Duration::from_secs(20))
+        .await;
+    assert!(
+        outcome.contains("Retry: 3 of 3 matching jobs done."),
+        "{outcome}"
+    );
+    for id in &mine {
+        wait_status(&app, *id, "completed").await;
+    }
+    assert_eq!(status_of(&app, other).await, "failed", "outside the filter");
+    browser.close().await;
+
+    // A reader cannot open the confirmation, and a POST without the CSRF token is refused.
+    let (reader, _) = session_cookie(&app, VIEWER).await;
+    let refused = no_redirects()
+        .get(app.url("/ui/jobs/bulk?action=retry&status=failed"))
+        .header("cookie", &reader)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(refused.status(), 403);
+    let (admin, _) = session_cookie(&app, ADMIN).await;
+    let refused = no_redirects()
+        .post(app.url("/ui/jobs/bulk"))
+        .header("cookie", &admin)
+        .form(&[("action", "retry"), ("status", "failed")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 403);
+    assert_eq!(status_of(&app, other).await, "failed");
+    app.stop().await;
+}

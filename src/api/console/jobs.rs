@@ -19,11 +19,11 @@ use crate::db::{self};
 const MAX_SELECTION: usize = 200;
 
 /// The listing's filters, as the form names them and the JSON API reads them.
-const FILTERS: [&str; 5] = ["status", "userId", "createdFrom", "createdTo", "error"];
+pub(super) const FILTERS: [&str; 5] = ["status", "userId", "createdFrom", "createdTo", "error"];
 
 /// The listing's query with empty fields (an unset filter) left out, so that the JSON
 /// API's parser ([`reports::parse_list_query`]) reads exactly what it reads there.
-fn listing_query(raw: &str) -> String {
+pub(super) fn listing_query(raw: &str) -> String {
     url::form_urlencoded::parse(raw.as_bytes())
         .filter(|(k, v)| {
             !v.is_empty()
@@ -49,7 +49,7 @@ fn query_value(query: &str, key: &str) -> String {
 
 /// The filter form, filled with the query's values (valid or not, so a mistake can be
 /// corrected in place).
-fn filter_form(query: &str) -> String {
+pub(super) fn filter_form(query: &str) -> String {
     let status = query_value(query, "status");
     let mut options = String::from("<option value=\"\">any</option>");
     for s in JobStatus::ALL {
@@ -182,9 +182,10 @@ pub(super) async fn list(
         "rows",
     );
     let body = format!(
-        "{}<p class=\"note\">Updated <span data-field=\"updatedAt\">{}</span> \
+        "{}{}<p class=\"note\">Updated <span data-field=\"updatedAt\">{}</span> \
          <span id=\"live\" aria-live=\"polite\"></span></p>{}{next}",
         filter_form(&query),
+        super::bulk::links(&viewer, &query),
         chrono::Utc::now().format("%H:%M:%S UTC"),
         bulk_form(&viewer, &table, &back)
     );
@@ -397,9 +398,56 @@ fn actions_block(viewer: &Viewer, id: Uuid) -> String {
 
 /// What a console action does to each job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum JobAction {
+pub(super) enum JobAction {
     Retry,
     Cancel,
+}
+
+impl JobAction {
+    /// The form's spelling (`retry`, `cancel`), or a 400 naming `action`.
+    pub(super) fn parse(raw: Option<&str>) -> Result<JobAction, crate::api::error::ApiError> {
+        match raw {
+            Some("retry") => Ok(JobAction::Retry),
+            Some("cancel") => Ok(JobAction::Cancel),
+            _ => Err(crate::api::error::ApiError::invalid(
+                "action",
+                "action must be retry or cancel",
+            )),
+        }
+    }
+
+    /// The verb, capitalised, for buttons and outcomes.
+    pub(super) fn verb(self) -> &'static str {
+        match self {
+            JobAction::Retry => "Retry",
+            JobAction::Cancel => "Cancel",
+        }
+    }
+
+    /// The form's spelling.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            JobAction::Retry => "retry",
+            JobAction::Cancel => "cancel",
+        }
+    }
+}
+
+/// Retries or cancels one job through the functions `POST /reports/{id}/retry` and
+/// `…/cancel` run; the outcome in words.
+pub(super) async fn apply(
+    state: &web::Data<AppState>,
+    action: JobAction,
+    id: Uuid,
+) -> Result<String, crate::api::error::ApiError> {
+    match action {
+        JobAction::Retry => reports::retry(web::Path::from(id.to_string()), state.clone())
+            .await
+            .map(|_| "retried".to_string()),
+        JobAction::Cancel => reports::cancel_one(state, id, None)
+            .await
+            .map(|(_, record)| format!("now {}", record.status)),
+    }
 }
 
 /// `POST /ui/jobs/action` with `action=retry|cancel`, `ids=…` (one or more), `csrf`.
@@ -410,17 +458,7 @@ pub(super) async fn action(
 ) -> Result<HttpResponse, ConsoleError> {
     let form = Form::read(body, &state).await?;
     let viewer = acting_viewer(&req, &state, &form)?;
-    let action = match form.first("action") {
-        Some("retry") => JobAction::Retry,
-        Some("cancel") => JobAction::Cancel,
-        _ => {
-            return Err(crate::api::error::ApiError::invalid(
-                "action",
-                "action must be retry or cancel",
-            )
-            .into())
-        }
-    };
+    let action = JobAction::parse(form.first("action"))?;
     let ids = form.all("ids");
     if ids.is_empty() || ids.len() > MAX_SELECTION {
         return Err(crate::api::error::ApiError::invalid(
@@ -436,15 +474,7 @@ pub(super) async fn action(
     let mut lines = Vec::with_capacity(ids.len());
     let mut done = 0;
     for id in &ids {
-        let outcome = match action {
-            JobAction::Retry => reports::retry(web::Path::from(id.to_string()), state.clone())
-                .await
-                .map(|_| "retried".to_string()),
-            JobAction::Cancel => reports::cancel_one(&state, *id, None)
-                .await
-                .map(|(_, record)| format!("now {}", record.status)),
-        };
-        match outcome {
+        match apply(&state, action, *id).await {
             Ok(what) => {
                 done += 1;
                 lines.push(format!("{id}: {what}"));
