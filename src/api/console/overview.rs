@@ -1,5 +1,6 @@
-//! Overview (queue depths, jobs by status, oldest waiting job, reachability; live) and
-//! Actors (the `/health` document as a table).
+//! Overview (queue depths, jobs by status, oldest waiting job, reachability, the last
+//! hour's throughput and latency charts; live) and Actors (the `/health` document as a
+//! table, and every process registered in `processes`; live).
 
 use std::fmt::Write;
 
