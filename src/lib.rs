@@ -14,6 +14,8 @@
 //!   purge) and the DLQ watcher.
 //! - [`report`]: the `ReportGenerator` extension point and the built-in CSV generator.
 //! - [`api`]: the actix-web HTTP API, one module per resource.
+//! - `fleet`: every process registers itself in `processes` and keeps its row fresh
+//!   (the console's fleet view).
 //! - [`retention`]: the pruner that deletes finished reports (rows and files) past
 //!   their status's `[retention]` limit, one process of the fleet at a time.
 //! - `webhooks`: signed webhooks when a report finishes: the sweeper that records
@@ -30,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub(crate) mod dlq;
+pub(crate) mod fleet;
 pub mod metrics;
 pub(crate) mod outbox;
 pub mod queue;

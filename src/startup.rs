@@ -95,6 +95,8 @@ pub struct Application {
     /// The webhook engine, when this process runs one: its stop signal, and its task,
     /// awaited at shutdown while its tries in flight finish.
     webhooks: Option<WebhookRun>,
+    /// The fleet heartbeat's stop signal and task (it deletes this process's row).
+    fleet: FleetRun,
 }
 
 impl Application {
@@ -124,13 +126,7 @@ impl Application {
         let batchers = SqsBatchers::spawn(&sqs);
         let (depths, db_hygiene) = start_watches(&sqs, &pool, &metrics);
         let (status, status_probe) = start_writer(&settings, &metrics, &registry)?;
-        let dispatcher = settings.has_role(Role::Api).then(|| {
-            let timings = Timings::from_settings(&settings);
-            let dispatcher =
-                Dispatcher::new(batchers.clone(), status.clone(), sqs.clone(), timings);
-            actix::spawn(dispatcher.clone().sweep_forever(pool.clone()));
-            dispatcher
-        });
+        let dispatcher = start_dispatcher(&settings, &batchers, &status, &sqs, &pool);
         let (feed, all_feed) = start_feeds(&settings, &pool, &store);
         let (abort, abort_rx) = watch::channel(false);
         let webhooks = start_worker_chores(&settings, &pool, &metrics, &store)?;
@@ -150,7 +146,9 @@ impl Application {
         } else {
             (None, Vec::new())
         };
+        let (process_id, fleet) = start_fleet(&settings, &pool);
         let state = web::Data::new(AppState {
+            process_id,
             settings: settings.clone(),
             pool: pool.clone(),
             status: status.clone(),
@@ -181,6 +179,7 @@ impl Application {
             abort,
             queues,
             webhooks,
+            fleet,
         })
     }
 
@@ -230,6 +229,9 @@ impl Application {
         }
         handle.stop(true).await;
         let _ = server.await;
+        // Last, so the fleet view lists a draining process until it is gone.
+        let _ = self.fleet.0.send(true);
+        let _ = self.fleet.1.await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -237,6 +239,35 @@ impl Application {
 
 /// A running webhook engine: its stop signal and its task.
 type WebhookRun = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// The fleet heartbeat: its stop signal and its task.
+type FleetRun = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// The dispatcher (api role only), with its sweep for rows that never reached SQS.
+fn start_dispatcher(
+    settings: &Settings,
+    batchers: &SqsBatchers,
+    status: &Addr<StatusActor>,
+    sqs: &SqsQueue,
+    pool: &DbPool,
+) -> Option<Dispatcher> {
+    settings.has_role(Role::Api).then(|| {
+        let timings = Timings::from_settings(settings);
+        let dispatcher = Dispatcher::new(batchers.clone(), status.clone(), sqs.clone(), timings);
+        actix::spawn(dispatcher.clone().sweep_forever(pool.clone()));
+        dispatcher
+    })
+}
+
+/// Registers this process in `processes` and keeps its row fresh (`fleet`); returns its
+/// id and the heartbeat's handle.
+fn start_fleet(settings: &Settings, pool: &DbPool) -> (uuid::Uuid, FleetRun) {
+    let me = crate::fleet::identity(settings);
+    let id = me.id;
+    let (stop, stopped) = watch::channel(false);
+    let task = actix::spawn(crate::fleet::heartbeat(pool.clone(), me, stopped));
+    (id, (stop, task))
+}
 
 /// The readings refreshed in the background, so that health checks, metrics and the
 /// console never wait on SQS or PostgreSQL for them: queue depths and the job table's

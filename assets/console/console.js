@@ -1,6 +1,7 @@
-// reportd console: the only script. It keeps `data-field` elements current by polling
-// the page's JSON endpoint (body's data-poll) every 2 s, never while the tab is hidden,
-// and asks for a confirmation that states the count before a bulk action.
+// reportd console: the only script. It keeps `data-field` elements and the `html` parts
+// (by element id) current by polling the page's JSON endpoint (body's data-poll) every
+// 2 s, never while the tab is hidden, and asks for a confirmation that states the count
+// before a bulk action.
 (function () {
   "use strict";
   var INTERVAL_MS = 2000;
@@ -22,10 +23,15 @@
         el.textContent = value + "%";
       }
     });
-    var chart = document.getElementById("chart");
-    if (chart && typeof data.chart === "string") {
-      chart.innerHTML = data.chart; // server-rendered SVG, every label escaped there
-    }
+    // Markup rendered on the server (charts as SVG, table rows), every value escaped
+    // there. A table whose checkbox is ticked keeps its rows: a selection is never lost.
+    var parts = data.html || {};
+    Object.keys(parts).forEach(function (id) {
+      var el = document.getElementById(id);
+      if (!el || typeof parts[id] !== "string") { return; }
+      if (el.querySelector("input[type=checkbox]:checked")) { return; }
+      el.innerHTML = parts[id];
+    });
   }
 
   function mark(text) {

@@ -26,6 +26,7 @@ struct Entry {
     restarts: u32,
     recent_restarts: VecDeque<Instant>,
     last_restart_cause: Option<String>,
+    last_restart: Option<Instant>,
     last_heartbeat: Instant,
     job: Option<(Uuid, Instant)>,
 }
@@ -47,6 +48,8 @@ pub(crate) struct ActorView {
     /// More than `max_restarts` restarts within the window: flapping, not healthy.
     pub restart_storm: bool,
     pub last_restart_cause: Option<String>,
+    /// Seconds since the last restart (the console marks a recent one); None: never.
+    pub last_restart_age_s: Option<f64>,
     pub heartbeat_age_s: f64,
     pub job: Option<Uuid>,
     pub job_age_s: Option<f64>,
@@ -81,6 +84,7 @@ impl ActorRegistry {
             restarts: 0,
             recent_restarts: VecDeque::new(),
             last_restart_cause: None,
+            last_restart: None,
             last_heartbeat: Instant::now(),
             job: None,
         });
@@ -106,6 +110,9 @@ impl ActorRegistry {
                     .count()
                     > self.limit.max_restarts,
                 last_restart_cause: e.last_restart_cause.clone(),
+                last_restart_age_s: e
+                    .last_restart
+                    .map(|at| now.duration_since(at).as_secs_f64()),
                 heartbeat_age_s: now.duration_since(e.last_heartbeat).as_secs_f64(),
                 job: e.job.map(|(id, _)| id),
                 job_age_s: e
@@ -161,6 +168,7 @@ impl ActorSlot {
             }
             storm = e.recent_restarts.len() > limit.max_restarts;
             e.last_restart_cause = Some(cause.to_string());
+            e.last_restart = Some(now);
             e.last_heartbeat = now;
             e.job = None;
             name = e.name.clone();

@@ -66,6 +66,8 @@ pub(crate) struct AppState {
     pub dlq: crate::dlq::DlqGate,
     /// The report store: where `GET /reports/{id}/file` finds a file or a download link.
     pub store: Arc<crate::storage::ReportStore>,
+    /// This process's row in `processes` (the console marks it in the fleet view).
+    pub(crate) process_id: uuid::Uuid,
 }
 
 /// The last queue depths read from SQS, refreshed every few seconds in the background

@@ -16,8 +16,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::error::{ApiError, ErrorBody};
 use super::schemas::{
-    MethodNotAllowed, PayloadTooLarge, RedriveRequest, RequestTimeout, Unauthorized, Unavailable,
-    UnsupportedMediaType,
+    Forbidden, MethodNotAllowed, PayloadTooLarge, RedriveRequest, RequestTimeout, Unauthorized,
+    Unavailable, UnsupportedMediaType,
 };
 use super::{dlq, health, reports};
 use crate::db::models::JobStatus;
@@ -68,10 +68,11 @@ use crate::dlq::{DlqEntry, RedriveReport, SkippedMessage};
             RequestTimeout,
             PayloadTooLarge,
             UnsupportedMediaType,
-            Unavailable
+            Unavailable,
+            Forbidden
         )
     ),
-    modifiers(&BearerScheme, &CancelBodyIsOptional),
+    modifiers(&BearerScheme, &CancelBodyIsOptional, &ReadTokensMayOnlyRead),
     tags(
         (name = "reports", description = "Submit, list and read reports"),
         (name = "dlq", description = "Dead-letter operations"),
@@ -109,6 +110,31 @@ impl Modify for CancelBodyIsOptional {
             .and_then(|operation| operation.request_body.as_mut());
         if let Some(body) = body {
             body.required = Some(utoipa::openapi::Required::False);
+        }
+    }
+}
+
+/// Every route that changes something (all but GET and HEAD; each is guarded) answers
+/// 403 to a `read` token ([`super::Caller::may`]), so each such operation lists it.
+struct ReadTokensMayOnlyRead;
+
+impl Modify for ReadTokensMayOnlyRead {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let changing = [
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ];
+            for operation in changing.into_iter().flatten() {
+                operation.responses.responses.insert(
+                    "403".to_string(),
+                    utoipa::openapi::RefOr::Ref(utoipa::openapi::Ref::from_response_name(
+                        "Forbidden",
+                    )),
+                );
+            }
         }
     }
 }

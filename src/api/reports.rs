@@ -788,7 +788,8 @@ async fn local_file(
     ),
     security(("bearer" = []))
 )]
-/// `GET /reports?status=&userId=&limit=&cursor=`: newest first, keyset pagination.
+/// `GET /reports?status=&userId=&createdFrom=&createdTo=&error=&limit=&cursor=`: newest
+/// first, keyset pagination.
 pub(crate) async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -806,40 +807,125 @@ pub(crate) async fn list(
     Ok(HttpResponse::Ok().json(json!({ "items": items, "nextCursor": next_cursor })))
 }
 
+/// The longest `error` text a listing accepts.
+const MAX_ERROR_TEXT: usize = 200;
+
 /// Parses the listing's query string, naming the parameter at fault.
 pub(crate) fn parse_list_query(query: &str) -> Result<reports::ListFilter, ApiError> {
-    let pairs = input::query_pairs(query, &["status", "userId", "limit", "cursor"])?;
+    let pairs = input::query_pairs(
+        query,
+        &[
+            "status",
+            "userId",
+            "limit",
+            "cursor",
+            "createdFrom",
+            "createdTo",
+            "error",
+        ],
+    )?;
     let mut filter = reports::ListFilter {
         limit: DEFAULT_LIMIT,
         ..Default::default()
     };
     for (key, value) in pairs {
-        match key.as_str() {
-            "status" => {
-                filter.status = Some(JobStatus::parse(&value).ok_or_else(|| {
-                    ApiError::invalid(
-                        "status",
-                        format!("`{value}` is not one of in-queue, in-progress, completed, failed, cancelled"),
-                    )
-                })?)
-            }
-            "userId" => {
-                filter.user_id = Some(value.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(
-                    || ApiError::invalid("userId", format!("`{value}` is not a positive integer")),
-                )?)
-            }
-            "limit" => filter.limit = super::parse_limit(&value, MAX_LIMIT)?,
-            "cursor" => filter.after = Some(decode_cursor(&value)?),
-            // query_pairs passed only the names above.
-            other => {
+        apply_list_param(&mut filter, &key, &value)?;
+    }
+    if let (Some(from), Some(to)) = (filter.created_from, filter.created_to) {
+        if to <= from {
+            return Err(ApiError::invalid("createdTo", "must be after createdFrom"));
+        }
+    }
+    if filter.error_text.is_some() {
+        match filter.status {
+            None | Some(JobStatus::Failed) => filter.status = Some(JobStatus::Failed),
+            Some(other) => {
                 return Err(ApiError::invalid(
-                    other,
-                    format!("unknown query parameter `{other}`"),
+                    "error",
+                    format!(
+                        "searches the last error of failed reports; it cannot go with status `{}`",
+                        other.as_str()
+                    ),
                 ))
             }
         }
     }
     Ok(filter)
+}
+
+/// Sets one listing parameter on `filter`.
+fn apply_list_param(
+    filter: &mut reports::ListFilter,
+    key: &str,
+    value: &str,
+) -> Result<(), ApiError> {
+    match key {
+        "status" => {
+            filter.status = Some(JobStatus::parse(value).ok_or_else(|| {
+                ApiError::invalid(
+                    "status",
+                    format!(
+                    "`{value}` is not one of in-queue, in-progress, completed, failed, cancelled"
+                ),
+                )
+            })?)
+        }
+        "userId" => {
+            filter.user_id = Some(value.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(
+                || ApiError::invalid("userId", format!("`{value}` is not a positive integer")),
+            )?)
+        }
+        "limit" => filter.limit = super::parse_limit(value, MAX_LIMIT)?,
+        "cursor" => filter.after = Some(decode_cursor(value)?),
+        "createdFrom" => filter.created_from = Some(parse_instant("createdFrom", value)?),
+        "createdTo" => filter.created_to = Some(parse_instant("createdTo", value)?),
+        "error" => {
+            let text = value;
+            if text.is_empty() || text.chars().count() > MAX_ERROR_TEXT {
+                return Err(ApiError::invalid(
+                    "error",
+                    format!("must be 1 to {MAX_ERROR_TEXT} characters"),
+                ));
+            }
+            filter.error_text = Some(text.to_string());
+        }
+        // query_pairs passed only the names above.
+        other => {
+            return Err(ApiError::invalid(
+                other,
+                format!("unknown query parameter `{other}`"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// An instant of a listing filter: RFC 3339 (`2026-12-01T10:00:00Z`), or without an
+/// offset (`2026-12-01T10:00`, as a browser's date-time field sends it) or a bare date,
+/// both read as UTC.
+pub(crate) fn parse_instant(field: &str, raw: &str) -> Result<DateTime<Utc>, ApiError> {
+    let raw = raw.trim();
+    let parsed = DateTime::parse_from_rfc3339(raw)
+        .map(|at| at.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
+                .iter()
+                .find_map(|f| chrono::NaiveDateTime::parse_from_str(raw, f).ok())
+                .or_else(|| {
+                    chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+                        .ok()
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                })
+                .map(|naive| naive.and_utc())
+        })
+        .filter(|at| is_plain_instant(*at));
+    parsed.ok_or_else(|| {
+        ApiError::invalid(
+            field,
+            format!("`{raw}` is not a date-time (2026-12-01T10:00:00Z, 2026-12-01T10:00 or 2026-12-01, UTC)"),
+        )
+    })
 }
 
 /// A cursor is the last row's `(created_at, id)`, base64url-encoded.
@@ -1065,6 +1151,37 @@ fn not_retryable(id: Uuid, status: &str, stranded_after: std::time::Duration) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listing_filters_parse_and_name_the_field_at_fault() {
+        let f = parse_list_query("createdFrom=2026-01-01&createdTo=2026-01-02T10:30&error=503")
+            .expect("valid");
+        assert_eq!(
+            f.created_from.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2026-01-01T00:00:00+00:00")
+        );
+        assert_eq!(
+            f.created_to.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2026-01-02T10:30:00+00:00")
+        );
+        assert_eq!(f.error_text.as_deref(), Some("503"));
+        assert_eq!(f.status, Some(JobStatus::Failed), "error implies failed");
+        let field = |q: &str| parse_list_query(q).err().and_then(|e| e.field);
+        assert_eq!(
+            field("createdFrom=yesterday").as_deref(),
+            Some("createdFrom")
+        );
+        assert_eq!(
+            field("createdFrom=2026-01-02&createdTo=2026-01-01").as_deref(),
+            Some("createdTo")
+        );
+        assert_eq!(field("error=x&status=completed").as_deref(), Some("error"));
+        assert_eq!(
+            field(&format!("error={}", "x".repeat(201))).as_deref(),
+            Some("error")
+        );
+        assert!(parse_list_query("createdTo=2026-01-01T00:00:00%2B02:00").is_ok());
+    }
 
     fn date(raw: &str) -> Result<DateTime<Utc>, ApiError> {
         let mut object = Map::new();

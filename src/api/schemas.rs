@@ -299,6 +299,17 @@ pub(crate) struct ListReportsQuery {
     pub limit: Option<i64>,
     /// `nextCursor` of the previous page, as given (any other value is a 400).
     pub cursor: Option<String>,
+    /// Only reports created at or after this instant: RFC 3339, or UTC without an offset
+    /// (`2026-12-01T10:00`, `2026-12-01`).
+    #[param(format = DateTime)]
+    pub created_from: Option<String>,
+    /// Only reports created before this instant (same forms); after `createdFrom`.
+    #[param(format = DateTime)]
+    pub created_to: Option<String>,
+    /// Only failed reports whose `lastError` contains this text, any case (implies
+    /// `status=failed`; another status is a 400).
+    #[param(min_length = 1, max_length = 200)]
+    pub error: Option<String>,
 }
 
 /// A look into the DLQ (nothing is consumed).
@@ -471,6 +482,15 @@ reusable_error!(
     Unavailable,
     error_answer(
         "The database, the StatusActor or SQS is unreachable; retry later (`code: unavailable`)"
+    )
+);
+
+reusable_error!(
+    /// 403: the token is known but has the `read` role, and the route changes something.
+    Forbidden,
+    error_answer(
+        "The bearer token has the `read` role: it may only read (`code: forbidden`, \
+         `field: Authorization`)"
     )
 );
 

@@ -785,19 +785,66 @@ pub struct ListFilter {
     pub status: Option<JobStatus>,
     /// Only this user's reports; None for every user.
     pub user_id: Option<i64>,
+    /// Only reports created at or after this instant.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Only reports created before this instant.
+    pub created_to: Option<DateTime<Utc>>,
+    /// Only `failed` reports whose `last_error` contains this text (any case); the API
+    /// sets `status` to `failed` with it, so the scan walks the failed rows only.
+    pub error_text: Option<String>,
     /// Rows strictly after this `(created_at, id)` in newest-first order.
     pub after: Option<(DateTime<Utc>, Uuid)>,
     /// Most rows to return (the page size).
     pub limit: i64,
 }
 
-/// Newest first, keyset-paginated on `(created_at, id)`.
+/// `text` as an `ILIKE` pattern that matches it anywhere, its wildcards taken literally.
+pub(crate) fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// Newest first, keyset-paginated on `(created_at, id)`. Every filter keeps the order
+/// of an index, so a page costs its `limit` rows plus those skipped on the way: the
+/// created range bounds the walk of `report_queue_created_idx` (or of the status or user
+/// index, both ordered by `created_at` within their key); the error text is checked on
+/// the rows of `report_queue_status_created_idx` for `failed` only, newest first, until
+/// the page is full.
 pub async fn list(
     conn: &mut AsyncPgConnection,
     filter: &ListFilter,
 ) -> QueryResult<Vec<ReportRecord>> {
-    let mut query = rq::report_queue
+    filtered(filter)
         .select(ReportRecord::as_select())
+        .load(conn)
+        .await
+}
+
+/// [`list`]'s page as keys only, `(created_at, id)`: what a bulk action walks (the key
+/// is also the next page's cursor).
+pub(crate) async fn list_keys(
+    conn: &mut AsyncPgConnection,
+    filter: &ListFilter,
+) -> QueryResult<Vec<(DateTime<Utc>, Uuid)>> {
+    filtered(filter)
+        .select((rq::created_at, rq::id))
+        .load(conn)
+        .await
+}
+
+/// The listing's rows for `filter`, newest first, one page.
+fn filtered(
+    filter: &ListFilter,
+) -> crate::db::schema::report_queue::BoxedQuery<'static, diesel::pg::Pg> {
+    let mut query = rq::report_queue
         .order((rq::created_at.desc(), rq::id.desc()))
         .limit(filter.limit)
         .into_boxed();
@@ -807,6 +854,15 @@ pub async fn list(
     if let Some(user_id) = filter.user_id {
         query = query.filter(rq::user_id.eq(user_id));
     }
+    if let Some(from) = filter.created_from {
+        query = query.filter(rq::created_at.ge(from));
+    }
+    if let Some(to) = filter.created_to {
+        query = query.filter(rq::created_at.lt(to));
+    }
+    if let Some(text) = &filter.error_text {
+        query = query.filter(rq::last_error.ilike(contains_pattern(text)));
+    }
     if let Some((created_at, id)) = filter.after {
         query = query.filter(
             rq::created_at
@@ -814,12 +870,18 @@ pub async fn list(
                 .or(rq::created_at.eq(created_at).and(rq::id.lt(id))),
         );
     }
-    query.load(conn).await
+    query
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_text_matches_itself_anywhere_with_its_wildcards_taken_literally() {
+        assert_eq!(contains_pattern("timeout"), "%timeout%");
+        assert_eq!(contains_pattern("50%_a\\b"), "%50\\%\\_a\\\\b%");
+    }
 
     #[test]
     fn only_failed_attempts_count_and_hand_backs_keep_the_job_alive() {

@@ -1,6 +1,18 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    processes (id) {
+        id -> Uuid,
+        host -> Text,
+        pid -> Int4,
+        roles -> Text,
+        version -> Text,
+        started_at -> Timestamptz,
+        heartbeat_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     report_queue (id) {
         id -> Uuid,
         payload -> Jsonb,
@@ -71,6 +83,7 @@ diesel::table! {
 diesel::joinable!(webhook_deliveries -> report_queue (report_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    processes,
     report_queue,
     user_activity,
     webhook_deliveries,

@@ -540,6 +540,13 @@ async fn the_document_is_openapi_3_1_and_lists_every_error_a_route_can_answer() 
                     assert!(listed.contains(status), "{route}: no {status}");
                 }
             }
+            // A read token may only read: every other method documents its 403.
+            assert_eq!(
+                listed.contains("403"),
+                !matches!(method.as_str(), "get" | "head"),
+                "{route}: 403 listed = {}",
+                listed.contains("403")
+            );
             if operation.get("requestBody").is_some() {
                 assert!(listed.contains("415"), "{route}: no 415");
             }
@@ -590,6 +597,47 @@ async fn with_tokens_the_document_says_which_routes_need_one() {
             );
         }
     }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_read_token_gets_the_documented_403_on_every_route_that_changes_something() {
+    let app = spawn_app(AppOptions {
+        tokens: vec![reportd::config::ApiToken::Named {
+            name: "viewer".into(),
+            token: "read-s3cret".into(),
+            role: reportd::config::TokenRole::Read,
+        }],
+        ..api_only()
+    })
+    .await;
+    let (_, spec) = app.get_json("/openapi.json").await;
+    let mut checked = 0;
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            if !statuses(operation).contains("403") {
+                continue;
+            }
+            let method =
+                reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
+            let response = app
+                .http
+                .request(method.clone(), app.url(&concrete(path)))
+                .bearer_auth("read-s3cret")
+                .json(&json!({}))
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(response.status(), 403, "{method} {path}");
+            let body: Value = response.json().await.expect("json error");
+            assert_eq!(
+                body["error"]["code"], "forbidden",
+                "{method} {path}: {body}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "only {checked} routes document a 403");
     app.stop().await;
 }
 

@@ -161,7 +161,14 @@ impl Browser {
             .expect("target dir")
             .join("console-screenshots");
         std::fs::create_dir_all(&dir).expect("screenshot dir");
-        std::fs::write(dir.join(format!("{name}.png")), png).expect("screenshot saved");
+        std::fs::write(dir.join(format!("{name}.png")), &png).expect("screenshot saved");
+        // The README's screenshots: `REPORTD_SCREENSHOTS=docs/screenshots cargo test --test
+        // it console::` writes them there too (relative to the crate root, cargo's cwd).
+        if let Some(docs) = std::env::var_os("REPORTD_SCREENSHOTS") {
+            let docs = std::path::PathBuf::from(docs);
+            std::fs::create_dir_all(&docs).expect("REPORTD_SCREENSHOTS dir");
+            std::fs::write(docs.join(format!("{name}.png")), &png).expect("screenshot copied");
+        }
     }
 
     async fn close(mut self) {
@@ -546,5 +553,410 @@ async fn a_read_token_sees_no_action_and_every_action_it_tries_answers_403() {
     let body: Value = no_csrf.json().await.expect("json error");
     assert_eq!(body["error"]["code"], "csrf_mismatch", "{body}");
     assert_eq!(status_of(&app, id).await, "failed");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_worker_panic_shows_on_the_actors_page_as_a_restart_without_a_reload() {
+    let app = spawn_app(AppOptions {
+        tokens: tokens(),
+        workers: 1,
+        simulate: SimulateSettings {
+            panic_first_attempts: 1,
+            skip_generator: true,
+            ..SimulateSettings::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let browser = Browser::start().await;
+    browser.sign_in(&app, ADMIN).await;
+    browser.goto(&app, "/ui/actors").await;
+    browser
+        .wait_text("#actors", "worker-0", Duration::from_secs(5))
+        .await;
+    assert!(
+        browser
+            .c()
+            .find(Locator::Css("#actors tr.restarted"))
+            .await
+            .is_err(),
+        "no restart yet"
+    );
+    let before = browser.c().current_url().await.expect("url");
+    let id = submit(&app, 7).await;
+    // The generator panics on the first attempt: the worker restarts, then the retry
+    // completes the job. The page shows it by polling, without a reload.
+    browser
+        .wait_text(
+            "#actors tr.restarted td[data-testid=restarts]",
+            "1 (last",
+            Duration::from_secs(30),
+        )
+        .await;
+    let marked = browser
+        .text("#actors tr.restarted th")
+        .await
+        .unwrap_or_default();
+    assert_eq!(marked, "worker-0");
+    wait_status(&app, id, "completed").await;
+    assert_eq!(browser.c().current_url().await.expect("url"), before);
+    browser.screenshot("actors-restart").await;
+    browser.close().await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_overview_charts_follow_finished_jobs_without_a_reload() {
+    let app = spawn_app(AppOptions {
+        tokens: tokens(),
+        simulate: SimulateSettings {
+            skip_generator: true,
+            ..SimulateSettings::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let browser = Browser::start().await;
+    browser.sign_in(&app, ADMIN).await;
+    browser
+        .wait_text("#throughput", "completed (0)", Duration::from_secs(5))
+        .await;
+    assert!(browser
+        .text("#latency")
+        .await
+        .unwrap_or_default()
+        .contains("queue wait p95"));
+    let mut ids = Vec::new();
+    for user in 1..=3 {
+        ids.push(submit(&app, user).await);
+    }
+    for id in &ids {
+        wait_status(&app, *id, "completed").await;
+    }
+    browser
+        .wait_text("#throughput", "completed (3)", Duration::from_secs(10))
+        .await;
+    browser
+        .wait_text(
+            "[data-field=\"status.completed\"]",
+            "3",
+            Duration::from_secs(5),
+        )
+        .await;
+    let label = browser
+        .c()
+        .find(Locator::Css("#latency svg"))
+        .await
+        .expect("latency chart")
+        .attr("aria-label")
+        .await
+        .expect("label")
+        .unwrap_or_default();
+    assert!(label.contains("queue wait p50"), "{label}");
+    let lines = browser
+        .c()
+        .find_all(Locator::Css("#throughput polyline"))
+        .await
+        .expect("lines");
+    assert_eq!(lines.len(), 2, "completed and failed");
+    browser
+        .c()
+        .execute("document.getElementById('h').scrollIntoView()", Vec::new())
+        .await
+        .expect("scrolls to the charts");
+    browser.screenshot("overview-charts").await;
+    browser.close().await;
+    app.stop().await;
+}
+
+/// The fleet table's rows as the Actors page shows them now.
+async fn process_rows(browser: &Browser) -> Vec<String> {
+    let mut texts = Vec::new();
+    for row in browser
+        .c()
+        .find_all(Locator::Css("#processes tr"))
+        .await
+        .expect("rows")
+    {
+        texts.push(row.text().await.unwrap_or_default());
+    }
+    texts
+}
+
+/// Waits until the fleet table (updated by polling, never reloaded) satisfies `check`.
+async fn wait_rows(browser: &Browser, what: &str, check: impl Fn(&[String]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = process_rows(browser).await;
+        if check(&rows) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: never; rows {rows:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[actix_web::test]
+async fn two_daemons_on_one_database_are_both_listed_and_a_stopped_one_leaves() {
+    let first = spawn_app(AppOptions {
+        tokens: tokens(),
+        ..AppOptions::default()
+    })
+    .await;
+    let second = spawn_app(AppOptions {
+        tokens: tokens(),
+        roles: vec![reportd::config::Role::Worker],
+        database_url: Some(first.settings.database.url.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let browser = Browser::start().await;
+    browser.sign_in(&first, ADMIN).await;
+    browser.goto(&first, "/ui/actors").await;
+    wait_rows(&browser, "both processes listed", |rows| {
+        rows.len() == 2
+            && rows
+                .iter()
+                .any(|r| r.contains("(this process)") && r.contains("api,worker"))
+            && rows
+                .iter()
+                .any(|r| !r.contains("(this process)") && r.contains("worker"))
+            && rows.iter().all(|r| r.ends_with("live"))
+    })
+    .await;
+    browser
+        .c()
+        .execute(
+            "document.getElementById('processes').scrollIntoView()",
+            Vec::new(),
+        )
+        .await
+        .expect("scrolls to the processes");
+    browser.screenshot("fleet").await;
+
+    // A clean shutdown deletes the row; the open page drops it without a reload.
+    second.stop().await;
+    wait_rows(&browser, "the stopped process gone", |rows| {
+        rows.len() == 1 && rows[0].contains("(this process)")
+    })
+    .await;
+
+    // A process that stopped refreshing shows as stale; one silent for an hour is pruned
+    // by the live process's next heartbeat.
+    let db = pg_connect(&first.settings.database.url).await;
+    db.execute(
+        "INSERT INTO processes (id, host, pid, roles, version, started_at, heartbeat_at) VALUES \
+         ('00000000-0000-4000-8000-000000000001', 'stuck-host', 11, 'worker', '0.0.1', now() - interval '5 minutes', now() - interval '1 minute'), \
+         ('00000000-0000-4000-8000-000000000002', 'gone-host', 12, 'worker', '0.0.1', now() - interval '3 hours', now() - interval '2 hours')",
+        &[],
+    )
+    .await
+    .expect("rows inserted");
+    wait_rows(
+        &browser,
+        "the stuck process stale, the gone one pruned",
+        |rows| {
+            rows.len() == 2
+                && rows
+                    .iter()
+                    .any(|r| r.contains("stuck-host") && r.ends_with("stale"))
+                && !rows.iter().any(|r| r.contains("gone-host"))
+        },
+    )
+    .await;
+    let stale = browser
+        .c()
+        .find(Locator::Css("#processes tr.alert"))
+        .await
+        .expect("the stale row is marked")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(stale.contains("stuck-host"), "{stale}");
+    browser.close().await;
+    first.stop().await;
+}
+
+/// The ids the Jobs table lists now.
+async fn listed_ids(browser: &Browser) -> Vec<String> {
+    let mut ids = Vec::new();
+    for row in browser
+        .c()
+        .find_all(Locator::Css("#rows tr"))
+        .await
+        .expect("rows")
+    {
+        if let Ok(Some(id)) = row.attr("data-id").await {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+#[actix_web::test]
+async fn jobs_filter_by_creation_time_and_error_text_and_bad_values_name_the_field() {
+    let app = spawn_app(failing_once()).await;
+    let old = submit(&app, 41).await;
+    let recent = submit(&app, 42).await;
+    let other = submit(&app, 43).await;
+    for id in [old, recent, other] {
+        wait_status(&app, id, "failed").await;
+    }
+    let db = pg_connect(&app.settings.database.url).await;
+    db.execute(
+        "UPDATE report_queue SET created_at = now() - interval '2 days' WHERE id = $1::text::uuid",
+        &[&old.to_string()],
+    )
+    .await
+    .expect("moved back");
+    db.execute(
+        "UPDATE report_queue SET last_error = 'upstream answered 503 (50%_off)' WHERE id = $1::text::uuid",
+        &[&recent.to_string()],
+    )
+    .await
+    .expect("error set");
+
+    let browser = Browser::start().await;
+    browser.sign_in(&app, ADMIN).await;
+    browser.goto(&app, "/ui/jobs").await;
+    browser
+        .wait_text("#rows", &old.to_string(), Duration::from_secs(5))
+        .await;
+    // Text in lastError, typed into the form; `%` and `_` are taken literally.
+    let field = browser
+        .c()
+        .find(Locator::Css("#error"))
+        .await
+        .expect("error field");
+    field.send_keys("50%_OFF").await.expect("types");
+    browser.click("form.filters button[type=submit]").await;
+    browser
+        .wait_text("#rows", &recent.to_string(), Duration::from_secs(5))
+        .await;
+    assert_eq!(listed_ids(&browser).await, vec![recent.to_string()]);
+    browser.screenshot("jobs-filtered").await;
+
+    // Created since yesterday (as a browser's date-time field sends it, UTC).
+    let since = (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M");
+    browser
+        .goto(&app, &format!("/ui/jobs?createdFrom={since}"))
+        .await;
+    browser
+        .wait_text("#rows", &recent.to_string(), Duration::from_secs(5))
+        .await;
+    let mut ids = listed_ids(&browser).await;
+    ids.sort();
+    let mut expected = vec![recent.to_string(), other.to_string()];
+    expected.sort();
+    assert_eq!(ids, expected, "the two-day-old job is left out");
+    let until = (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%d");
+    browser
+        .goto(&app, &format!("/ui/jobs?createdTo={until}"))
+        .await;
+    browser
+        .wait_text("#rows", &old.to_string(), Duration::from_secs(5))
+        .await;
+    assert_eq!(listed_ids(&browser).await, vec![old.to_string()]);
+
+    // A bad value: the page says which field and keeps it in the form.
+    browser.goto(&app, "/ui/jobs?createdFrom=yesterday").await;
+    let alert = browser
+        .wait_text(
+            "[data-testid=filter-error]",
+            "createdFrom",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(alert.contains("not a date-time"), "{alert}");
+    browser.close().await;
+
+    // The JSON endpoints answer 400 naming the field.
+    let (cookie, _) = session_cookie(&app, ADMIN).await;
+    let live = app
+        .http
+        .get(app.url("/ui/api/jobs?createdTo=soon"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("live");
+    assert_eq!(live.status(), 400);
+    let body: Value = live.json().await.expect("json");
+    assert_eq!(body["error"]["field"], "createdTo", "{body}");
+    let api = app
+        .http
+        .get(app.url("/reports?error=503&status=completed"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(api.status(), 400);
+    let body: Value = api.json().await.expect("json");
+    assert_eq!(body["error"]["field"], "error", "{body}");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn everything_matching_a_filter_is_retried_after_a_confirmation_stating_the_count() {
+    let app = spawn_app(failing_once()).await;
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        mine.push(submit(&app, 51).await);
+    }
+    let other = submit(&app, 52).await;
+    for id in mine.iter().chain([&other]) {
+        wait_status(&app, *id, "failed").await;
+    }
+    let browser = Browser::start().await;
+    browser.sign_in(&app, ADMIN).await;
+    browser.goto(&app, "/ui/jobs?status=failed&userId=51").await;
+    browser
+        .wait_text("#rows", &mine[0].to_string(), Duration::from_secs(5))
+        .await;
+    browser.click("[data-testid=bulk-retry]").await;
+    let count = browser
+        .wait_text(
+            "[data-testid=bulk-count]",
+            "Retry 3 jobs",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(count.contains("status=failed&userId=51"), "{count}");
+    browser.screenshot("bulk-confirm").await;
+    browser
+        .click("form[action='/ui/jobs/bulk'] button[type=submit]")
+        .await;
+    let outcome = browser
+        .wait_text("[data-testid=outcome]", "done", Duration::from_secs(20))
+        .await;
+    assert!(
+        outcome.contains("Retry: 3 of 3 matching jobs done."),
+        "{outcome}"
+    );
+    for id in &mine {
+        wait_status(&app, *id, "completed").await;
+    }
+    assert_eq!(status_of(&app, other).await, "failed", "outside the filter");
+    browser.close().await;
+
+    // A reader cannot open the confirmation, and a POST without the CSRF token is refused.
+    let (reader, _) = session_cookie(&app, VIEWER).await;
+    let refused = no_redirects()
+        .get(app.url("/ui/jobs/bulk?action=retry&status=failed"))
+        .header("cookie", &reader)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(refused.status(), 403);
+    let (admin, _) = session_cookie(&app, ADMIN).await;
+    let refused = no_redirects()
+        .post(app.url("/ui/jobs/bulk"))
+        .header("cookie", &admin)
+        .form(&[("action", "retry"), ("status", "failed")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 403);
+    assert_eq!(status_of(&app, other).await, "failed");
     app.stop().await;
 }

@@ -14,6 +14,40 @@ use crate::dlq::{DlqEntry, Selection};
 /// How many messages the page lists (the JSON API's default).
 const PAGE: usize = 100;
 
+/// `GET /ui/api/dlq`: the DLQ's depth as the background refresh last read it, polled
+/// every 2 s. The listing itself is not polled: it receives the messages from SQS.
+pub(super) async fn live(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    viewer(&req, &state)?;
+    let mut fields = serde_json::Map::new();
+    super::overview::queue_fields(&state, &mut fields);
+    fields.insert(
+        "updatedAt".into(),
+        chrono::Utc::now().format("%H:%M:%S UTC").to_string().into(),
+    );
+    Ok(super::overview::live_json(
+        serde_json::json!({ "fields": fields }),
+    ))
+}
+
+/// The live line above the listing: the DLQ's depth now.
+fn depth_line(state: &AppState) -> String {
+    let mut fields = serde_json::Map::new();
+    super::overview::queue_fields(state, &mut fields);
+    let shown = |key: &str| esc(&fields.get(key).map(pages::text_of).unwrap_or_default());
+    format!(
+        "<p class=\"note\">In the DLQ now: <span data-field=\"dlq.visible\" data-testid=\"dlq-visible\">{}</span> visible, \
+         <span data-field=\"dlq.inFlight\">{}</span> in flight (live, from the depth refresh every 5 s; \
+         updated <span data-field=\"updatedAt\">{}</span>) <span id=\"live\" aria-live=\"polite\"></span>. \
+         The list below is as of loading the page: reload to list again.</p>",
+        shown("dlq.visible"),
+        shown("dlq.inFlight"),
+        chrono::Utc::now().format("%H:%M:%S UTC")
+    )
+}
+
 /// `GET /ui/dlq`.
 pub(super) async fn list(
     req: HttpRequest,
@@ -38,26 +72,28 @@ pub(super) async fn list(
     );
     let body = if viewer.is_admin() {
         format!(
-            "<p data-testid=\"dlq-count\">{} messages.</p>\
+            "{}<p data-testid=\"dlq-count\">{} messages.</p>\
              <form method=\"post\" action=\"/ui/dlq/action\" data-confirm=\"message\" data-total=\"{}\">{}\
              <p class=\"actions\"><label><input type=\"checkbox\" data-select-all> Select all</label>\
              <button type=\"submit\" name=\"action\" value=\"redrive\" data-verb=\"Redrive\">Redrive selected</button>\
              <button type=\"submit\" name=\"action\" value=\"redrive-all\" data-verb=\"Redrive\" data-all>Redrive all</button>\
              <button type=\"submit\" name=\"action\" value=\"discard\" data-verb=\"Discard\">Discard selected</button></p>{table}</form>",
+            depth_line(&state),
             entries.len(),
             entries.len(),
             csrf_input(&viewer)
         )
     } else {
         format!(
-            "<p data-testid=\"dlq-count\">{} messages.</p>{table}",
+            "{}<p data-testid=\"dlq-count\">{} messages.</p>{table}",
+            depth_line(&state),
             entries.len()
         )
     };
     let page = Page {
         title: "Dead letters",
         tab: Tab::DeadLetters,
-        poll: None,
+        poll: Some("/ui/api/dlq".into()),
         body,
     };
     Ok(html(StatusCode::OK, pages::layout(&page, Some(&viewer))))

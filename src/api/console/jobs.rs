@@ -18,12 +18,16 @@ use crate::db::{self};
 /// Most jobs one bulk action takes (a page's worth: the selection is a page's checkboxes).
 const MAX_SELECTION: usize = 200;
 
+/// The listing's filters, as the form names them and the JSON API reads them.
+pub(super) const FILTERS: [&str; 5] = ["status", "userId", "createdFrom", "createdTo", "error"];
+
 /// The listing's query with empty fields (an unset filter) left out, so that the JSON
 /// API's parser ([`reports::parse_list_query`]) reads exactly what it reads there.
-fn listing_query(raw: &str) -> String {
+pub(super) fn listing_query(raw: &str) -> String {
     url::form_urlencoded::parse(raw.as_bytes())
         .filter(|(k, v)| {
-            !v.is_empty() && matches!(k.as_ref(), "status" | "userId" | "cursor" | "limit")
+            !v.is_empty()
+                && (FILTERS.contains(&k.as_ref()) || matches!(k.as_ref(), "cursor" | "limit"))
         })
         .fold(
             url::form_urlencoded::Serializer::new(String::new()),
@@ -35,62 +39,135 @@ fn listing_query(raw: &str) -> String {
         .finish()
 }
 
-/// The filter form, with the current values selected.
-fn filter_form(status: Option<JobStatus>, user_id: Option<i64>) -> String {
+/// The first value of `key` in a query string, or "".
+fn query_value(query: &str, key: &str) -> String {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// The filter form, filled with the query's values (valid or not, so a mistake can be
+/// corrected in place).
+pub(super) fn filter_form(query: &str) -> String {
+    let status = query_value(query, "status");
     let mut options = String::from("<option value=\"\">any</option>");
     for s in JobStatus::ALL {
-        let selected = if Some(s) == status { " selected" } else { "" };
+        let selected = if s.as_str() == status {
+            " selected"
+        } else {
+            ""
+        };
         options.push_str(&format!("<option{selected}>{}</option>", s.as_str()));
     }
-    let user = user_id.map(|u| u.to_string()).unwrap_or_default();
+    let v = |key: &str| esc(&query_value(query, key));
     format!(
         "<form method=\"get\" action=\"/ui/jobs\" class=\"filters\">\
          <label for=\"status\">Status</label><select id=\"status\" name=\"status\">{options}</select>\
-         <label for=\"userId\">User id</label><input id=\"userId\" name=\"userId\" inputmode=\"numeric\" value=\"{}\">\
+         <label for=\"userId\">User id</label><input id=\"userId\" name=\"userId\" inputmode=\"numeric\" size=\"8\" value=\"{}\">\
+         <label for=\"createdFrom\">Created from (UTC)</label><input id=\"createdFrom\" name=\"createdFrom\" type=\"datetime-local\" value=\"{}\">\
+         <label for=\"createdTo\">to</label><input id=\"createdTo\" name=\"createdTo\" type=\"datetime-local\" value=\"{}\">\
+         <label for=\"error\">Last error contains</label><input id=\"error\" name=\"error\" type=\"search\" maxlength=\"200\" value=\"{}\">\
          <button type=\"submit\">Filter</button></form>",
-        esc(&user)
+        v("userId"),
+        v("createdFrom"),
+        v("createdTo"),
+        v("error"),
     )
 }
 
-/// `GET /ui/jobs?status=&userId=&cursor=`: newest first, a page at a time.
-pub(super) async fn list(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ConsoleError> {
-    let viewer = viewer(&req, &state)?;
-    let query = listing_query(req.query_string());
-    let filter = reports::parse_list_query(&query)?;
+/// One page of the listing for the console's `query` (already [`listing_query`]).
+async fn listing(
+    state: &AppState,
+    query: &str,
+) -> Result<(db::reports::ListFilter, Vec<db::models::ReportRecord>), ConsoleError> {
+    let filter = reports::parse_list_query(query)?;
     let mut conn = db::connection(&state.pool)
         .await
         .map_err(crate::api::error::ApiError::from)?;
     let rows = db::reports::list(&mut conn, &filter)
         .await
         .map_err(crate::api::error::ApiError::from)?;
-    drop(conn);
+    Ok((filter, rows))
+}
+
+/// `GET /ui/api/jobs?…`: the rows of the same page, polled every 2 s (the page keeps its
+/// rows while a checkbox is ticked, so a selection is never lost). A bad filter is a 400
+/// naming it, as on `GET /reports`.
+pub(super) async fn list_json(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let viewer = viewer(&req, &state)?;
+    let (_, rows) = listing(&state, &listing_query(req.query_string())).await?;
     let mut table_rows = String::new();
     for row in &rows {
         table_rows.push_str(&job_row(row, viewer.is_admin()));
     }
-    let next = (rows.len() as i64 == filter.limit)
-        .then(|| rows.last().map(|r| encode_cursor(r.created_at, r.id)))
-        .flatten()
-        .map(|cursor| {
-            let mut next = url::form_urlencoded::Serializer::new(String::new());
-            if let Some(s) = filter.status {
-                next.append_pair("status", s.as_str());
-            }
-            if let Some(u) = filter.user_id {
-                next.append_pair("userId", &u.to_string());
-            }
-            next.append_pair("cursor", &cursor);
-            format!(
-                "<p><a rel=\"next\" href=\"/ui/jobs?{}\">Next page</a></p>",
-                esc(&next.finish())
-            )
-        })
-        .unwrap_or_default();
+    Ok(super::overview::live_json(json!({
+        "fields": { "updatedAt": chrono::Utc::now().format("%H:%M:%S UTC").to_string() },
+        "html": { "rows": table_rows },
+    })))
+}
+
+/// The "Next page" link: the same filters, the last row's cursor.
+fn next_link(
+    query: &str,
+    filter: &db::reports::ListFilter,
+    rows: &[db::models::ReportRecord],
+) -> String {
+    let Some(last) = rows.last().filter(|_| rows.len() as i64 == filter.limit) else {
+        return String::new();
+    };
+    let mut next = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if FILTERS.contains(&k.as_ref()) {
+            next.append_pair(&k, &v);
+        }
+    }
+    next.append_pair("cursor", &encode_cursor(last.created_at, last.id));
+    format!(
+        "<p><a rel=\"next\" href=\"/ui/jobs?{}\">Next page</a></p>",
+        esc(&next.finish())
+    )
+}
+
+/// `GET /ui/jobs?status=&userId=&createdFrom=&createdTo=&error=&cursor=`: newest first, a
+/// page at a time (live). A bad filter shows the form again with the reason (the page
+/// answers 200, as the sign-in form does: the API's error middleware would turn an HTML
+/// 400 into JSON).
+pub(super) async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ConsoleError> {
+    let viewer = viewer(&req, &state)?;
+    let query = listing_query(req.query_string());
+    let (filter, rows) = match listing(&state, &query).await {
+        Ok(listed) => listed,
+        Err(ConsoleError::Api(e)) if e.status == StatusCode::BAD_REQUEST => {
+            let body = format!(
+                "{}<p class=\"error\" role=\"alert\" data-testid=\"filter-error\">{}: {}</p>",
+                filter_form(&query),
+                esc(e.field.as_deref().unwrap_or("filter")),
+                esc(&e.message)
+            );
+            let page = Page {
+                title: "Jobs",
+                tab: Tab::Jobs,
+                poll: None,
+                body,
+            };
+            return Ok(html(StatusCode::OK, pages::layout(&page, Some(&viewer))));
+        }
+        Err(e) => return Err(e),
+    };
+    let mut table_rows = String::new();
+    for row in &rows {
+        table_rows.push_str(&job_row(row, viewer.is_admin()));
+    }
+    let next = next_link(&query, &filter, &rows);
     let back = format!("/ui/jobs?{query}");
-    let table = pages::table(
+    let table = pages::live_table(
         "Jobs, newest first",
         &[
             "",
@@ -102,16 +179,20 @@ pub(super) async fn list(
             "Last error",
         ],
         &table_rows,
+        "rows",
     );
     let body = format!(
-        "{}{}{next}",
-        filter_form(filter.status, filter.user_id),
+        "{}{}<p class=\"note\">Updated <span data-field=\"updatedAt\">{}</span> \
+         <span id=\"live\" aria-live=\"polite\"></span></p>{}{next}",
+        filter_form(&query),
+        super::bulk::links(&viewer, &query),
+        chrono::Utc::now().format("%H:%M:%S UTC"),
         bulk_form(&viewer, &table, &back)
     );
     let page = Page {
         title: "Jobs",
         tab: Tab::Jobs,
-        poll: None,
+        poll: Some(format!("/ui/api/jobs?{query}")),
         body,
     };
     Ok(html(StatusCode::OK, pages::layout(&page, Some(&viewer))))
@@ -317,9 +398,56 @@ fn actions_block(viewer: &Viewer, id: Uuid) -> String {
 
 /// What a console action does to each job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum JobAction {
+pub(super) enum JobAction {
     Retry,
     Cancel,
+}
+
+impl JobAction {
+    /// The form's spelling (`retry`, `cancel`), or a 400 naming `action`.
+    pub(super) fn parse(raw: Option<&str>) -> Result<JobAction, crate::api::error::ApiError> {
+        match raw {
+            Some("retry") => Ok(JobAction::Retry),
+            Some("cancel") => Ok(JobAction::Cancel),
+            _ => Err(crate::api::error::ApiError::invalid(
+                "action",
+                "action must be retry or cancel",
+            )),
+        }
+    }
+
+    /// The verb, capitalised, for buttons and outcomes.
+    pub(super) fn verb(self) -> &'static str {
+        match self {
+            JobAction::Retry => "Retry",
+            JobAction::Cancel => "Cancel",
+        }
+    }
+
+    /// The form's spelling.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            JobAction::Retry => "retry",
+            JobAction::Cancel => "cancel",
+        }
+    }
+}
+
+/// Retries or cancels one job through the functions `POST /reports/{id}/retry` and
+/// `…/cancel` run; the outcome in words.
+pub(super) async fn apply(
+    state: &web::Data<AppState>,
+    action: JobAction,
+    id: Uuid,
+) -> Result<String, crate::api::error::ApiError> {
+    match action {
+        JobAction::Retry => reports::retry(web::Path::from(id.to_string()), state.clone())
+            .await
+            .map(|_| "retried".to_string()),
+        JobAction::Cancel => reports::cancel_one(state, id, None)
+            .await
+            .map(|(_, record)| format!("now {}", record.status)),
+    }
 }
 
 /// `POST /ui/jobs/action` with `action=retry|cancel`, `ids=…` (one or more), `csrf`.
@@ -330,17 +458,7 @@ pub(super) async fn action(
 ) -> Result<HttpResponse, ConsoleError> {
     let form = Form::read(body, &state).await?;
     let viewer = acting_viewer(&req, &state, &form)?;
-    let action = match form.first("action") {
-        Some("retry") => JobAction::Retry,
-        Some("cancel") => JobAction::Cancel,
-        _ => {
-            return Err(crate::api::error::ApiError::invalid(
-                "action",
-                "action must be retry or cancel",
-            )
-            .into())
-        }
-    };
+    let action = JobAction::parse(form.first("action"))?;
     let ids = form.all("ids");
     if ids.is_empty() || ids.len() > MAX_SELECTION {
         return Err(crate::api::error::ApiError::invalid(
@@ -356,15 +474,7 @@ pub(super) async fn action(
     let mut lines = Vec::with_capacity(ids.len());
     let mut done = 0;
     for id in &ids {
-        let outcome = match action {
-            JobAction::Retry => reports::retry(web::Path::from(id.to_string()), state.clone())
-                .await
-                .map(|_| "retried".to_string()),
-            JobAction::Cancel => reports::cancel_one(&state, *id, None)
-                .await
-                .map(|(_, record)| format!("now {}", record.status)),
-        };
-        match outcome {
+        match apply(&state, action, *id).await {
             Ok(what) => {
                 done += 1;
                 lines.push(format!("{id}: {what}"));
@@ -401,5 +511,16 @@ mod tests {
             "userId=7&cursor=abc"
         );
         assert_eq!(listing_query(""), "");
+        assert_eq!(
+            listing_query("createdFrom=2026-01-01T10%3A00&createdTo=&error=time+out"),
+            "createdFrom=2026-01-01T10%3A00&error=time+out"
+        );
+    }
+
+    #[test]
+    fn the_form_keeps_what_was_typed_even_when_it_is_wrong() {
+        let form = filter_form("createdFrom=yesterday&error=%3Cb%3E");
+        assert!(form.contains("value=\"yesterday\""), "{form}");
+        assert!(form.contains("value=\"&lt;b&gt;\""), "{form}");
     }
 }

@@ -8,6 +8,8 @@
 //! Without tokens, everyone is an anonymous reader, or an admin when
 //! `ui.allow_anonymous_admin` is set.
 
+mod bulk;
+mod charts;
 mod dlq;
 mod jobs;
 mod overview;
@@ -53,8 +55,16 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/ui/logout").route(web::post().to(logout)))
         .service(resource("/ui/api/overview").route(web::get().to(overview::json)))
         .service(resource("/ui/actors").route(web::get().to(overview::actors)))
+        .service(resource("/ui/api/actors").route(web::get().to(overview::actors_json)))
+        .service(resource("/ui/api/jobs").route(web::get().to(jobs::list_json)))
+        .service(resource("/ui/api/dlq").route(web::get().to(dlq::live)))
         .service(resource("/ui/jobs").route(web::get().to(jobs::list)))
         .service(resource("/ui/jobs/action").route(web::post().to(jobs::action)))
+        .service(
+            resource("/ui/jobs/bulk")
+                .route(web::get().to(bulk::confirm))
+                .route(web::post().to(bulk::act)),
+        )
         .service(resource("/ui/jobs/{id}").route(web::get().to(jobs::detail)))
         .service(resource("/ui/jobs/{id}/file").route(web::get().to(jobs::file)))
         .service(resource("/ui/api/jobs/{id}").route(web::get().to(jobs::json)))

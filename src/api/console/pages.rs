@@ -119,12 +119,23 @@ pub(crate) fn csrf_input(viewer: &Viewer) -> String {
 
 /// A table with a header row; `rows` are already `<tr>…</tr>`.
 pub(crate) fn table(caption: &str, headers: &[&str], rows: &str) -> String {
+    live_table(caption, headers, rows, "")
+}
+
+/// A table whose body has the id `body_id` (none when empty): a live endpoint's `html`
+/// map replaces the rows under that key.
+pub(crate) fn live_table(caption: &str, headers: &[&str], rows: &str, body_id: &str) -> String {
+    let id = if body_id.is_empty() {
+        String::new()
+    } else {
+        format!(" id=\"{}\"", esc(body_id))
+    };
     let mut head = String::new();
     for h in headers {
         let _ = write!(head, "<th scope=\"col\">{h}</th>");
     }
     format!(
-        "<div class=\"scroll\"><table><caption>{}</caption><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>",
+        "<div class=\"scroll\"><table><caption>{}</caption><thead><tr>{head}</tr></thead><tbody{id}>{rows}</tbody></table></div>",
         esc(caption)
     )
 }
