@@ -458,6 +458,7 @@ fn start_consumer(
             retry: settings.retry.clone(),
             max_in_flight_per_user: settings.fairness.max_in_flight_per_user,
             fair_release_delay_s: settings.fairness.release_delay_s,
+            fair_max_release_delay_s: settings.fairness.max_release_delay_s,
         },
         abort,
         metrics: parts.metrics.clone(),

@@ -44,8 +44,10 @@ pub(crate) struct Limits {
     pub retry: RetrySettings,
     /// `fairness.max_in_flight_per_user` (0 = no cap), passed to the claim.
     pub max_in_flight_per_user: u32,
-    /// `fairness.release_delay_s`: how long a job released at the cap waits.
+    /// `fairness.release_delay_s`: how long a job released at the cap first waits.
     pub fair_release_delay_s: u32,
+    /// `fairness.max_release_delay_s`: the longest a job released at the cap waits.
+    pub fair_max_release_delay_s: u32,
 }
 
 /// What a claim found, as far as the rules care.
@@ -165,12 +167,12 @@ pub(crate) fn on_claim(claim: &ClaimSeen, receive_count: u32, limits: &Limits) -
             hand_back(CLAIM_RETRY_DELAY_S, receive_count, limits),
             Group::Stop,
         ),
-        // Not a failure and nothing written: back soon, so other users' jobs go first.
+        // Not a failure and nothing written: back later, so other users' jobs go first.
         // Each release is one more SQS receive; `hand_back` renews the message before
         // its receives run out, so the redrive never sees a capped job.
         ClaimSeen::UserAtCap => settle(
             None,
-            hand_back(limits.fair_release_delay_s, receive_count, limits),
+            hand_back(release_delay_s(receive_count, limits), receive_count, limits),
             Group::Stop,
         ),
     }
@@ -263,6 +265,22 @@ pub(crate) fn cancelled_at_end() -> Decision {
     }
 }
 
+/// How long a job released at its user's cap stays away: `release_delay_s ×
+/// 2^(receives − 1)`, at most `max_release_delay_s`. A busy user's backlog is many
+/// messages that each come back to be released again; with a fixed 2 s their receives
+/// and releases took the workers' time from other users' jobs (the noisy-user bench:
+/// about 500 releases/s for a backlog of 1,000). The longest delay bounds the other
+/// side: once the backlog is smaller than the cap's throughput × that delay, the user's
+/// own jobs come back slower than slots free (a 60 s ceiling left that bench's capped
+/// user a tail of minutes), so it stays short.
+pub(crate) fn release_delay_s(receive_count: u32, limits: &Limits) -> u32 {
+    let doublings = receive_count.saturating_sub(1).min(16);
+    limits
+        .fair_release_delay_s
+        .saturating_mul(1u32 << doublings)
+        .min(limits.fair_max_release_delay_s)
+}
+
 /// Hands a message back to SQS to be received again after `delay_s`: hidden, or — when
 /// it has few receives left before SQS's redrive — replaced by a fresh copy.
 pub(crate) fn hand_back(delay_s: u32, receive_count: u32, limits: &Limits) -> MessageAction {
@@ -316,6 +334,7 @@ mod tests {
             },
             max_in_flight_per_user: 0,
             fair_release_delay_s: 2,
+            fair_max_release_delay_s: 10,
         }
     }
 
@@ -422,7 +441,20 @@ mod tests {
         else {
             panic!("a capped job does not run");
         };
-        assert_eq!(decision.message, MessageAction::Renew { delay_s: 2 });
+        assert_eq!(decision.message, MessageAction::Renew { delay_s: 10 });
+    }
+
+    #[test]
+    fn each_release_of_a_message_doubles_its_delay_up_to_the_longest() {
+        let limits = limits(false);
+        let delays: Vec<u32> = (1..=5).map(|n| release_delay_s(n, &limits)).collect();
+        assert_eq!(delays, [2, 4, 8, 10, 10]);
+        assert_eq!(
+            release_delay_s(0, &limits),
+            2,
+            "a count of 0 is a first receive"
+        );
+        assert_eq!(release_delay_s(u32::MAX, &limits), 10);
     }
 
     #[test]

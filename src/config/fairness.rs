@@ -14,8 +14,11 @@ pub struct FairnessSettings {
     /// worker that receives a job of a user at the cap hands it back (not a failure) for
     /// `release_delay_s`, so other users' jobs run first.
     pub max_in_flight_per_user: u32,
-    /// Seconds a job released at the cap stays invisible before it is received again.
+    /// Seconds a job released at the cap stays invisible the first time; each later
+    /// release of the same message doubles it, up to `max_release_delay_s`.
     pub release_delay_s: u32,
+    /// The longest a released job stays invisible.
+    pub max_release_delay_s: u32,
 }
 
 impl Default for FairnessSettings {
@@ -23,6 +26,7 @@ impl Default for FairnessSettings {
         Self {
             max_in_flight_per_user: 0,
             release_delay_s: 2,
+            max_release_delay_s: 10,
         }
     }
 }
@@ -48,6 +52,15 @@ impl FairnessSettings {
                 ),
             });
         }
+        if !(self.release_delay_s..=MAX_RELEASE_DELAY_S).contains(&self.max_release_delay_s) {
+            return Err(ConfigError::Invalid {
+                key: "fairness.max_release_delay_s",
+                reason: format!(
+                    "{} is outside fairness.release_delay_s ({})..={MAX_RELEASE_DELAY_S}",
+                    self.max_release_delay_s, self.release_delay_s
+                ),
+            });
+        }
         Ok(())
     }
 }
@@ -65,6 +78,13 @@ mod tests {
         let message = settings.validate().unwrap_err().to_string();
         assert!(message.contains("fairness.release_delay_s"), "{message}");
         settings.release_delay_s = 2;
+        settings.max_release_delay_s = 1;
+        let message = settings.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("fairness.max_release_delay_s"),
+            "{message}"
+        );
+        settings.max_release_delay_s = 10;
         settings.max_in_flight_per_user = 100_001;
         let message = settings.validate().unwrap_err().to_string();
         assert!(
