@@ -22,13 +22,22 @@ struct Oldest {
     at: Option<DateTime<Utc>>,
 }
 
-/// How many jobs each status has, counting at most `cap + 1` rows of each: the scan
-/// walks `report_queue_status_created_idx` for one status and stops after `cap + 1`
-/// entries, so a million completed rows cost what `cap` rows cost. A count above `cap`
-/// means "more than `cap`".
+/// How many jobs each status has, counting at most `cap + 1` rows of each, so that a
+/// count above `cap` means "more than `cap`".
 pub(crate) async fn status_counts(
     conn: &mut AsyncPgConnection,
     cap: i64,
+) -> diesel::QueryResult<Vec<(JobStatus, i64)>> {
+    bounded_status_counts(conn, cap + 1).await
+}
+
+/// How many jobs each status has, counting at most `limit` rows of each: the scan walks
+/// `report_queue_status_created_idx` for one status and stops after `limit` entries, so
+/// a million completed rows cost what `limit` rows cost. The console and the upkeep
+/// figures both count this way.
+pub(crate) async fn bounded_status_counts(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
 ) -> diesel::QueryResult<Vec<(JobStatus, i64)>> {
     let mut counts = Vec::with_capacity(JobStatus::ALL.len());
     for status in JobStatus::ALL {
@@ -37,7 +46,7 @@ pub(crate) async fn status_counts(
              (SELECT 1 FROM report_queue WHERE status = $1 LIMIT $2) AS bounded",
         )
         .bind::<Text, _>(status.as_str())
-        .bind::<BigInt, _>(cap + 1)
+        .bind::<BigInt, _>(limit)
         .get_result(conn)
         .await?;
         counts.push((status, counted.n));

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Double, Nullable, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Value};
 
@@ -54,12 +54,6 @@ struct TableStats {
 struct Seconds {
     #[diesel(sql_type = Nullable<Double>)]
     seconds: Option<f64>,
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    count: i64,
 }
 
 /// One reading of the figures.
@@ -120,19 +114,7 @@ pub(crate) async fn read(conn: &mut AsyncPgConnection) -> QueryResult<Hygiene> {
     )
     .get_result(conn)
     .await?;
-    let mut rows = Vec::new();
-    for status in JobStatus::ALL {
-        let count: Count = diesel::sql_query(
-            "SELECT count(*)::bigint AS count FROM \
-             (SELECT 1 FROM report_queue WHERE status = $1 \
-              ORDER BY created_at DESC, id DESC LIMIT $2) AS capped",
-        )
-        .bind::<Text, _>(status.as_str())
-        .bind::<BigInt, _>(ROW_COUNT_CAP)
-        .get_result(conn)
-        .await?;
-        rows.push((status, count.count));
-    }
+    let rows = super::console::bounded_status_counts(conn, ROW_COUNT_CAP).await?;
     let stats: Option<TableStats> = diesel::sql_query(
         "SELECT n_live_tup AS live, n_dead_tup AS dead, last_vacuum, last_autovacuum \
          FROM pg_stat_user_tables WHERE relid = 'report_queue'::regclass",

@@ -352,10 +352,13 @@ pub async fn claim_many_fair(
     let mut claimed = claim_many(conn, &allowed, stale_after_s).await?.into_iter();
     Ok(ids
         .iter()
-        .map(|id| match over.contains(id) {
-            true => ClaimOutcome::UserAtCap,
-            // `claim_many` answers once per allowed id, in order.
-            false => claimed.next().unwrap_or(ClaimOutcome::HeldElsewhere),
+        .map(|id| {
+            if over.contains(id) {
+                ClaimOutcome::UserAtCap
+            } else {
+                // `claim_many` answers once per allowed id, in order.
+                claimed.next().unwrap_or(ClaimOutcome::HeldElsewhere)
+            }
         })
         .collect())
 }
