@@ -194,6 +194,8 @@ pub struct StatusActor {
     pending: Vec<Pending>,
     /// Whether a flush is running (at most one at a time keeps writes ordered).
     flushing: bool,
+    /// Under load, the next flush waits a moment for more writes (group commit).
+    lingering: bool,
     /// Flushes started so far; the number of the running one.
     flush_seq: u64,
     /// The number of the last finished flush, for pauses waiting on it.
@@ -218,6 +220,7 @@ impl StatusActor {
             pool,
             pending: Vec::new(),
             flushing: false,
+            lingering: false,
             flush_seq: 0,
             completed: Arc::new(watch::channel(0).0),
             max_batch: 256,
@@ -229,6 +232,9 @@ impl StatusActor {
 
     fn start_flush(&mut self, ctx: &mut Context<Self>) {
         if self.flushing || self.pending.is_empty() {
+            return;
+        }
+        if self.lingering && self.pending.len() < LINGER_UNTIL {
             return;
         }
         self.flushing = true;
@@ -246,6 +252,7 @@ impl StatusActor {
                 .send(Err(DbError::Expired(WRITE_DEADLINE.as_secs())));
         }
         let batch: Vec<(WriteOp, Reply)> = batch.into_iter().map(|w| (w.op, w.reply)).collect();
+        let size = batch.len();
         let pool = self.pool.clone();
         let probe = self.probe.clone();
         let metrics = self.metrics.clone();
@@ -257,7 +264,6 @@ impl StatusActor {
             let _finished = finished;
             let started = Instant::now();
             probe.with(|f| f.flush_started = Some(started));
-            let size = batch.len();
             execute_batch(&pool, batch).await;
             let seconds = started.elapsed().as_secs_f64();
             probe.with(|f| {
@@ -278,9 +284,45 @@ impl StatusActor {
                 probe.with(|f| f.flush_started = None);
             }
             actor.flushing = false;
+            if linger_after(size) {
+                actor.lingering = true;
+                ctx.spawn(wrap_future::<_, Self>(let_answered_writers_run()).map(
+                    |_, actor, ctx| {
+                        actor.lingering = false;
+                        actor.start_flush(ctx);
+                    },
+                ));
+            }
             actor.start_flush(ctx);
         }));
     }
+}
+
+/// Scheduler rounds the next flush waits after a flush that carried several writes.
+/// A flush's answers wake the workers that were waiting on it, and most of them send
+/// their next write (a claimed job's end, a finished job's next claim) a few task hops
+/// later: the answer, the worker's task, the generator's task. Starting the next flush
+/// at once sends it without them, and they wait a whole flush for the one after. Each
+/// flush costs PostgreSQL a fixed share whatever its size (a transaction, a commit's WAL
+/// flush, planning each statement, the round trips), so letting the ready tasks run a
+/// few rounds first makes flushes bigger and fewer. No timer: a round is microseconds, so
+/// nobody's latency grows; a timer of even 1 ms cost the drain bench 10 % of its jobs/s.
+/// Measured on the drain bench: 11 → 15 writes per flush, jobs/s unchanged.
+const LINGER_ROUNDS: usize = 3;
+
+async fn let_answered_writers_run() {
+    for _ in 0..LINGER_ROUNDS {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Writes that end a linger early: enough to make the flush's fixed cost small.
+const LINGER_UNTIL: usize = 64;
+
+/// Whether the flush after one of `size` writes should linger: only when writes arrived
+/// faster than one per flush, so the wait gathers more and costs an idle process nothing.
+pub(crate) fn linger_after(size: usize) -> bool {
+    size >= 2
 }
 
 impl Actor for StatusActor {
@@ -293,6 +335,7 @@ impl Actor for StatusActor {
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
         // Never drop accepted writes: keep running until the last flush is done.
+        self.lingering = false;
         if self.flushing || !self.pending.is_empty() {
             self.start_flush(ctx);
             return Running::Continue;
@@ -306,6 +349,7 @@ impl Supervised for StatusActor {
         self.slot.restarted("the StatusActor stopped");
         // A flush task still running answers its own senders; the next one may start.
         self.flushing = false;
+        self.lingering = false;
     }
 }
 
@@ -699,6 +743,14 @@ pub(crate) async fn mark_enqueued(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_write_is_flushed_at_once_and_only_a_busy_writer_waits_for_more() {
+        assert!(!linger_after(0));
+        assert!(!linger_after(1));
+        assert!(linger_after(2));
+        assert!(linger_after(LINGER_UNTIL));
+    }
 
     #[test]
     fn a_flush_that_panics_still_signals_that_it_finished() {

@@ -8,6 +8,7 @@
 pub(crate) mod console;
 pub(crate) mod hygiene;
 pub mod models;
+pub(crate) mod prepared;
 pub(crate) mod processes;
 pub mod reconcile;
 pub mod reports;

@@ -17,6 +17,7 @@ use diesel::sql_types::{
 };
 
 use super::models::{JobStatus, NewReport, ReportFile, ReportRecord};
+use super::prepared::prepared;
 use super::schema::report_queue::dsl as rq;
 
 /// What a worker's claim found.
@@ -109,9 +110,12 @@ pub async fn insert_many(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    // The key's unique index is partial (only rows with a key, migration 000010), so the
+    // conflict target names its predicate.
     diesel::insert_into(rq::report_queue)
         .values(rows.to_vec())
         .on_conflict(rq::idempotency_key)
+        .filter_target(rq::idempotency_key.is_not_null())
         .do_nothing()
         .returning(rq::id)
         .get_results(conn)
@@ -235,8 +239,9 @@ pub async fn claim_many(
     // Taking over a stale `in-progress` row means its worker was lost mid-attempt
     // (killed, or cut off from the database): that attempt counts as a failure, so a
     // job that kills its worker every time still ends after `max_attempts`.
-    let claimed: Vec<ClaimedRow> = diesel::sql_query(
-        "UPDATE report_queue SET status = 'in-progress', attempts = attempts + 1, \
+    let claimed: Vec<ClaimedRow> = prepared(
+        diesel::sql_query(
+            "UPDATE report_queue SET status = 'in-progress', attempts = attempts + 1, \
            failures = failures + (status = 'in-progress')::int, \
            last_error = CASE WHEN status = 'in-progress' \
              THEN 'attempt ' || attempts || ': its worker stopped heart-beating (lost)' \
@@ -247,9 +252,10 @@ pub async fn claim_many(
            (status = 'in-queue' AND (not_after IS NULL OR attempts > 0 OR not_after >= now())) OR \
            (status = 'in-progress' AND updated_at < now() - $2::float8 * interval '1 second')) \
          RETURNING id, attempts, failures, payload, created_at, max_runtime_s",
+        )
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<BigInt, _>(stale_after_s),
     )
-    .bind::<Array<SqlUuid>, _>(ids)
-    .bind::<BigInt, _>(stale_after_s)
     .load(conn)
     .await?;
     let mut claimed: HashMap<Uuid, ClaimedRow> =
@@ -315,25 +321,29 @@ pub async fn claim_many_fair(
     if max_per_user == 0 || ids.is_empty() {
         return claim_many(conn, ids, stale_after_s).await;
     }
-    diesel::sql_query(
-        "SELECT pg_advisory_xact_lock(hashtextextended('reportd fairness ' || u, 0)) \
+    prepared(
+        diesel::sql_query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('reportd fairness ' || u, 0)) \
          FROM (SELECT DISTINCT user_id AS u FROM report_queue \
                WHERE id = ANY($1) AND status = 'in-queue' AND user_id IS NOT NULL \
                ORDER BY 1) AS users",
+        )
+        .bind::<Array<SqlUuid>, _>(ids),
     )
-    .bind::<Array<SqlUuid>, _>(ids)
     .execute(conn)
     .await?;
-    let candidates: Vec<CapCandidate> = diesel::sql_query(
-        "SELECT q.id, q.user_id, (SELECT count(*) FROM report_queue r \
+    let candidates: Vec<CapCandidate> = prepared(
+        diesel::sql_query(
+            "SELECT q.id, q.user_id, (SELECT count(*) FROM report_queue r \
              WHERE r.user_id = q.user_id AND r.status = 'in-progress' \
                AND r.updated_at >= now() - $2::float8 * interval '1 second') AS running \
          FROM report_queue q \
          WHERE q.id = ANY($1) AND q.status = 'in-queue' AND q.user_id IS NOT NULL \
            AND q.cancel_requested_at IS NULL",
+        )
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<BigInt, _>(stale_after_s),
     )
-    .bind::<Array<SqlUuid>, _>(ids)
-    .bind::<BigInt, _>(stale_after_s)
     .load(conn)
     .await?;
     let candidates: HashMap<Uuid, (i64, i64)> = candidates
@@ -430,7 +440,7 @@ async fn cancel_unclaimable(
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
-    Ok(diesel::sql_query(
+    Ok(prepared(diesel::sql_query(
         "UPDATE report_queue SET status = 'cancelled', finished_at = now(), updated_at = now(), \
            cancel_reason = CASE WHEN cancel_requested_at IS NULL THEN 'expired' ELSE cancel_reason END, \
            cancel_requested_at = COALESCE(cancel_requested_at, now()) \
@@ -442,7 +452,7 @@ async fn cancel_unclaimable(
          RETURNING id",
     )
     .bind::<Array<SqlUuid>, _>(ids)
-    .bind::<BigInt, _>(stale_after_s)
+    .bind::<BigInt, _>(stale_after_s))
     .load::<IdRow>(conn)
     .await?
     .into_iter()
@@ -516,10 +526,12 @@ pub(crate) async fn busy_rows(
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
-    let locked: HashSet<Uuid> = diesel::sql_query(
-        "SELECT id FROM report_queue WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED",
+    let locked: HashSet<Uuid> = prepared(
+        diesel::sql_query(
+            "SELECT id FROM report_queue WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED",
+        )
+        .bind::<Array<SqlUuid>, _>(ids),
     )
-    .bind::<Array<SqlUuid>, _>(ids)
     .load::<IdRow>(conn)
     .await?
     .into_iter()
@@ -564,7 +576,7 @@ pub async fn touch_many(
         .iter()
         .map(|(_, _, progress)| progress.clone())
         .collect();
-    let touched: HashMap<Uuid, bool> = diesel::sql_query(
+    let touched: HashMap<Uuid, bool> = prepared(diesel::sql_query(
         "UPDATE report_queue r SET updated_at = now(), progress = COALESCE(v.progress, r.progress) \
          FROM unnest($1, $2, $3) AS v(id, attempt, progress) \
          WHERE r.id = v.id AND r.status = 'in-progress' AND r.attempts = v.attempt \
@@ -572,7 +584,7 @@ pub async fn touch_many(
     )
     .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Array<Integer>, _>(&attempts)
-    .bind::<Array<Nullable<Jsonb>>, _>(&progress)
+    .bind::<Array<Nullable<Jsonb>>, _>(&progress))
     .load::<TouchedRow>(conn)
     .await?
     .into_iter()
@@ -640,8 +652,9 @@ pub async fn complete_many(
     let attempts: Vec<i32> = items.iter().map(|(_, attempt, ..)| *attempt).collect();
     let urls: Vec<Option<String>> = items.iter().map(|(_, _, url, _)| url.clone()).collect();
     let files = FileArrays::of(items.iter().map(|(.., file)| file.as_ref()));
-    let completed: HashSet<(Uuid, i32)> = diesel::sql_query(
-        "UPDATE report_queue r SET status = 'completed', report_url = v.url, \
+    let completed: HashSet<(Uuid, i32)> = prepared(
+        diesel::sql_query(
+            "UPDATE report_queue r SET status = 'completed', report_url = v.url, \
            file_key = v.key, file_size_bytes = v.size, file_sha256 = v.sha256, \
            file_content_type = v.content_type, file_rows = v.rows, file_gzip = v.gzip, \
            finished_at = now(), updated_at = now(), \
@@ -650,16 +663,17 @@ pub async fn complete_many(
            AS v(id, attempt, url, key, size, sha256, content_type, rows, gzip) \
          WHERE r.id = v.id AND r.status = 'in-progress' AND r.attempts = v.attempt \
          RETURNING r.id, r.attempts",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<Integer>, _>(&attempts)
+        .bind::<Array<Nullable<Text>>, _>(&urls)
+        .bind::<Array<Nullable<Text>>, _>(&files.keys)
+        .bind::<Array<Nullable<BigInt>>, _>(&files.sizes)
+        .bind::<Array<Nullable<Text>>, _>(&files.sha256s)
+        .bind::<Array<Nullable<Text>>, _>(&files.content_types)
+        .bind::<Array<Nullable<BigInt>>, _>(&files.rows)
+        .bind::<Array<Nullable<Bool>>, _>(&files.gzips),
     )
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .bind::<Array<Integer>, _>(&attempts)
-    .bind::<Array<Nullable<Text>>, _>(&urls)
-    .bind::<Array<Nullable<Text>>, _>(&files.keys)
-    .bind::<Array<Nullable<BigInt>>, _>(&files.sizes)
-    .bind::<Array<Nullable<Text>>, _>(&files.sha256s)
-    .bind::<Array<Nullable<Text>>, _>(&files.content_types)
-    .bind::<Array<Nullable<BigInt>>, _>(&files.rows)
-    .bind::<Array<Nullable<Bool>>, _>(&files.gzips)
     .load::<CompletedRow>(conn)
     .await?
     .into_iter()
@@ -696,8 +710,9 @@ pub async fn end_attempt(
         return Ok(applied.then_some(JobStatus::Completed));
     }
     let write = end.write();
-    let row: Option<StatusRow> = diesel::sql_query(
-        "UPDATE report_queue SET \
+    let row: Option<StatusRow> = prepared(
+        diesel::sql_query(
+            "UPDATE report_queue SET \
            status = CASE WHEN $3 THEN \
              (CASE WHEN cancel_requested_at IS NULL THEN 'in-queue' ELSE 'cancelled' END) \
              ELSE $4 END, \
@@ -708,14 +723,15 @@ pub async fn end_attempt(
            updated_at = now() \
          WHERE id = $1 AND status = 'in-progress' AND attempts = $2 \
          RETURNING status",
+        )
+        .bind::<SqlUuid, _>(id)
+        .bind::<Integer, _>(attempt)
+        .bind::<diesel::sql_types::Bool, _>(write.status.is_none())
+        .bind::<Text, _>(write.status.map_or("", JobStatus::as_str))
+        .bind::<Nullable<Text>, _>(write.last_error)
+        .bind::<Integer, _>(i32::from(write.counts_failure))
+        .bind::<Nullable<Text>, _>(write.report_url),
     )
-    .bind::<SqlUuid, _>(id)
-    .bind::<Integer, _>(attempt)
-    .bind::<diesel::sql_types::Bool, _>(write.status.is_none())
-    .bind::<Text, _>(write.status.map_or("", JobStatus::as_str))
-    .bind::<Nullable<Text>, _>(write.last_error)
-    .bind::<Integer, _>(i32::from(write.counts_failure))
-    .bind::<Nullable<Text>, _>(write.report_url)
     .get_result(conn)
     .await
     .optional()?;
