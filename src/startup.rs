@@ -19,6 +19,7 @@ use crate::actors::fate;
 use crate::actors::poller::PollerActor;
 use crate::actors::poller::{GetPollerStats, StopPolling};
 use crate::actors::registry::{ActorRegistry, StormLimit};
+use crate::actors::run_estimate::RunEstimate;
 use crate::actors::status::{StatusActor, StatusProbe};
 use crate::actors::worker::{ReportWorker, WorkerDeps};
 use crate::api::all_events::AllReportsFeed;
@@ -463,6 +464,7 @@ fn start_consumer(
         abort,
         metrics: parts.metrics.clone(),
         db_gate: db_gate.clone(),
+        run_estimate: RunEstimate::default(),
     });
     let count = settings.workers.count;
     let sqs_settings = settings.sqs.clone();

@@ -20,6 +20,8 @@
 //!
 //! Pure functions only: the worker (`worker.rs`) carries the decisions out.
 
+use std::time::Duration;
+
 use crate::config::RetrySettings;
 use crate::db::reports::AttemptEnd;
 
@@ -44,7 +46,7 @@ pub(crate) struct Limits {
     pub retry: RetrySettings,
     /// `fairness.max_in_flight_per_user` (0 = no cap), passed to the claim.
     pub max_in_flight_per_user: u32,
-    /// `fairness.release_delay_s`: how long a job released at the cap first waits.
+    /// `fairness.release_delay_s`: the shortest a job released at the cap waits.
     pub fair_release_delay_s: u32,
     /// `fairness.max_release_delay_s`: the longest a job released at the cap waits.
     pub fair_max_release_delay_s: u32,
@@ -64,8 +66,9 @@ pub(crate) enum ClaimSeen {
     NotFound(uuid::Uuid),
     /// The claim did not commit (database away, row locked, writer overloaded).
     Unavailable,
-    /// Not claimed: the job's user is at `fairness.max_in_flight_per_user`.
-    UserAtCap,
+    /// Not claimed: the job's user is at `fairness.max_in_flight_per_user`, with
+    /// `ahead` of its queued jobs created before this one.
+    UserAtCap { ahead: u32 },
 }
 
 /// How an attempt ended.
@@ -125,8 +128,14 @@ pub(crate) enum ClaimDecision {
     Settle(Decision),
 }
 
-/// The decision after a claim.
-pub(crate) fn on_claim(claim: &ClaimSeen, receive_count: u32, limits: &Limits) -> ClaimDecision {
+/// The decision after a claim; `run_estimate` is how long an attempt runs lately (it
+/// sizes how long a job released at its user's cap stays away).
+pub(crate) fn on_claim(
+    claim: &ClaimSeen,
+    receive_count: u32,
+    run_estimate: Duration,
+    limits: &Limits,
+) -> ClaimDecision {
     let settle = |end, message, group| {
         ClaimDecision::Settle(Decision {
             end,
@@ -167,14 +176,18 @@ pub(crate) fn on_claim(claim: &ClaimSeen, receive_count: u32, limits: &Limits) -
             hand_back(CLAIM_RETRY_DELAY_S, receive_count, limits),
             Group::Stop,
         ),
-        // Not a failure and nothing written: back later, so other users' jobs go first.
-        // Each release is one more SQS receive; `hand_back` renews the message before
-        // its receives run out, so the redrive never sees a capped job.
-        ClaimSeen::UserAtCap => settle(
-            None,
-            hand_back(release_delay_s(receive_count, limits), receive_count, limits),
-            Group::Stop,
-        ),
+        // Not a failure and nothing written: back about when its turn comes, so other
+        // users' jobs go first. Each release is one more SQS receive; `hand_back` renews
+        // the message before its receives run out, so the redrive never sees a capped job.
+        ClaimSeen::UserAtCap { ahead } => {
+            let delay_s = capped_release_delay_s(
+                *ahead,
+                limits.max_in_flight_per_user,
+                run_estimate,
+                limits,
+            );
+            settle(None, hand_back(delay_s, receive_count, limits), Group::Stop)
+        }
     }
 }
 
@@ -265,20 +278,31 @@ pub(crate) fn cancelled_at_end() -> Decision {
     }
 }
 
-/// How long a job released at its user's cap stays away: `release_delay_s ×
-/// 2^(receives − 1)`, at most `max_release_delay_s`. A busy user's backlog is many
-/// messages that each come back to be released again; with a fixed 2 s their receives
-/// and releases took the workers' time from other users' jobs (the noisy-user bench:
-/// about 500 releases/s for a backlog of 1,000). The longest delay bounds the other
-/// side: once the backlog is smaller than the cap's throughput × that delay, the user's
-/// own jobs come back slower than slots free (a 60 s ceiling left that bench's capped
-/// user a tail of minutes), so it stays short.
-pub(crate) fn release_delay_s(receive_count: u32, limits: &Limits) -> u32 {
-    let doublings = receive_count.saturating_sub(1).min(16);
-    limits
-        .fair_release_delay_s
-        .saturating_mul(1u32 << doublings)
-        .min(limits.fair_max_release_delay_s)
+/// How long a job released at its user's cap stays away: about the time until the
+/// user's slots reach it, `ahead × run_estimate / cap` seconds (its `ahead` queued jobs
+/// created before it run `cap` at a time), rounded up and clamped to
+/// `[release_delay_s, max_release_delay_s]`.
+///
+/// A busy user's backlog is many messages that each come back to be released again.
+/// Brought back at a fixed rhythm (2 s, later doubling up to 10 s), a backlog of 3,750
+/// jobs was ~375 receives, claims and visibility changes a second of which ~25 could
+/// run, and that churn took the workers' and SQS's time from every other user. Sized by
+/// the backlog, each message comes back about when its turn comes: the user's slots
+/// still fill as they free (the jobs next in line come back after the shortest delay),
+/// and the far end of the backlog stays away for up to the longest.
+pub(crate) fn capped_release_delay_s(
+    ahead: u32,
+    cap: u32,
+    run_estimate: Duration,
+    limits: &Limits,
+) -> u32 {
+    let shortest = limits.fair_release_delay_s;
+    let longest = limits.fair_max_release_delay_s.max(shortest);
+    // With the cap off no claim is `UserAtCap`; 0 counts as 1 so the division is defined.
+    let turn_s = f64::from(ahead) * run_estimate.as_secs_f64() / f64::from(cap.max(1));
+    // Finite and ≥ 0 (a Duration's seconds over a positive cap); `as` saturates.
+    let turn_s = turn_s.ceil().min(f64::from(longest)) as u32;
+    turn_s.clamp(shortest, longest)
 }
 
 /// Hands a message back to SQS to be received again after `delay_s`: hidden, or — when
@@ -321,6 +345,9 @@ pub(crate) fn stale_after_s(visibility_timeout_s: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run estimate for claims whose decision does not depend on it.
+    const RUN: Duration = Duration::from_secs(1);
 
     fn limits(fifo: bool) -> Limits {
         Limits {
@@ -367,7 +394,7 @@ mod tests {
             attempt: 1,
             failures: 0,
         };
-        assert_eq!(on_claim(&claim, 1, &limits(false)), ClaimDecision::Run);
+        assert_eq!(on_claim(&claim, 1, RUN, &limits(false)), ClaimDecision::Run);
     }
 
     #[test]
@@ -376,7 +403,7 @@ mod tests {
             attempt: 4,
             failures: 3,
         };
-        let ClaimDecision::Settle(decision) = on_claim(&claim, 4, &limits(false)) else {
+        let ClaimDecision::Settle(decision) = on_claim(&claim, 4, RUN, &limits(false)) else {
             panic!("must not run");
         };
         assert!(matches!(decision.end, Some(AttemptEnd::GaveUp { .. })));
@@ -385,7 +412,7 @@ mod tests {
 
     #[test]
     fn a_duplicate_of_a_finished_job_is_deleted() {
-        let decision = on_claim(&ClaimSeen::AlreadyFinished, 1, &limits(false));
+        let decision = on_claim(&ClaimSeen::AlreadyFinished, 1, RUN, &limits(false));
         assert_eq!(
             decision,
             ClaimDecision::Settle(Decision {
@@ -398,7 +425,8 @@ mod tests {
 
     #[test]
     fn a_duplicate_of_a_running_job_is_hidden_for_a_visibility_timeout_and_stops_the_group() {
-        let ClaimDecision::Settle(decision) = on_claim(&ClaimSeen::HeldElsewhere, 1, &limits(true))
+        let ClaimDecision::Settle(decision) =
+            on_claim(&ClaimSeen::HeldElsewhere, 1, RUN, &limits(true))
         else {
             panic!("must not run");
         };
@@ -410,7 +438,8 @@ mod tests {
     #[test]
     fn a_poison_message_is_dead_lettered_at_once() {
         let id = uuid::Uuid::new_v4();
-        let ClaimDecision::Settle(decision) = on_claim(&ClaimSeen::NotFound(id), 1, &limits(false))
+        let ClaimDecision::Settle(decision) =
+            on_claim(&ClaimSeen::NotFound(id), 1, RUN, &limits(false))
         else {
             panic!("must not run");
         };
@@ -420,10 +449,18 @@ mod tests {
         assert!(reason.contains(&id.to_string()), "{reason}");
     }
 
+    fn capped(cap: u32) -> Limits {
+        Limits {
+            max_in_flight_per_user: cap,
+            fair_max_release_delay_s: 300,
+            ..limits(false)
+        }
+    }
+
     #[test]
-    fn a_job_at_its_users_cap_goes_back_for_the_release_delay_without_counting() {
-        let ClaimDecision::Settle(decision) = on_claim(&ClaimSeen::UserAtCap, 1, &limits(false))
-        else {
+    fn a_job_at_its_users_cap_goes_back_without_counting_and_stops_its_group() {
+        let seen = ClaimSeen::UserAtCap { ahead: 0 };
+        let ClaimDecision::Settle(decision) = on_claim(&seen, 1, RUN, &capped(5)) else {
             panic!("a capped job does not run");
         };
         assert_eq!(
@@ -434,32 +471,70 @@ mod tests {
                 group: Group::Stop,
             }
         );
-        // Near the end of its receives the message is renewed, never redriven.
-        let limits = limits(false);
-        let ClaimDecision::Settle(decision) =
-            on_claim(&ClaimSeen::UserAtCap, limits.max_receive_count, &limits)
-        else {
-            panic!("a capped job does not run");
-        };
-        assert_eq!(decision.message, MessageAction::Renew { delay_s: 10 });
     }
 
     #[test]
-    fn each_release_of_a_message_doubles_its_delay_up_to_the_longest() {
-        let limits = limits(false);
-        let delays: Vec<u32> = (1..=5).map(|n| release_delay_s(n, &limits)).collect();
-        assert_eq!(delays, [2, 4, 8, 10, 10]);
+    fn a_capped_job_near_the_end_of_its_receives_is_renewed_never_redriven() {
+        let limits = capped(5);
+        let seen = ClaimSeen::UserAtCap { ahead: 100 };
+        let ClaimDecision::Settle(decision) =
+            on_claim(&seen, limits.max_receive_count, RUN, &limits)
+        else {
+            panic!("a capped job does not run");
+        };
+        assert_eq!(decision.message, MessageAction::Renew { delay_s: 20 });
+    }
+
+    #[test]
+    fn a_job_far_behind_its_users_backlog_stays_away_until_about_its_turn() {
+        // 1,000 jobs ahead, 2 s each, 25 at a time: its turn is 80 s away.
+        let seen = ClaimSeen::UserAtCap { ahead: 1_000 };
+        let ClaimDecision::Settle(decision) =
+            on_claim(&seen, 1, Duration::from_secs(2), &capped(25))
+        else {
+            panic!("a capped job does not run");
+        };
+        assert_eq!(decision.message, MessageAction::Hide { delay_s: 80 });
+    }
+
+    #[test]
+    fn the_delay_is_the_time_until_the_users_slots_reach_the_job_rounded_up() {
+        let limits = capped(4);
+        let run = Duration::from_millis(1_500);
+        assert_eq!(capped_release_delay_s(10, 4, run, &limits), 4, "3.75 s");
+        assert_eq!(capped_release_delay_s(40, 4, run, &limits), 15);
+        assert_eq!(capped_release_delay_s(41, 4, run, &limits), 16, "15.4 s");
+    }
+
+    #[test]
+    fn a_job_next_in_line_comes_back_after_the_shortest_delay() {
+        let limits = capped(4);
+        for ahead in [0, 1, 5] {
+            assert_eq!(capped_release_delay_s(ahead, 4, RUN, &limits), 2, "{ahead}");
+        }
+        let instant = Duration::ZERO;
+        assert_eq!(capped_release_delay_s(1_000, 4, instant, &limits), 2);
+    }
+
+    #[test]
+    fn no_backlog_keeps_a_job_away_longer_than_the_longest_delay() {
+        let mut limits = capped(1);
+        let hour = Duration::from_secs(3_600);
+        assert_eq!(capped_release_delay_s(1_000, 1, hour, &limits), 300);
         assert_eq!(
-            release_delay_s(0, &limits),
-            2,
-            "a count of 0 is a first receive"
+            capped_release_delay_s(u32::MAX, 1, Duration::MAX, &limits),
+            300
         );
-        assert_eq!(release_delay_s(u32::MAX, &limits), 10);
+        limits.fair_max_release_delay_s = 10;
+        assert_eq!(capped_release_delay_s(1_000, 1, RUN, &limits), 10);
+        // A cap of 0 (off) cannot release a job; were it asked, no division by zero.
+        assert_eq!(capped_release_delay_s(5, 0, RUN, &limits), 5);
     }
 
     #[test]
     fn a_claim_that_cannot_commit_is_retried_without_counting() {
-        let ClaimDecision::Settle(decision) = on_claim(&ClaimSeen::Unavailable, 2, &limits(false))
+        let ClaimDecision::Settle(decision) =
+            on_claim(&ClaimSeen::Unavailable, 2, RUN, &limits(false))
         else {
             panic!("must not run");
         };

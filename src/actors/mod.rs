@@ -3,9 +3,13 @@
 //! - [`status::StatusActor`]: the single, batching writer to `report_queue`.
 //! - `poller::PollerActor`: long-polls SQS for as many messages as there are idle workers.
 //! - `worker::ReportWorker`: runs one job (or one FIFO group) at a time.
+//!
+//! Beside them, what the workers share: `fate` (the pure rules for a job's fate) and
+//! `run_estimate` (how long an attempt runs lately).
 
 pub(crate) mod fate;
 pub(crate) mod poller;
 pub mod registry;
+pub(crate) mod run_estimate;
 pub mod status;
 pub(crate) mod worker;

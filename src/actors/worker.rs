@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::fate::{self, AttemptResult, ClaimDecision, ClaimSeen, Decision, Group, MessageAction};
 use super::registry::ActorSlot;
+use super::run_estimate::RunEstimate;
 use super::status::{self, StatusActor};
 use crate::db::models::JobStatus;
 use crate::db::reports::{AttemptEnd, ClaimOutcome, Heartbeat};
@@ -59,6 +60,9 @@ pub(crate) struct WorkerDeps {
     pub metrics: Arc<Metrics>,
     /// Tripped when a write fails because the database is away.
     pub db_gate: DbGate,
+    /// How long an attempt runs lately: sizes how long a job released at its user's
+    /// cap stays away. Every worker's finished attempts feed it.
+    pub run_estimate: RunEstimate,
 }
 
 /// One slot of the worker pool.
@@ -327,7 +331,7 @@ async fn claim_and_run(
     let (result, panicked) =
         run_attempt(deps, job, keepalive.cancel_signal(), claimed.max_runtime).await;
     deps.metrics.jobs_in_flight.dec();
-    log_result(&result, started.elapsed().as_millis() as u64, deps);
+    note_run_time(deps, &result, started.elapsed());
     let decision = fate::after_attempt(
         &result,
         claimed.failures,
@@ -381,16 +385,17 @@ async fn claim_or_settle(
         tracing::info!("job cancelled at its claim (a pending cancel, or not started by notAfter)");
         deps.metrics.jobs_cancelled.inc();
     }
-    if claim == Some(ClaimOutcome::UserAtCap) {
+    if matches!(claim, Some(ClaimOutcome::UserAtCap { .. })) {
         deps.metrics.fairness_releases.inc();
     }
     let seen = claim
         .as_ref()
         .map_or(ClaimSeen::Unavailable, |c| seen_of(c, id));
+    let run_estimate = deps.run_estimate.get();
     if let ClaimDecision::Settle(decision) =
-        fate::on_claim(&seen, message.receive_count, &deps.limits)
+        fate::on_claim(&seen, message.receive_count, run_estimate, &deps.limits)
     {
-        tracing::info!(claim = ?seen, action = ?decision.message, "settling the message without running the job");
+        log_settle(&seen, &decision, run_estimate);
         let attempt = match seen {
             ClaimSeen::Claimed { attempt, .. } => Some(attempt),
             _ => None,
@@ -435,8 +440,36 @@ fn seen_of(claim: &ClaimOutcome, id: Uuid) -> ClaimSeen {
         ClaimOutcome::AlreadyFinished(_) | ClaimOutcome::CancelledNow => ClaimSeen::AlreadyFinished,
         ClaimOutcome::HeldElsewhere => ClaimSeen::HeldElsewhere,
         ClaimOutcome::NotFound => ClaimSeen::NotFound(id),
-        ClaimOutcome::UserAtCap => ClaimSeen::UserAtCap,
+        ClaimOutcome::UserAtCap { ahead } => ClaimSeen::UserAtCap { ahead: *ahead },
     }
+}
+
+/// Logs a claim settled without running. A release at the user's cap is at debug level:
+/// a busy user's backlog makes many, and the hot path must not flood the log.
+fn log_settle(seen: &ClaimSeen, decision: &Decision, run_estimate: Duration) {
+    if let ClaimSeen::UserAtCap { ahead } = seen {
+        tracing::debug!(
+            ahead,
+            run_estimate_ms = run_estimate.as_millis() as u64,
+            action = ?decision.message,
+            "released at the user's cap until about its turn"
+        );
+    } else {
+        tracing::info!(claim = ?seen, action = ?decision.message, "settling the message without running the job");
+    }
+}
+
+/// Logs an attempt's result and feeds its run time to the run estimate. Completions and
+/// failures only: a shutdown or cancel cuts a run short, and host trouble says nothing
+/// about the work, so their times would skew how long jobs take.
+fn note_run_time(deps: &WorkerDeps, result: &AttemptResult, took: Duration) {
+    if matches!(
+        result,
+        AttemptResult::Completed { .. } | AttemptResult::Failed { .. }
+    ) {
+        deps.run_estimate.record(took);
+    }
+    log_result(result, took.as_millis() as u64, deps);
 }
 
 fn log_result(result: &AttemptResult, elapsed_ms: u64, deps: &WorkerDeps) {

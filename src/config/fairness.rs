@@ -11,13 +11,17 @@ use super::ConfigError;
 #[serde(deny_unknown_fields, default)]
 pub struct FairnessSettings {
     /// Most jobs of one user `in-progress` at once over the whole fleet; 0 = no cap. A
-    /// worker that receives a job of a user at the cap hands it back (not a failure) for
-    /// `release_delay_s`, so other users' jobs run first.
+    /// worker that receives a job of a user at the cap hands it back (not a failure)
+    /// until about its turn, so other users' jobs run first.
     pub max_in_flight_per_user: u32,
-    /// Seconds a job released at the cap stays invisible the first time; each later
-    /// release of the same message doubles it, up to `max_release_delay_s`.
+    /// The shortest a job released at the cap stays invisible: what a job next in its
+    /// user's line waits, so the user's slots fill again soon after they free.
     pub release_delay_s: u32,
-    /// The longest a released job stays invisible.
+    /// The longest a released job stays invisible. A release waits about the time until
+    /// the user's slots reach the job (its queued jobs ahead × the attempts' average run
+    /// time ÷ the cap), within `release_delay_s..=max_release_delay_s`; a long ceiling
+    /// lets a big backlog stay away instead of coming back to be released again and
+    /// again, at the price of a capped job waiting in-queue for minutes.
     pub max_release_delay_s: u32,
 }
 
@@ -26,12 +30,13 @@ impl Default for FairnessSettings {
         Self {
             max_in_flight_per_user: 0,
             release_delay_s: 2,
-            max_release_delay_s: 10,
+            max_release_delay_s: 300,
         }
     }
 }
 
-/// Longest accepted `fairness.release_delay_s`: a released job should come back soon.
+/// Longest accepted `fairness.release_delay_s` and `fairness.max_release_delay_s`: five
+/// minutes, well under SQS's longest message delay (15 min), which a renewed copy uses.
 pub(crate) const MAX_RELEASE_DELAY_S: u32 = 300;
 
 impl FairnessSettings {

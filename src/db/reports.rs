@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use diesel::sql_types::{
     Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
@@ -48,9 +48,21 @@ pub enum ClaimOutcome {
     /// No such row: a poison message.
     NotFound,
     /// Not claimed: its user already has `fairness.max_in_flight_per_user` jobs in
-    /// progress. Nothing was written; the message goes back for a short delay.
-    UserAtCap,
+    /// progress. Nothing was written; the message goes back until about its turn.
+    UserAtCap {
+        /// The same user's `in-queue` jobs created before this one, counted among the
+        /// [`AHEAD_SCAN_ROWS`] rows of that user just older than it: how far back in
+        /// the user's line it stands, which sizes how long its message stays away.
+        ahead: u32,
+    },
 }
+
+/// Most of a user's rows a capped claim looks at to count the jobs ahead of one over
+/// the cap. The count sizes a release delay that is clamped to at most
+/// `fairness.max_release_delay_s` anyway, so beyond some depth a larger count changes
+/// nothing; the bound keeps a user with a huge history or backlog from turning each
+/// release into a long index scan.
+pub(crate) const AHEAD_SCAN_ROWS: i64 = 1_000;
 
 /// How an attempt ends.
 #[derive(Debug, Clone, PartialEq)]
@@ -307,11 +319,11 @@ pub async fn claim_many(
 
 /// [`claim_many`] under `fairness.max_in_flight_per_user` (`max_per_user`; 0 = off,
 /// and then exactly `claim_many`, one statement). With a cap, inside the caller's
-/// transaction: each candidate's user is locked (`pg_advisory_xact_lock`, in user order so
-/// two processes cannot deadlock on each other's users), then the user's fresh
-/// `in-progress` rows are counted (`report_queue_in_progress_user_idx`) in a statement of
-/// its own, so it sees every claim committed while it waited. The lock is held until the
-/// caller commits its claims: across the fleet, no two claims of one user race past the cap.
+/// transaction: each candidate's user is locked and its running jobs counted
+/// ([`lock_and_count_users`]); the lock is held until the caller commits its claims, so
+/// across the fleet no two claims of one user race past the cap. Only when some id is
+/// over the cap does a fourth statement count the jobs ahead of each ([`queued_ahead`]),
+/// for [`ClaimOutcome::UserAtCap`].
 pub async fn claim_many_fair(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
@@ -321,6 +333,48 @@ pub async fn claim_many_fair(
     if max_per_user == 0 || ids.is_empty() {
         return claim_many(conn, ids, stale_after_s).await;
     }
+    let candidates = lock_and_count_users(conn, ids, stale_after_s).await?;
+    let over = over_cap(ids, &candidates, max_per_user);
+    if over.is_empty() {
+        return claim_many(conn, ids, stale_after_s).await;
+    }
+    let allowed: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !over.contains(id))
+        .copied()
+        .collect();
+    let mut claimed = claim_many(conn, &allowed, stale_after_s).await?.into_iter();
+    // Counted after the claim, so the jobs it just took are running, not ahead.
+    let over_users: HashMap<Uuid, i64> = over
+        .iter()
+        .filter_map(|id| candidates.get(id).map(|(user, _)| (*id, *user)))
+        .collect();
+    let ahead = queued_ahead(conn, &over_users).await?;
+    Ok(ids
+        .iter()
+        .map(|id| {
+            if over.contains(id) {
+                // A row deleted meanwhile has no count; it is settled when next received.
+                let ahead = ahead.get(id).copied().unwrap_or(0);
+                ClaimOutcome::UserAtCap { ahead }
+            } else {
+                // `claim_many` answers once per allowed id, in order.
+                claimed.next().unwrap_or(ClaimOutcome::HeldElsewhere)
+            }
+        })
+        .collect())
+}
+
+/// The capped claim's first two statements: locks each candidate's user
+/// (`pg_advisory_xact_lock`, in user order so two processes cannot deadlock on each
+/// other's users), then counts the user's fresh `in-progress` rows
+/// (`report_queue_in_progress_user_idx`) in a statement of its own, so it sees every
+/// claim committed while it waited. Returns each `in-queue` candidate's user and count.
+async fn lock_and_count_users(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    stale_after_s: i64,
+) -> QueryResult<HashMap<Uuid, (i64, i64)>> {
     prepared(
         diesel::sql_query(
             "SELECT pg_advisory_xact_lock(hashtextextended('reportd fairness ' || u, 0)) \
@@ -346,30 +400,9 @@ pub async fn claim_many_fair(
     )
     .load(conn)
     .await?;
-    let candidates: HashMap<Uuid, (i64, i64)> = candidates
+    Ok(candidates
         .into_iter()
         .map(|c| (c.id, (c.user_id, c.running)))
-        .collect();
-    let over = over_cap(ids, &candidates, max_per_user);
-    if over.is_empty() {
-        return claim_many(conn, ids, stale_after_s).await;
-    }
-    let allowed: Vec<Uuid> = ids
-        .iter()
-        .filter(|id| !over.contains(id))
-        .copied()
-        .collect();
-    let mut claimed = claim_many(conn, &allowed, stale_after_s).await?.into_iter();
-    Ok(ids
-        .iter()
-        .map(|id| {
-            if over.contains(id) {
-                ClaimOutcome::UserAtCap
-            } else {
-                // `claim_many` answers once per allowed id, in order.
-                claimed.next().unwrap_or(ClaimOutcome::HeldElsewhere)
-            }
-        })
         .collect())
 }
 
@@ -399,6 +432,56 @@ pub(crate) fn over_cap(
         }
     }
     over
+}
+
+/// For each job over its user's cap (`over`: job id → user), how many of the same
+/// user's `in-queue` jobs were created before it, among the [`AHEAD_SCAN_ROWS`] rows of
+/// that user just older than it. One statement for the whole batch, one `UNION ALL`
+/// branch per user with the user as a parameter of its own: planned with the user as a
+/// constant, a busy user's branch is an ordered walk down `report_queue_user_created_idx`
+/// `(user_id, created_at DESC, id DESC)` that stops after the bound. (With the user taken
+/// from the job's row instead, PostgreSQL estimates an average user's rows, picks a bitmap
+/// scan plus a sort, and reads all of a busy user's older rows for every job.)
+async fn queued_ahead(
+    conn: &mut AsyncPgConnection,
+    over: &HashMap<Uuid, i64>,
+) -> QueryResult<HashMap<Uuid, u32>> {
+    let mut by_user: BTreeMap<i64, Vec<Uuid>> = BTreeMap::new();
+    for (id, user) in over {
+        by_user.entry(*user).or_default().push(*id);
+    }
+    let branches: Vec<String> = (0..by_user.len())
+        .map(|k| {
+            let (ids, user) = (2 * k + 2, 2 * k + 3);
+            format!(
+                "SELECT q.id, (SELECT count(*) FILTER (WHERE o.status = 'in-queue') FROM (\
+                   SELECT r.status FROM report_queue r \
+                   WHERE r.user_id = ${user} AND (r.created_at, r.id) < (q.created_at, q.id) \
+                   ORDER BY r.created_at DESC, r.id DESC LIMIT $1) o) AS ahead \
+                 FROM report_queue q WHERE q.id = ANY(${ids}) AND q.user_id = ${user}"
+            )
+        })
+        .collect();
+    let mut query = diesel::sql_query(branches.join(" UNION ALL "))
+        .into_boxed::<diesel::pg::Pg>()
+        .bind::<BigInt, _>(AHEAD_SCAN_ROWS);
+    for (user, ids) in by_user {
+        query = query.bind::<Array<SqlUuid>, _>(ids).bind::<BigInt, _>(user);
+    }
+    let rows: Vec<AheadRow> = query.load(conn).await?;
+    Ok(rows
+        .into_iter()
+        // At most AHEAD_SCAN_ROWS, so it always fits.
+        .map(|row| (row.id, u32::try_from(row.ahead).unwrap_or(u32::MAX)))
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct AheadRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    ahead: i64,
 }
 
 #[derive(QueryableByName)]

@@ -5,6 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use diesel::sql_types::{Double, Text, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use reportd::db::models::{JobStatus, NewReport};
+use reportd::db::reports::{self, ClaimOutcome};
+use uuid::Uuid;
+
 use crate::common::app::{spawn_app, wait_until, AppOptions, TestApp};
 use crate::common::jobs::{queue_depth, zero_work};
 
@@ -128,4 +134,91 @@ async fn releases(app: &TestApp) -> f64 {
         .find_map(|l| l.strip_prefix("reportd_fairness_releases_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no releases counter in:\n{metrics}"))
+}
+
+/// A job of `user` in `status`, created `age_s` seconds ago.
+async fn job(conn: &mut AsyncPgConnection, user: i64, status: &str, age_s: f64) -> Uuid {
+    // Here only: in scope for the whole file, its `load` would shadow `AtomicBool::load`.
+    use diesel_async::RunQueryDsl;
+    let row = NewReport {
+        id: Uuid::new_v4(),
+        payload: serde_json::json!({"userId": user}),
+        status: JobStatus::InQueue.as_str().into(),
+        idempotency_key: None,
+        request_hash: None,
+        user_id: Some(user),
+        max_runtime_s: None,
+        not_after: None,
+        callback_url: None,
+    };
+    reports::insert_many(conn, &[&row]).await.expect("insert");
+    diesel::sql_query(
+        "UPDATE report_queue SET status = $2, \
+           created_at = now() - make_interval(secs => $3) WHERE id = $1",
+    )
+    .bind::<SqlUuid, _>(row.id)
+    .bind::<Text, _>(status)
+    .bind::<Double, _>(age_s)
+    .execute(conn)
+    .await
+    .expect("backdate");
+    row.id
+}
+
+fn at_cap(ahead: u32) -> ClaimOutcome {
+    ClaimOutcome::UserAtCap { ahead }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_its_users_cap_is_told_how_many_of_its_users_queued_jobs_are_ahead() {
+    let url = crate::common::migrated_database().await;
+    let mut conn = AsyncPgConnection::establish(&url).await.expect("connect");
+    // Oldest first. Only user 1's `in-queue` jobs older than a job are ahead of it: not
+    // its finished or running ones, and not user 2's, which interleave with them.
+    let _done = job(&mut conn, 1, "completed", 100.0).await;
+    let running = job(&mut conn, 1, "in-queue", 90.0).await;
+    let other_running = job(&mut conn, 2, "in-queue", 85.0).await;
+    let a = job(&mut conn, 1, "in-queue", 80.0).await;
+    let other_a = job(&mut conn, 2, "in-queue", 75.0).await;
+    let b = job(&mut conn, 1, "in-queue", 70.0).await;
+    let c = job(&mut conn, 1, "in-queue", 60.0).await;
+    let other_b = job(&mut conn, 2, "in-queue", 55.0).await;
+    let d = job(&mut conn, 1, "in-queue", 50.0).await;
+    let claimed = reports::claim_many_fair(&mut conn, &[running, other_running], 60, 1)
+        .await
+        .expect("claim");
+    assert!(
+        claimed
+            .iter()
+            .all(|o| matches!(o, ClaimOutcome::Claimed { .. })),
+        "{claimed:?}"
+    );
+
+    // Both users at a cap of 1, in one batch, in no particular order.
+    let outcomes = reports::claim_many_fair(&mut conn, &[d, other_b, b, a, other_a, c], 60, 1)
+        .await
+        .expect("claim");
+    assert_eq!(
+        outcomes,
+        [
+            at_cap(3),
+            at_cap(1),
+            at_cap(1),
+            at_cap(0),
+            at_cap(0),
+            at_cap(2)
+        ]
+    );
+
+    // With room for one more, the batch's oldest job runs and is no longer ahead of the
+    // others: the count is taken after the batch's own claims.
+    let outcomes = reports::claim_many_fair(&mut conn, &[a, c, d, b], 60, 2)
+        .await
+        .expect("claim");
+    assert!(
+        matches!(outcomes[0], ClaimOutcome::Claimed { attempt: 1, .. }),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1..], [at_cap(1), at_cap(2), at_cap(0)]);
+    crate::common::drop_database(&url).await;
 }
