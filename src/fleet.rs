@@ -71,13 +71,13 @@ pub(crate) async fn heartbeat(pool: DbPool, me: ProcessRow, mut stop: watch::Rec
             }
         }
     }
-    match db::connection(&pool).await {
-        Ok(mut conn) => {
-            if let Err(e) = processes::remove(&mut conn, me.id).await {
-                tracing::warn!(error = %e, "could not remove this process from `processes`");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not remove this process from `processes`"),
+    let removed = async {
+        let mut conn = db::connection(&pool).await?;
+        processes::remove(&mut conn, me.id).await?;
+        Ok::<_, db::DbError>(())
+    };
+    if let Err(e) = removed.await {
+        tracing::warn!(error = %e, "could not remove this process from `processes`");
     }
 }
 

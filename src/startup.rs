@@ -95,9 +95,9 @@ pub struct Application {
     queues: Option<EnsureReport>,
     /// The webhook engine, when this process runs one: its stop signal, and its task,
     /// awaited at shutdown while its tries in flight finish.
-    webhooks: Option<WebhookRun>,
+    webhooks: Option<StoppableTask>,
     /// The fleet heartbeat's stop signal and task (it deletes this process's row).
-    fleet: FleetRun,
+    fleet: StoppableTask,
 }
 
 impl Application {
@@ -238,11 +238,9 @@ impl Application {
     }
 }
 
-/// A running webhook engine: its stop signal and its task.
-type WebhookRun = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
-
-/// The fleet heartbeat: its stop signal and its task.
-type FleetRun = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+/// A background task that runs until told to stop (the webhook engine, the fleet
+/// heartbeat): its stop signal and its task.
+type StoppableTask = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
 
 /// The dispatcher (api role only), with its sweep for rows that never reached SQS.
 fn start_dispatcher(
@@ -262,7 +260,7 @@ fn start_dispatcher(
 
 /// Registers this process in `processes` and keeps its row fresh (`fleet`); returns its
 /// id and the heartbeat's handle.
-fn start_fleet(settings: &Settings, pool: &DbPool) -> (uuid::Uuid, FleetRun) {
+fn start_fleet(settings: &Settings, pool: &DbPool) -> (uuid::Uuid, StoppableTask) {
     let me = crate::fleet::identity(settings);
     let id = me.id;
     let (stop, stopped) = watch::channel(false);
@@ -312,7 +310,7 @@ fn start_worker_chores(
     pool: &DbPool,
     metrics: &Arc<Metrics>,
     store: &Arc<ReportStore>,
-) -> Result<Option<WebhookRun>, StartupError> {
+) -> Result<Option<StoppableTask>, StartupError> {
     if !settings.has_role(Role::Worker) {
         return Ok(None);
     }
@@ -332,7 +330,7 @@ fn start_webhooks(
     pool: &DbPool,
     metrics: &Arc<Metrics>,
     link_ttl_s: Option<u64>,
-) -> Result<Option<WebhookRun>, StartupError> {
+) -> Result<Option<StoppableTask>, StartupError> {
     let render: crate::webhooks::RenderReport =
         Arc::new(move |record| api::reports::record_json(record, link_ttl_s));
     let engine = crate::webhooks::WebhookEngine::new(

@@ -180,12 +180,7 @@ pub(crate) fn on_claim(
         // users' jobs go first. Each release is one more SQS receive; `hand_back` renews
         // the message before its receives run out, so the redrive never sees a capped job.
         ClaimSeen::UserAtCap { ahead } => {
-            let delay_s = capped_release_delay_s(
-                *ahead,
-                limits.max_in_flight_per_user,
-                run_estimate,
-                limits,
-            );
+            let delay_s = capped_release_delay_s(*ahead, run_estimate, limits);
             settle(None, hand_back(delay_s, receive_count, limits), Group::Stop)
         }
     }
@@ -290,19 +285,15 @@ pub(crate) fn cancelled_at_end() -> Decision {
 /// the backlog, each message comes back about when its turn comes: the user's slots
 /// still fill as they free (the jobs next in line come back after the shortest delay),
 /// and the far end of the backlog stays away for up to the longest.
-pub(crate) fn capped_release_delay_s(
-    ahead: u32,
-    cap: u32,
-    run_estimate: Duration,
-    limits: &Limits,
-) -> u32 {
+pub(crate) fn capped_release_delay_s(ahead: u32, run_estimate: Duration, limits: &Limits) -> u32 {
     let shortest = limits.fair_release_delay_s;
     let longest = limits.fair_max_release_delay_s.max(shortest);
     // With the cap off no claim is `UserAtCap`; 0 counts as 1 so the division is defined.
-    let turn_s = f64::from(ahead) * run_estimate.as_secs_f64() / f64::from(cap.max(1));
-    // Finite and ≥ 0 (a Duration's seconds over a positive cap); `as` saturates.
-    let turn_s = turn_s.ceil().min(f64::from(longest)) as u32;
-    turn_s.clamp(shortest, longest)
+    let cap = limits.max_in_flight_per_user.max(1);
+    let turn_s = f64::from(ahead) * run_estimate.as_secs_f64() / f64::from(cap);
+    // Finite and ≥ 0 (a Duration's seconds over a positive cap); `as` saturates, and the
+    // clamp bounds it.
+    (turn_s.ceil() as u32).clamp(shortest, longest)
 }
 
 /// Hands a message back to SQS to be received again after `delay_s`: hidden, or — when
@@ -501,34 +492,35 @@ mod tests {
     fn the_delay_is_the_time_until_the_users_slots_reach_the_job_rounded_up() {
         let limits = capped(4);
         let run = Duration::from_millis(1_500);
-        assert_eq!(capped_release_delay_s(10, 4, run, &limits), 4, "3.75 s");
-        assert_eq!(capped_release_delay_s(40, 4, run, &limits), 15);
-        assert_eq!(capped_release_delay_s(41, 4, run, &limits), 16, "15.4 s");
+        assert_eq!(capped_release_delay_s(10, run, &limits), 4, "3.75 s");
+        assert_eq!(capped_release_delay_s(40, run, &limits), 15);
+        assert_eq!(capped_release_delay_s(41, run, &limits), 16, "15.4 s");
     }
 
     #[test]
     fn a_job_next_in_line_comes_back_after_the_shortest_delay() {
         let limits = capped(4);
         for ahead in [0, 1, 5] {
-            assert_eq!(capped_release_delay_s(ahead, 4, RUN, &limits), 2, "{ahead}");
+            assert_eq!(capped_release_delay_s(ahead, RUN, &limits), 2, "{ahead}");
         }
         let instant = Duration::ZERO;
-        assert_eq!(capped_release_delay_s(1_000, 4, instant, &limits), 2);
+        assert_eq!(capped_release_delay_s(1_000, instant, &limits), 2);
     }
 
     #[test]
     fn no_backlog_keeps_a_job_away_longer_than_the_longest_delay() {
         let mut limits = capped(1);
         let hour = Duration::from_secs(3_600);
-        assert_eq!(capped_release_delay_s(1_000, 1, hour, &limits), 300);
+        assert_eq!(capped_release_delay_s(1_000, hour, &limits), 300);
         assert_eq!(
-            capped_release_delay_s(u32::MAX, 1, Duration::MAX, &limits),
+            capped_release_delay_s(u32::MAX, Duration::MAX, &limits),
             300
         );
         limits.fair_max_release_delay_s = 10;
-        assert_eq!(capped_release_delay_s(1_000, 1, RUN, &limits), 10);
+        assert_eq!(capped_release_delay_s(1_000, RUN, &limits), 10);
         // A cap of 0 (off) cannot release a job; were it asked, no division by zero.
-        assert_eq!(capped_release_delay_s(5, 0, RUN, &limits), 5);
+        limits.max_in_flight_per_user = 0;
+        assert_eq!(capped_release_delay_s(5, RUN, &limits), 5);
     }
 
     #[test]

@@ -26,7 +26,6 @@ struct Entry {
     restarts: u32,
     recent_restarts: VecDeque<Instant>,
     last_restart_cause: Option<String>,
-    last_restart: Option<Instant>,
     last_heartbeat: Instant,
     job: Option<(Uuid, Instant)>,
 }
@@ -84,7 +83,6 @@ impl ActorRegistry {
             restarts: 0,
             recent_restarts: VecDeque::new(),
             last_restart_cause: None,
-            last_restart: None,
             last_heartbeat: Instant::now(),
             job: None,
         });
@@ -110,9 +108,11 @@ impl ActorRegistry {
                     .count()
                     > self.limit.max_restarts,
                 last_restart_cause: e.last_restart_cause.clone(),
+                // The newest restart is the queue's back: pruning only drops old ones.
                 last_restart_age_s: e
-                    .last_restart
-                    .map(|at| now.duration_since(at).as_secs_f64()),
+                    .recent_restarts
+                    .back()
+                    .map(|at| now.duration_since(*at).as_secs_f64()),
                 heartbeat_age_s: now.duration_since(e.last_heartbeat).as_secs_f64(),
                 job: e.job.map(|(id, _)| id),
                 job_age_s: e
@@ -168,7 +168,6 @@ impl ActorSlot {
             }
             storm = e.recent_restarts.len() > limit.max_restarts;
             e.last_restart_cause = Some(cause.to_string());
-            e.last_restart = Some(now);
             e.last_heartbeat = now;
             e.job = None;
             name = e.name.clone();

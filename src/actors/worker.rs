@@ -463,23 +463,16 @@ fn log_settle(seen: &ClaimSeen, decision: &Decision, run_estimate: Duration) {
 /// failures only: a shutdown or cancel cuts a run short, and host trouble says nothing
 /// about the work, so their times would skew how long jobs take.
 fn note_run_time(deps: &WorkerDeps, result: &AttemptResult, took: Duration) {
-    if matches!(
-        result,
-        AttemptResult::Completed { .. } | AttemptResult::Failed { .. }
-    ) {
-        deps.run_estimate.record(took);
-    }
-    log_result(result, took.as_millis() as u64, deps);
-}
-
-fn log_result(result: &AttemptResult, elapsed_ms: u64, deps: &WorkerDeps) {
+    let elapsed_ms = took.as_millis() as u64;
     match result {
         AttemptResult::Completed { .. } => {
+            deps.run_estimate.record(took);
             tracing::info!(elapsed_ms, "job completed");
             deps.metrics.job_duration.observe(elapsed_ms as f64 / 1e3);
             deps.db_gate.host_ok();
         }
         AttemptResult::Failed { error, permanent } => {
+            deps.run_estimate.record(took);
             tracing::warn!(error = %error, permanent, elapsed_ms, "attempt failed")
         }
         AttemptResult::HostTrouble { error, pause_s } => {

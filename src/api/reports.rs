@@ -905,18 +905,13 @@ fn apply_list_param(
 /// both read as UTC.
 pub(crate) fn parse_instant(field: &str, raw: &str) -> Result<DateTime<Utc>, ApiError> {
     let raw = raw.trim();
-    let parsed = DateTime::parse_from_rfc3339(raw)
-        .map(|at| at.with_timezone(&Utc))
-        .ok()
+    // RFC 3339 and the bare date are the report parameters' own rule; a browser's
+    // date-time field adds the offset-free forms.
+    let parsed = crate::config::report_types::parse_timestamp(raw)
         .or_else(|| {
             ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
                 .iter()
                 .find_map(|f| chrono::NaiveDateTime::parse_from_str(raw, f).ok())
-                .or_else(|| {
-                    chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-                        .ok()
-                        .and_then(|d| d.and_hms_opt(0, 0, 0))
-                })
                 .map(|naive| naive.and_utc())
         })
         .filter(|at| is_plain_instant(*at));

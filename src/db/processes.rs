@@ -8,16 +8,22 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 /// One process as it registers itself (its heartbeat is the database's `now()`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, QueryableByName)]
 pub(crate) struct ProcessRow {
     /// Drawn at random when the process starts: host and pid repeat across restarts and
     /// containers, this never does.
+    #[diesel(sql_type = SqlUuid)]
     pub(crate) id: Uuid,
+    #[diesel(sql_type = Text)]
     pub(crate) host: String,
+    #[diesel(sql_type = Integer)]
     pub(crate) pid: i32,
     /// `api`, `worker` or `api,worker`.
+    #[diesel(sql_type = Text)]
     pub(crate) roles: String,
+    #[diesel(sql_type = Text)]
     pub(crate) version: String,
+    #[diesel(sql_type = Timestamptz)]
     pub(crate) started_at: DateTime<Utc>,
 }
 
@@ -70,18 +76,8 @@ pub(crate) async fn prune(
 /// clocks may differ; the database's is the one every process writes with).
 #[derive(Debug, Clone, QueryableByName)]
 pub(crate) struct Listed {
-    #[diesel(sql_type = SqlUuid)]
-    pub(crate) id: Uuid,
-    #[diesel(sql_type = Text)]
-    pub(crate) host: String,
-    #[diesel(sql_type = Integer)]
-    pub(crate) pid: i32,
-    #[diesel(sql_type = Text)]
-    pub(crate) roles: String,
-    #[diesel(sql_type = Text)]
-    pub(crate) version: String,
-    #[diesel(sql_type = Timestamptz)]
-    pub(crate) started_at: DateTime<Utc>,
+    #[diesel(embed)]
+    pub(crate) process: ProcessRow,
     #[diesel(sql_type = diesel::sql_types::Double)]
     pub(crate) heartbeat_age_s: f64,
 }

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::jobs::{apply, filter_form, listing_query, JobAction, FILTERS};
+use super::jobs::{apply, filter_form, filter_query, listing_query, JobAction, FILTERS};
 use super::pages::{self, csrf_input, esc, Page, Tab};
 use super::session::Viewer;
-use super::{acting_viewer, html, outcome_page, viewer, ConsoleError, Form};
+use super::{acting_viewer, admin_viewer, html, outcome_page, ConsoleError, Form};
 use crate::api::error::ApiError;
 use crate::api::reports::parse_list_query;
 use crate::api::AppState;
@@ -20,23 +20,6 @@ use crate::db::reports::ListFilter;
 
 /// Most jobs one bulk action counts and acts on; more matching are left for another run.
 const MAX_BULK: usize = 10_000;
-
-/// Rows per batch: one keyset page of keys.
-const BATCH: i64 = 500;
-
-/// The filter part of a listing query (no cursor, no page size).
-fn filter_query(query: &str) -> String {
-    url::form_urlencoded::parse(query.as_bytes())
-        .filter(|(k, _)| FILTERS.contains(&k.as_ref()))
-        .fold(
-            url::form_urlencoded::Serializer::new(String::new()),
-            |mut s, (k, v)| {
-                s.append_pair(&k, &v);
-                s
-            },
-        )
-        .finish()
-}
 
 /// "Retry all matching…" and "Cancel all matching…" on the Jobs page (admins only).
 pub(super) fn links(viewer: &Viewer, query: &str) -> String {
@@ -58,26 +41,16 @@ pub(super) fn links(viewer: &Viewer, query: &str) -> String {
 }
 
 /// The keys of every job matching `filter`, newest first, at most `MAX_BULK + 1` (one
-/// more says "more than"), read a batch at a time along the listing's index.
+/// more says "more than"), in one walk along the listing's index.
 async fn matching(state: &AppState, filter: &ListFilter) -> Result<Vec<uuid::Uuid>, ApiError> {
-    let mut page = ListFilter {
-        limit: BATCH,
+    let all = ListFilter {
+        limit: MAX_BULK as i64 + 1,
         after: None,
         ..filter.clone()
     };
-    let mut ids = Vec::new();
     let mut conn = db::connection(&state.pool).await?;
-    loop {
-        let keys = db::reports::list_keys(&mut conn, &page).await?;
-        let full = keys.len() as i64 == BATCH;
-        page.after = keys.last().copied();
-        ids.extend(keys.into_iter().map(|(_, id)| id));
-        if !full || ids.len() > MAX_BULK {
-            break;
-        }
-    }
-    ids.truncate(MAX_BULK + 1);
-    Ok(ids)
+    let keys = db::reports::list_keys(&mut conn, &all).await?;
+    Ok(keys.into_iter().map(|(_, id)| id).collect())
 }
 
 /// How a count reads: "3 jobs", or "more than 10000 jobs".
@@ -95,14 +68,7 @@ pub(super) async fn confirm(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let viewer = viewer(&req, &state)?;
-    if !viewer.is_admin() {
-        return Err(ApiError::forbidden(format!(
-            "`{}` has the `read` role: the console is read-only for it",
-            viewer.name
-        ))
-        .into());
-    }
+    let viewer = admin_viewer(&req, &state)?;
     let raw = listing_query(req.query_string());
     let action = JobAction::parse(
         url::form_urlencoded::parse(req.query_string().as_bytes())

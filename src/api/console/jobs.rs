@@ -39,6 +39,20 @@ pub(super) fn listing_query(raw: &str) -> String {
         .finish()
 }
 
+/// The filter part of a listing query (no cursor, no page size).
+pub(super) fn filter_query(query: &str) -> String {
+    url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| FILTERS.contains(&k.as_ref()))
+        .fold(
+            url::form_urlencoded::Serializer::new(String::new()),
+            |mut s, (k, v)| {
+                s.append_pair(&k, &v);
+                s
+            },
+        )
+        .finish()
+}
+
 /// The first value of `key` in a query string, or "".
 fn query_value(query: &str, key: &str) -> String {
     url::form_urlencoded::parse(query.as_bytes())
@@ -119,12 +133,7 @@ fn next_link(
     let Some(last) = rows.last().filter(|_| rows.len() as i64 == filter.limit) else {
         return String::new();
     };
-    let mut next = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        if FILTERS.contains(&k.as_ref()) {
-            next.append_pair(&k, &v);
-        }
-    }
+    let mut next = url::form_urlencoded::Serializer::for_suffix(filter_query(query), 0);
     next.append_pair("cursor", &encode_cursor(last.created_at, last.id));
     format!(
         "<p><a rel=\"next\" href=\"/ui/jobs?{}\">Next page</a></p>",

@@ -139,13 +139,9 @@ pub(crate) fn viewer(req: &HttpRequest, state: &AppState) -> Result<Viewer, Cons
         .ok_or(ConsoleError::SignIn)
 }
 
-/// The viewer of a state-changing request: an admin whose form carries the CSRF token.
-/// A read viewer gets 403 in the JSON error shape, a missing or wrong token 403 too.
-pub(crate) fn acting_viewer(
-    req: &HttpRequest,
-    state: &AppState,
-    form: &Form,
-) -> Result<Viewer, ConsoleError> {
+/// The viewer of a page that leads to a change: an admin. A read viewer gets 403 in the
+/// JSON error shape.
+pub(crate) fn admin_viewer(req: &HttpRequest, state: &AppState) -> Result<Viewer, ConsoleError> {
     let viewer = viewer(req, state)?;
     if !viewer.is_admin() {
         return Err(ApiError::forbidden(format!(
@@ -154,6 +150,17 @@ pub(crate) fn acting_viewer(
         ))
         .into());
     }
+    Ok(viewer)
+}
+
+/// The viewer of a state-changing request: an admin whose form carries the CSRF token.
+/// A read viewer gets 403 in the JSON error shape, a missing or wrong token 403 too.
+pub(crate) fn acting_viewer(
+    req: &HttpRequest,
+    state: &AppState,
+    form: &Form,
+) -> Result<Viewer, ConsoleError> {
+    let viewer = admin_viewer(req, state)?;
     let presented = form.first("csrf").unwrap_or_default();
     if !viewer.csrf_matches(presented) {
         return Err(ApiError::new(

@@ -246,8 +246,9 @@ async fn process_rows(state: &AppState) -> String {
         Err(_) => return unavailable_row("no answer within 2 s"),
     };
     let mut rows = String::new();
-    for p in listed {
-        let stale = p.heartbeat_age_s > crate::fleet::STALE_AFTER_S;
+    for listed in listed {
+        let (p, heartbeat_age_s) = (listed.process, listed.heartbeat_age_s);
+        let stale = heartbeat_age_s > crate::fleet::STALE_AFTER_S;
         let me = if p.id == state.process_id {
             " (this process)"
         } else {
@@ -265,7 +266,7 @@ async fn process_rows(state: &AppState) -> String {
             esc(&p.roles),
             esc(&p.version),
             p.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-            esc(&age(p.heartbeat_age_s.max(0.0))),
+            esc(&age(heartbeat_age_s.max(0.0))),
             if stale { "stale" } else { "live" },
         );
     }
