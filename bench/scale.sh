@@ -302,6 +302,8 @@ md_fleet() {
 # ---- noisy: one user submitting 10× each of the others ----------------------------------------
 
 NOISY_USER=1000001
+# Seconds of quiet before each run's load starts.
+NOISY_SETTLE_S=15
 
 # noisy_config DIR: the scenario's config with `[fairness] max_in_flight_per_user`, in DIR.
 noisy_config() {
@@ -348,6 +350,9 @@ noisy_run() {
     export REPORTD_CONFIG
   fi
   start_reportd
+  # A quiet start, some seconds after the previous run's database drop and queue
+  # deletion, so their work does not land in this run's first seconds.
+  sleep "$NOISY_SETTLE_S"
   log "noisy ($run): $users users × $rate/s$([ "$noisy" = 0 ] || echo " + user $NOISY_USER at $(awk -v r="$rate" 'BEGIN {print 10 * r}')/s") for $secs s"
   since="$("$BENCH" now)"
   "$BENCH" submit --url "http://127.0.0.1:$SC_PORT" --jobs "$others" --users "$users" --first-user 1 \

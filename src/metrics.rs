@@ -24,9 +24,13 @@ pub struct Metrics {
     pub jobs_cancelled: IntCounter,
     /// Attempts that failed and were put back for another try.
     pub jobs_retried: IntCounter,
-    /// Jobs handed back unclaimed because their user was at
+    /// Jobs handed back to SQS unclaimed because their user was at
     /// `fairness.max_in_flight_per_user` (not failures).
     pub fairness_releases: IntCounter,
+    /// Jobs over their user's cap taken into the poller's waiting room (not failures).
+    pub fairness_waits: IntCounter,
+    /// Jobs waiting in the poller's waiting room now.
+    pub waiting_at_cap: IntGauge,
     /// Messages sent to the dead-letter queue by reportd or left for SQS's redrive.
     pub jobs_dead_lettered: IntCounter,
     /// Seconds a successful attempt ran.
@@ -188,7 +192,15 @@ impl Metrics {
             jobs_cancelled: counter("reportd_jobs_cancelled_total", "Jobs cancelled or expired"),
             fairness_releases: counter(
                 "reportd_fairness_releases_total",
-                "Jobs handed back unclaimed because their user was at the in-flight cap",
+                "Jobs handed back to SQS unclaimed because their user was at the in-flight cap",
+            ),
+            fairness_waits: counter(
+                "reportd_fairness_waits_total",
+                "Jobs over their user's in-flight cap taken into the waiting room",
+            ),
+            waiting_at_cap: gauge(
+                "reportd_jobs_waiting_at_cap",
+                "Jobs over their user's in-flight cap waiting in this process for a slot",
             ),
             jobs_retried: counter(
                 "reportd_jobs_retried_total",

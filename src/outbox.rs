@@ -106,7 +106,10 @@ impl Backlog {
 /// Whether old in-queue rows may be treated as stranded: only when no message waits in
 /// the queue (visible or delayed); otherwise they may just be waiting behind a backlog.
 /// Messages in flight do not count: a job's own message is in flight only while a
-/// worker holds it or during its retry delay, which `queued_stranded_after` outlasts.
+/// worker holds it, during its retry delay, or while it waits at its user's cap (in a
+/// waiting room or sent back until about its turn), which `queued_stranded_after`
+/// outlasts but for a capped job whose turn came later than estimated; its second
+/// message is harmless (the claim runs the job once).
 pub(crate) fn may_treat_queued_as_stranded(backlog: Option<Backlog>) -> bool {
     backlog.is_some_and(|b| b.visible == 0 && b.delayed == 0)
 }

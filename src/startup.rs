@@ -16,8 +16,8 @@ use actix_web::{middleware, web, App, HttpServer};
 use tokio::sync::watch;
 
 use crate::actors::fate;
-use crate::actors::poller::PollerActor;
 use crate::actors::poller::{GetPollerStats, StopPolling};
+use crate::actors::poller::{PollerActor, Screening};
 use crate::actors::registry::{ActorRegistry, StormLimit};
 use crate::actors::run_estimate::RunEstimate;
 use crate::actors::status::{StatusActor, StatusProbe};
@@ -458,11 +458,15 @@ fn start_consumer(
             max_in_flight_per_user: settings.fairness.max_in_flight_per_user,
             fair_release_delay_s: settings.fairness.release_delay_s,
             fair_max_release_delay_s: settings.fairness.max_release_delay_s,
+            wait_in_room_within_s: fate::wait_in_room_within_s(
+                settings.sqs.fifo,
+                settings.fairness.max_release_delay_s,
+            ),
         },
         abort,
         metrics: parts.metrics.clone(),
         db_gate: db_gate.clone(),
-        run_estimate: RunEstimate::default(),
+        run_estimate: Arc::new(RunEstimate::default()),
     });
     let count = settings.workers.count;
     let sqs_settings = settings.sqs.clone();
@@ -483,6 +487,10 @@ fn start_consumer(
             metrics,
             poller_slot,
             db_gate,
+            Screening {
+                limits: deps.limits.clone(),
+                run_estimate: deps.run_estimate.clone(),
+            },
         );
         let idle = ctx.address();
         let workers: Vec<Addr<ReportWorker>> = (0..count)

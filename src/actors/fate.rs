@@ -14,6 +14,9 @@
 //!   happened; a message handed back when it has few receives left is replaced by a fresh
 //!   copy (sent, then the old one deleted), so SQS's redrive stays a safety net for
 //!   messages reportd cannot handle at all.
+//! - **A job over its user's cap waits, uncounted**: nothing is written; with its turn
+//!   near it waits in the process's waiting room, otherwise it goes back to SQS until
+//!   about its turn.
 //! - **FIFO order holds.** In a FIFO group the worker keeps every message of the group
 //!   it holds; a failure with tries left runs again in place after its backoff, and
 //!   anything that stops a job hands the rest of the group back behind it.
@@ -50,6 +53,10 @@ pub(crate) struct Limits {
     pub fair_release_delay_s: u32,
     /// `fairness.max_release_delay_s`: the longest a job released at the cap waits.
     pub fair_max_release_delay_s: u32,
+    /// A job over its user's cap whose turn is at most this many seconds away waits in
+    /// the process's waiting room instead of going back to SQS; 0 = never (FIFO queues,
+    /// whose groups keep their order in the worker).
+    pub wait_in_room_within_s: u32,
 }
 
 /// What a claim found, as far as the rules care.
@@ -102,6 +109,9 @@ pub(crate) enum MessageAction {
     DeadLetter { reason: String },
     /// FIFO: keep holding it and run the job again here after `delay_s`.
     RunAgainAfter { delay_s: u32 },
+    /// Keep it invisible in the process's waiting room until a slot of its user frees
+    /// (see `waiting_room.rs`).
+    WaitForSlot,
 }
 
 /// Whether the rest of a FIFO group may go on after this message.
@@ -181,7 +191,15 @@ pub(crate) fn on_claim(
         // the message before its receives run out, so the redrive never sees a capped job.
         ClaimSeen::UserAtCap { ahead } => {
             let delay_s = capped_release_delay_s(*ahead, run_estimate, limits);
-            settle(None, hand_back(delay_s, receive_count, limits), Group::Stop)
+            let back = hand_back(delay_s, receive_count, limits);
+            // A message near its last receives is renewed instead: the room could hand
+            // it back once more when full, and SQS's redrive must never see it.
+            let within_s = limits.wait_in_room_within_s;
+            let near = within_s > 0 && turn_in_s(*ahead, run_estimate, limits) <= f64::from(within_s);
+            if near && matches!(back, MessageAction::Hide { .. }) {
+                return settle(None, MessageAction::WaitForSlot, Group::Stop);
+            }
+            settle(None, back, Group::Stop)
         }
     }
 }
@@ -288,12 +306,75 @@ pub(crate) fn cancelled_at_end() -> Decision {
 pub(crate) fn capped_release_delay_s(ahead: u32, run_estimate: Duration, limits: &Limits) -> u32 {
     let shortest = limits.fair_release_delay_s;
     let longest = limits.fair_max_release_delay_s.max(shortest);
-    // With the cap off no claim is `UserAtCap`; 0 counts as 1 so the division is defined.
-    let cap = limits.max_in_flight_per_user.max(1);
-    let turn_s = f64::from(ahead) * run_estimate.as_secs_f64() / f64::from(cap);
+    let turn_s = turn_in_s(ahead, run_estimate, limits);
     // Finite and ≥ 0 (a Duration's seconds over a positive cap); `as` saturates, and the
     // clamp bounds it.
     (turn_s.ceil() as u32).clamp(shortest, longest)
+}
+
+/// About how long until a capped job's turn: its `ahead` queued jobs run `cap` at a
+/// time, each for about `run_estimate`.
+fn turn_in_s(ahead: u32, run_estimate: Duration, limits: &Limits) -> f64 {
+    // With the cap off no claim is `UserAtCap`; 0 counts as 1 so the division is defined.
+    let cap = limits.max_in_flight_per_user.max(1);
+    f64::from(ahead) * run_estimate.as_secs_f64() / f64::from(cap)
+}
+
+/// What the poller does with a received job of a user who has jobs waiting in its room:
+/// that user was at the cap moments ago, so the job is kept out of the way without a
+/// claim (no database round trip, no worker).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Screened {
+    /// Claim it as usual (its message has few receives left: the worker's hand-back
+    /// renews it; or waiting is off).
+    Claim,
+    /// Behind the user's waiting jobs in the room.
+    Wait,
+    /// Back to SQS for `delay_s`: the room holds the user's next jobs already.
+    Release { delay_s: u32 },
+}
+
+/// Screens a received job whose user has `waiting` jobs in the room. With its turn
+/// within [`Limits::wait_in_room_within_s`] (the `waiting` jobs run `cap` at a time), it
+/// waits too. Otherwise its turn is further away than the longest release delay, so it
+/// goes back to SQS for that long.
+pub(crate) fn screen_for_waiting_user(
+    waiting: usize,
+    receive_count: u32,
+    run_estimate: Duration,
+    limits: &Limits,
+) -> Screened {
+    let within_s = limits.wait_in_room_within_s;
+    let renews = matches!(
+        hand_back(0, receive_count, limits),
+        MessageAction::Renew { .. }
+    );
+    if within_s == 0 || renews {
+        return Screened::Claim;
+    }
+    let ahead = u32::try_from(waiting).unwrap_or(u32::MAX);
+    if turn_in_s(ahead, run_estimate, limits) <= f64::from(within_s) {
+        return Screened::Wait;
+    }
+    Screened::Release {
+        delay_s: limits
+            .fair_max_release_delay_s
+            .max(limits.fair_release_delay_s),
+    }
+}
+
+/// How far away a capped job's turn may be for it to wait in the process's waiting room:
+/// as far as the longest release delay (`fairness.max_release_delay_s`). Held here, its
+/// message costs a renewal every third of a visibility timeout (one batched call per ten
+/// held messages); sent back, it would cost a receive, a claim and a release each time it
+/// came back too early. Never in FIFO queues, whose workers keep each group's messages
+/// in order themselves.
+pub(crate) fn wait_in_room_within_s(fifo: bool, max_release_delay_s: u32) -> u32 {
+    if fifo {
+        0
+    } else {
+        max_release_delay_s
+    }
 }
 
 /// Hands a message back to SQS to be received again after `delay_s`: hidden, or — when
@@ -353,6 +434,7 @@ mod tests {
             max_in_flight_per_user: 0,
             fair_release_delay_s: 2,
             fair_max_release_delay_s: 10,
+            wait_in_room_within_s: 0,
         }
     }
 
@@ -486,6 +568,98 @@ mod tests {
             panic!("a capped job does not run");
         };
         assert_eq!(decision.message, MessageAction::Hide { delay_s: 80 });
+    }
+
+    #[test]
+    fn a_capped_job_whose_turn_is_near_waits_in_the_room_and_a_far_one_goes_back() {
+        let limits = Limits {
+            wait_in_room_within_s: wait_in_room_within_s(false, 15),
+            ..capped(5)
+        };
+        // 75 ahead, 1 s each, 5 at a time: 15 s away, within the longest delay.
+        let near = on_claim(&ClaimSeen::UserAtCap { ahead: 75 }, 1, RUN, &limits);
+        let ClaimDecision::Settle(decision) = near else {
+            panic!("a capped job does not run");
+        };
+        assert_eq!(decision.message, MessageAction::WaitForSlot);
+        assert_eq!(decision.end, None, "waiting is not an attempt");
+        let far = on_claim(&ClaimSeen::UserAtCap { ahead: 76 }, 1, RUN, &limits);
+        let ClaimDecision::Settle(decision) = far else {
+            panic!("a capped job does not run");
+        };
+        assert_eq!(decision.message, MessageAction::Hide { delay_s: 16 });
+    }
+
+    fn with_room() -> Limits {
+        Limits {
+            wait_in_room_within_s: 15,
+            ..capped(5)
+        }
+    }
+
+    #[test]
+    fn a_job_of_a_waiting_user_joins_the_room_while_its_turn_is_near() {
+        // 75 waiting, 1 s each, 5 at a time: 15 s.
+        assert_eq!(
+            screen_for_waiting_user(75, 1, RUN, &with_room()),
+            Screened::Wait
+        );
+    }
+
+    #[test]
+    fn a_job_behind_a_full_line_goes_back_for_the_longest_delay() {
+        let limits = Limits {
+            fair_max_release_delay_s: 15,
+            ..with_room()
+        };
+        for receives in [1, 2, 5] {
+            assert_eq!(
+                screen_for_waiting_user(76, receives, RUN, &limits),
+                Screened::Release { delay_s: 15 },
+                "{receives}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_job_near_its_last_receives_or_without_a_room_is_claimed() {
+        let limits = with_room();
+        let last = limits.max_receive_count - RENEW_WHEN_RECEIVES_LEFT;
+        assert_eq!(
+            screen_for_waiting_user(0, last, RUN, &limits),
+            Screened::Claim
+        );
+        assert_eq!(
+            screen_for_waiting_user(0, 1, RUN, &capped(5)),
+            Screened::Claim
+        );
+    }
+
+    #[test]
+    fn fifo_jobs_never_wait_in_the_room() {
+        assert_eq!(wait_in_room_within_s(true, 300), 0);
+        assert_eq!(wait_in_room_within_s(false, 300), 300);
+        // Even the job next in line: with no room, it goes back to SQS.
+        let next_in_line = on_claim(&ClaimSeen::UserAtCap { ahead: 0 }, 1, RUN, &capped(5));
+        let ClaimDecision::Settle(decision) = next_in_line else {
+            panic!("a capped job does not run");
+        };
+        assert_eq!(decision.message, MessageAction::Hide { delay_s: 2 });
+    }
+
+    #[test]
+    fn a_capped_job_near_its_last_receives_is_renewed_rather_than_held() {
+        let limits = Limits {
+            wait_in_room_within_s: 15,
+            ..capped(5)
+        };
+        let seen = ClaimSeen::UserAtCap { ahead: 0 };
+        let ClaimDecision::Settle(decision) =
+            on_claim(&seen, limits.max_receive_count - 2, RUN, &limits)
+        else {
+            panic!("a capped job does not run");
+        };
+        assert_eq!(decision.message, MessageAction::Renew { delay_s: 2 });
     }
 
     #[test]

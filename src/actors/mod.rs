@@ -5,11 +5,13 @@
 //! - `worker::ReportWorker`: runs one job (or one FIFO group) at a time.
 //!
 //! Beside them, what the workers share: `fate` (the pure rules for a job's fate) and
-//! `run_estimate` (how long an attempt runs lately).
+//! `run_estimate` (how long an attempt runs lately); and the poller's `waiting_room`
+//! (jobs over their user's cap, held until a slot frees).
 
 pub(crate) mod fate;
 pub(crate) mod poller;
 pub mod registry;
 pub(crate) mod run_estimate;
 pub mod status;
+pub(crate) mod waiting_room;
 pub(crate) mod worker;

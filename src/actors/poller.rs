@@ -3,6 +3,10 @@
 //! buffer. Up to three receives run at once when enough workers are idle (one call
 //! returns at most 10 messages). With no idle worker it does not poll. SQS errors back
 //! off exponentially (capped) and polling resumes by itself when SQS answers again.
+//!
+//! Jobs a worker found over their user's cap with their turn near wait in the poller's
+//! [`WaitingRoom`], their messages kept invisible here; an idle worker takes one of them
+//! (when a slot of its user freed) before the poller asks SQS for more.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use super::fate::{self, Screened};
 use super::registry::ActorSlot;
+use super::run_estimate::RunEstimate;
+use super::waiting_room::{CappedJob, WaitingRoom};
 use super::worker::{ReportWorker, RunJobs, WorkerIdle};
 use crate::config::SqsSettings;
 use crate::db::DbGate;
@@ -40,6 +47,8 @@ pub(crate) struct PollerStats {
     pub received: u64,
     /// Receives are paused because the database is away.
     pub waiting_for_database: bool,
+    /// Jobs over their user's cap waiting here for a slot.
+    pub waiting_at_cap: usize,
 }
 
 /// Asks the poller for its figures.
@@ -87,6 +96,20 @@ pub(crate) struct PollerActor {
     db_gate: DbGate,
     /// A database probe is running.
     probing: bool,
+    /// Jobs over their user's cap, held until a slot of their user frees.
+    room: WaitingRoom,
+    /// The queue's visibility timeout: how long a renewal keeps a waiting job's message
+    /// invisible.
+    visibility_timeout: Duration,
+    /// What screening a received job of a user with waiting jobs needs.
+    screening: Screening,
+}
+
+/// The fate rules' limits and the workers' run estimate, for
+/// [`fate::screen_for_waiting_user`].
+pub(crate) struct Screening {
+    pub limits: fate::Limits,
+    pub run_estimate: Arc<RunEstimate>,
 }
 
 impl PollerActor {
@@ -97,6 +120,7 @@ impl PollerActor {
         metrics: Arc<Metrics>,
         slot: ActorSlot,
         db_gate: DbGate,
+        screening: Screening,
     ) -> Self {
         Self {
             queue,
@@ -119,6 +143,9 @@ impl PollerActor {
             slot,
             db_gate,
             probing: false,
+            room: WaitingRoom::default(),
+            visibility_timeout: Duration::from_secs(u64::from(settings.visibility_timeout_s)),
+            screening,
         }
     }
 
@@ -131,6 +158,12 @@ impl PollerActor {
     fn poll(&mut self, ctx: &mut Context<Self>) {
         self.last_tick = Instant::now();
         self.slot.heartbeat();
+        // Waiting jobs are claimed like received ones: not while the database is away or
+        // the host in trouble.
+        let can_claim = !self.db_gate.is_down() && self.db_gate.host_paused_until().is_none();
+        if !self.stopping && can_claim {
+            self.hand_out_waiting();
+        }
         self.metrics.idle_workers.set(self.idle.len() as i64);
         if self.stopping || self.idle.len() <= self.asked {
             return;
@@ -206,6 +239,119 @@ impl PollerActor {
         );
     }
 
+    /// Gives waiting jobs whose user freed a slot (or whose line is due for a try) to the
+    /// idle workers no receive has asked for.
+    fn hand_out_waiting(&mut self) {
+        let now = Instant::now();
+        while self.idle.len() > self.asked {
+            let Some(message) = self.room.next_to_try(now) else {
+                break;
+            };
+            if let Some(worker) = self.idle.pop() {
+                self.workers[worker].do_send(RunJobs {
+                    messages: vec![message],
+                });
+            }
+        }
+        self.metrics.waiting_at_cap.set(self.room.len() as i64);
+    }
+
+    /// Keeps the received jobs of users with jobs waiting in the room out of the way
+    /// (into the room behind them, or back to SQS), without a claim; returns the rest,
+    /// for the workers.
+    fn screen(&mut self, messages: Vec<ReceivedMessage>) -> Vec<ReceivedMessage> {
+        let run_estimate = self.screening.run_estimate.get();
+        let mut to_claim = Vec::with_capacity(messages.len());
+        for message in messages {
+            let waiting = message.user_id.map_or(0, |user| self.room.waiting(user));
+            let (Some(user_id), true) = (message.user_id, waiting > 0) else {
+                to_claim.push(message);
+                continue;
+            };
+            let limits = &self.screening.limits;
+            match fate::screen_for_waiting_user(
+                waiting,
+                message.receive_count,
+                run_estimate,
+                limits,
+            ) {
+                Screened::Claim => to_claim.push(message),
+                Screened::Wait if self.room.has_room() => {
+                    // Just received: invisible for a visibility timeout already.
+                    let now = Instant::now();
+                    let job = CappedJob {
+                        message,
+                        user_id,
+                        // Behind every job of its user already waiting.
+                        ahead: u32::MAX,
+                    };
+                    self.room.admit(job, now, now + self.visibility_timeout);
+                    self.metrics.fairness_waits.inc();
+                }
+                // A full room: the claim decides.
+                Screened::Wait => to_claim.push(message),
+                Screened::Release { delay_s } => {
+                    self.metrics.fairness_releases.inc();
+                    self.set_visibility(message.receipt_handle, u64::from(delay_s));
+                }
+            }
+        }
+        self.metrics.waiting_at_cap.set(self.room.len() as i64);
+        to_claim
+    }
+
+    /// Takes jobs a worker found over their user's cap into the room, each message
+    /// renewed for a visibility timeout from now; when the room is full, the message
+    /// goes back to SQS instead, and when the poller stops, at once.
+    fn admit_waiting(&mut self, capped: Vec<CappedJob>) {
+        let renewal_s = self.visibility_timeout.as_secs();
+        for job in capped {
+            let handle = job.message.receipt_handle.clone();
+            if self.stopping {
+                self.set_visibility(handle, 0);
+                continue;
+            }
+            if self.room.has_room() {
+                let now = Instant::now();
+                self.room.admit(job, now, now + self.visibility_timeout);
+                self.set_visibility(handle, renewal_s);
+            } else {
+                // Back about when its turn comes: it was within half a visibility timeout.
+                self.set_visibility(handle, renewal_s / 2);
+            }
+        }
+        self.metrics.waiting_at_cap.set(self.room.len() as i64);
+    }
+
+    /// Renews the waiting messages about to turn visible (a third of a visibility
+    /// timeout ahead, like a running job's keepalive); those held for the room's longest
+    /// hold go back to SQS instead.
+    fn renew_waiting(&mut self) {
+        let now = Instant::now();
+        for message in self.room.take_overdue(now) {
+            self.set_visibility(message.receipt_handle, 0);
+        }
+        let handles = self.room.due_for_renewal(
+            now,
+            self.visibility_timeout / 3,
+            now + self.visibility_timeout,
+        );
+        for handle in handles {
+            self.set_visibility(handle, self.visibility_timeout.as_secs());
+        }
+    }
+
+    /// Makes a held message visible `seconds` from now (0 = at once), in the background.
+    fn set_visibility(&self, receipt_handle: String, seconds: u64) {
+        let batchers = self.batchers.clone();
+        let seconds = i32::try_from(seconds).unwrap_or(i32::MAX);
+        actix::spawn(async move {
+            if let Err(e) = batchers.set_visibility(&receipt_handle, seconds).await {
+                tracing::warn!(error = %e, "could not change a held message's visibility");
+            }
+        });
+    }
+
     fn hand_out(&mut self, messages: Vec<ReceivedMessage>) {
         if messages.is_empty() {
             return;
@@ -214,13 +360,15 @@ impl PollerActor {
             // The receive was already in flight when shutdown began: give the messages
             // back at once instead of letting them sit out their visibility timeout.
             for message in messages {
-                let batchers = self.batchers.clone();
-                actix::spawn(async move {
-                    let _ = batchers.set_visibility(&message.receipt_handle, 0).await;
-                });
+                self.set_visibility(message.receipt_handle, 0);
             }
             return;
         }
+        let messages = if self.fifo {
+            messages
+        } else {
+            self.screen(messages)
+        };
         for group in group_messages(messages, self.fifo) {
             match self.idle.pop() {
                 Some(worker) => self.workers[worker].do_send(RunJobs { messages: group }),
@@ -228,10 +376,7 @@ impl PollerActor {
                     // Cannot happen (we never ask for more than idle workers), but never
                     // hold a message: release it.
                     for message in group {
-                        let batchers = self.batchers.clone();
-                        actix::spawn(async move {
-                            let _ = batchers.set_visibility(&message.receipt_handle, 0).await;
-                        });
+                        self.set_visibility(message.receipt_handle, 0);
                     }
                 }
             }
@@ -274,8 +419,12 @@ impl Actor for PollerActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.poll(ctx);
-        // A safety net and the liveness tick: resumes polling whatever path stalled it.
-        ctx.run_interval(Duration::from_secs(1), |poller, ctx| poller.poll(ctx));
+        // A safety net and the liveness tick: resumes polling whatever path stalled it,
+        // tries the waiting lines due for a try, and renews their messages.
+        ctx.run_interval(Duration::from_secs(1), |poller, ctx| {
+            poller.renew_waiting();
+            poller.poll(ctx);
+        });
     }
 }
 
@@ -294,6 +443,10 @@ impl Handler<WorkerIdle> for PollerActor {
         if !self.idle.contains(&msg.worker) {
             self.idle.push(msg.worker);
         }
+        for user in msg.freed_users {
+            self.room.slot_freed(user);
+        }
+        self.admit_waiting(msg.capped);
         self.poll(ctx);
     }
 }
@@ -302,8 +455,15 @@ impl Handler<StopPolling> for PollerActor {
     type Result = ();
 
     fn handle(&mut self, _: StopPolling, _: &mut Self::Context) {
-        tracing::info!("poller stopping: no new receives");
+        tracing::info!(
+            waiting_at_cap = self.room.len(),
+            "poller stopping: no new receives; waiting jobs go back to the queue"
+        );
         self.stopping = true;
+        for message in self.room.empty_out() {
+            self.set_visibility(message.receipt_handle, 0);
+        }
+        self.metrics.waiting_at_cap.set(0);
     }
 }
 
@@ -322,6 +482,7 @@ impl Handler<GetPollerStats> for PollerActor {
             last_tick_age_s: Some(self.last_tick.elapsed().as_secs_f64()),
             received: self.received,
             waiting_for_database: self.db_gate.is_down(),
+            waiting_at_cap: self.room.len(),
         })
     }
 }

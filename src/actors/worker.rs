@@ -18,6 +18,7 @@ use super::fate::{self, AttemptResult, ClaimDecision, ClaimSeen, Decision, Group
 use super::registry::ActorSlot;
 use super::run_estimate::RunEstimate;
 use super::status::{self, StatusActor};
+use super::waiting_room::CappedJob;
 use crate::db::models::JobStatus;
 use crate::db::reports::{AttemptEnd, ClaimOutcome, Heartbeat};
 use crate::db::{DbError, DbGate};
@@ -40,6 +41,22 @@ pub(crate) struct RunJobs {
 #[rtype(result = "()")]
 pub(crate) struct WorkerIdle {
     pub worker: usize,
+    /// Jobs over their user's cap whose turn is near: the poller's waiting room holds
+    /// their messages from here on.
+    pub capped: Vec<CappedJob>,
+    /// Users whose job ended here (its end recorded or not): a slot each, for the room.
+    pub freed_users: Vec<i64>,
+}
+
+impl WorkerIdle {
+    /// Free, with nothing for the waiting room.
+    fn plain(worker: usize) -> Self {
+        Self {
+            worker,
+            capped: Vec::new(),
+            freed_users: Vec::new(),
+        }
+    }
 }
 
 /// Asks a worker whether its mailbox moves (health); answered with nothing.
@@ -62,7 +79,7 @@ pub(crate) struct WorkerDeps {
     pub db_gate: DbGate,
     /// How long an attempt runs lately: sizes how long a job released at its user's
     /// cap stays away. Every worker's finished attempts feed it.
-    pub run_estimate: RunEstimate,
+    pub run_estimate: Arc<RunEstimate>,
 }
 
 /// One slot of the worker pool.
@@ -115,7 +132,7 @@ impl Supervised for ReportWorker {
         self.slot.restarted(&cause);
         if self.busy_since.take().is_some() {
             // The job it held comes back through SQS after its visibility timeout.
-            self.poller.do_send(WorkerIdle { worker: self.index });
+            self.poller.do_send(WorkerIdle::plain(self.index));
         }
     }
 }
@@ -136,13 +153,15 @@ impl Handler<RunJobs> for ReportWorker {
         ctx.spawn(
             async move { run_in_order(&deps, &slot, msg.messages).await }
                 .into_actor(self)
-                .map(|crash, worker, ctx| {
+                .map(|ran, worker, ctx| {
                     worker.busy_since = None;
                     worker.slot.set_job(None);
                     worker.poller.do_send(WorkerIdle {
                         worker: worker.index,
+                        capped: ran.capped,
+                        freed_users: ran.freed_users,
                     });
-                    if let Some(cause) = crash {
+                    if let Some(cause) = ran.crash {
                         // Treat a panic in the job like a crashed worker: the supervisor
                         // restarts it with fresh state, and the restart is counted.
                         worker.stop_cause = Some(cause);
@@ -153,20 +172,38 @@ impl Handler<RunJobs> for ReportWorker {
     }
 }
 
+/// What a worker's run of a receive's messages leaves for the poller.
+#[derive(Default)]
+pub(crate) struct Ran {
+    /// Why the generator panicked, if it did (the worker then restarts).
+    pub crash: Option<String>,
+    /// Jobs to wait in the poller's waiting room.
+    pub capped: Vec<CappedJob>,
+    /// Users whose jobs ended here.
+    pub freed_users: Vec<i64>,
+}
+
 /// Runs a receive's messages one after another (several only for one FIFO group). When
 /// one stops the group, the rest are handed back behind it, so none runs out of order.
-/// Returns the cause when the generator panicked (the worker then restarts).
 pub(crate) async fn run_in_order(
     deps: &WorkerDeps,
     slot: &ActorSlot,
     messages: Vec<ReceivedMessage>,
-) -> Option<String> {
+) -> Ran {
     let keepalive = Arc::new(Keepalive::start(deps, &messages));
-    let mut crash = None;
+    let mut ran = Ran::default();
     for (index, message) in messages.iter().enumerate() {
         let outcome = process_message(deps, slot, &keepalive, message).await;
         if outcome.panicked {
-            crash = Some("the report generator panicked".to_string());
+            ran.crash = Some("the report generator panicked".to_string());
+        }
+        ran.freed_users.extend(outcome.freed_user);
+        if let Some(capped) = outcome.capped {
+            ran.capped.push(CappedJob {
+                message: message.clone(),
+                user_id: capped.user_id,
+                ahead: capped.ahead,
+            });
         }
         if outcome.group == Group::Stop {
             let delay_s = outcome.rest_delay_s;
@@ -177,7 +214,7 @@ pub(crate) async fn run_in_order(
             break;
         }
     }
-    crash
+    ran
 }
 
 /// What became of one message, for the rest of its group.
@@ -188,6 +225,17 @@ struct Outcome {
     /// FIFO: run the job again here after this delay (the message stays held).
     run_again_after_s: Option<u32>,
     panicked: bool,
+    /// Over its user's cap, to wait in the poller's waiting room.
+    capped: Option<AtCap>,
+    /// The user whose job ended here (its slot is free again).
+    freed_user: Option<i64>,
+}
+
+/// A claim that found the job's user at the cap.
+#[derive(Clone, Copy)]
+struct AtCap {
+    user_id: i64,
+    ahead: u32,
 }
 
 impl Outcome {
@@ -196,7 +244,9 @@ impl Outcome {
             MessageAction::Hide { delay_s }
             | MessageAction::Renew { delay_s }
             | MessageAction::RunAgainAfter { delay_s } => delay_s,
-            MessageAction::Delete | MessageAction::DeadLetter { .. } => 0,
+            MessageAction::Delete
+            | MessageAction::DeadLetter { .. }
+            | MessageAction::WaitForSlot => 0,
         };
         let run_again_after_s = match decision.message {
             MessageAction::RunAgainAfter { delay_s } => Some(delay_s),
@@ -207,6 +257,20 @@ impl Outcome {
             rest_delay_s,
             run_again_after_s,
             panicked: false,
+            capped: None,
+            freed_user: None,
+        }
+    }
+
+    /// Settled with no delay for the rest of the group.
+    fn moving_on(group: Group, panicked: bool) -> Self {
+        Self {
+            group,
+            rest_delay_s: 0,
+            run_again_after_s: None,
+            panicked,
+            capped: None,
+            freed_user: None,
         }
     }
 
@@ -218,6 +282,8 @@ impl Outcome {
             rest_delay_s: limits.visibility_timeout_s,
             run_again_after_s: None,
             panicked: false,
+            capped: None,
+            freed_user: None,
         }
     }
 }
@@ -243,12 +309,7 @@ async fn process_message(
             Err(reason) => {
                 let action = MessageAction::DeadLetter { reason };
                 carry_out(deps, keepalive, message, None, action).await;
-                return Outcome {
-                    group: Group::Continue,
-                    rest_delay_s: 0,
-                    run_again_after_s: None,
-                    panicked: false,
-                };
+                return Outcome::moving_on(Group::Continue, false);
             }
         };
         tracing::Span::current().record("report_id", tracing::field::display(id));
@@ -264,12 +325,7 @@ async fn process_message(
                         // Shutdown while waiting to run again: the row is `in-queue`.
                         let action = fate::hand_back(0, message.receive_count, &deps.limits);
                         carry_out(deps, keepalive, message, Some(id), action).await;
-                        return Outcome {
-                            group: Group::Stop,
-                            rest_delay_s: 0,
-                            run_again_after_s: None,
-                            panicked,
-                        };
+                        return Outcome::moving_on(Group::Stop, panicked);
                     }
                 }
                 Step::Done(mut outcome) => {
@@ -343,6 +399,7 @@ async fn claim_and_run(
         settle(deps, keepalive, message, id, Some(attempt), decision).await;
     keepalive.set_job(None);
     slot.set_job(None);
+    outcome.freed_user = claimed.user_id;
     match outcome.run_again_after_s {
         Some(delay_s) if recorded => Step::Again { delay_s, panicked },
         _ => {
@@ -361,6 +418,8 @@ struct Claimed {
     created_at: chrono::DateTime<chrono::Utc>,
     /// Longest run of this attempt (`maxRuntimeS`), if any.
     max_runtime: Option<Duration>,
+    /// The report's user.
+    user_id: Option<i64>,
 }
 
 /// Claims the job; when the fate rules say not to run it (finished, held elsewhere, out
@@ -385,9 +444,6 @@ async fn claim_or_settle(
         tracing::info!("job cancelled at its claim (a pending cancel, or not started by notAfter)");
         deps.metrics.jobs_cancelled.inc();
     }
-    if matches!(claim, Some(ClaimOutcome::UserAtCap { .. })) {
-        deps.metrics.fairness_releases.inc();
-    }
     let seen = claim
         .as_ref()
         .map_or(ClaimSeen::Unavailable, |c| seen_of(c, id));
@@ -400,9 +456,22 @@ async fn claim_or_settle(
             ClaimSeen::Claimed { attempt, .. } => Some(attempt),
             _ => None,
         };
-        return Err(settle(deps, keepalive, message, id, attempt, decision)
-            .await
-            .0);
+        let capped = match claim {
+            Some(ClaimOutcome::UserAtCap { ahead, user_id }) => Some(AtCap { user_id, ahead }),
+            _ => None,
+        };
+        let waits = decision.message == MessageAction::WaitForSlot;
+        if capped.is_some() {
+            let counter = if waits {
+                &deps.metrics.fairness_waits
+            } else {
+                &deps.metrics.fairness_releases
+            };
+            counter.inc();
+        }
+        let (mut outcome, _) = settle(deps, keepalive, message, id, attempt, decision).await;
+        outcome.capped = capped.filter(|_| waits);
+        return Err(outcome);
     }
     match claim {
         Some(ClaimOutcome::Claimed {
@@ -411,7 +480,9 @@ async fn claim_or_settle(
             payload,
             created_at,
             max_runtime_s,
+            user_id,
         }) => Ok(Claimed {
+            user_id,
             attempt,
             failures,
             payload,
@@ -440,7 +511,7 @@ fn seen_of(claim: &ClaimOutcome, id: Uuid) -> ClaimSeen {
         ClaimOutcome::AlreadyFinished(_) | ClaimOutcome::CancelledNow => ClaimSeen::AlreadyFinished,
         ClaimOutcome::HeldElsewhere => ClaimSeen::HeldElsewhere,
         ClaimOutcome::NotFound => ClaimSeen::NotFound(id),
-        ClaimOutcome::UserAtCap { ahead } => ClaimSeen::UserAtCap { ahead: *ahead },
+        ClaimOutcome::UserAtCap { ahead, .. } => ClaimSeen::UserAtCap { ahead: *ahead },
     }
 }
 
@@ -680,6 +751,8 @@ async fn carry_out(
         MessageAction::Delete => delete_in_background(deps, keepalive, message),
         // Held on (the keepalive keeps renewing it) until the job runs again here.
         MessageAction::RunAgainAfter { .. } => {}
+        // The poller's waiting room holds it from here on (see `WorkerIdle::capped`).
+        MessageAction::WaitForSlot => keepalive.forget(&message.receipt_handle),
         MessageAction::Hide { delay_s } => {
             keepalive.forget(&message.receipt_handle);
             hide(deps, message, delay_s).await;
@@ -723,7 +796,7 @@ async fn renew(deps: &WorkerDeps, message: &ReceivedMessage, id: Option<Uuid>, d
         return hide(deps, message, delay_s).await;
     };
     let delay = i32::try_from(delay_s).unwrap_or(i32::MAX);
-    let copy = OutgoingMessage::renewal(id, message.group_id.clone(), delay);
+    let copy = OutgoingMessage::renewal(id, message.user_id, message.group_id.clone(), delay);
     match deps.batchers.send(copy).await {
         Ok(()) => {
             tracing::info!(

@@ -11,17 +11,16 @@ use super::ConfigError;
 #[serde(deny_unknown_fields, default)]
 pub struct FairnessSettings {
     /// Most jobs of one user `in-progress` at once over the whole fleet; 0 = no cap. A
-    /// worker that receives a job of a user at the cap hands it back (not a failure)
-    /// until about its turn, so other users' jobs run first.
+    /// job of a user at the cap is not failed: it waits (in its worker process, or back in
+    /// SQS) until about its turn, so other users' jobs run first.
     pub max_in_flight_per_user: u32,
-    /// The shortest a job released at the cap stays invisible: what a job next in its
-    /// user's line waits, so the user's slots fill again soon after they free.
+    /// The shortest a job sent back to SQS at the cap stays invisible.
     pub release_delay_s: u32,
-    /// The longest a released job stays invisible. A release waits about the time until
-    /// the user's slots reach the job (its queued jobs ahead × the attempts' average run
-    /// time ÷ the cap), within `release_delay_s..=max_release_delay_s`; a long ceiling
-    /// lets a big backlog stay away instead of coming back to be released again and
-    /// again, at the price of a capped job waiting in-queue for minutes.
+    /// How far away a capped job's turn (its queued jobs ahead × the attempts' average
+    /// run time ÷ the cap) may be for it to wait in its process's waiting room; a job
+    /// further away (or any, on a FIFO queue) is sent back to SQS until about its turn,
+    /// within `release_delay_s..=max_release_delay_s`: a capped job may wait in-queue for
+    /// minutes.
     pub max_release_delay_s: u32,
 }
 

@@ -36,6 +36,8 @@ pub enum ClaimOutcome {
         created_at: DateTime<Utc>,
         /// Seconds this attempt may run before it is aborted as a failure; None = no limit.
         max_runtime_s: Option<i32>,
+        /// The report's user (the slot its end frees, under a per-user cap).
+        user_id: Option<i64>,
     },
     /// The job already reached a terminal status: a duplicate delivery.
     AlreadyFinished(JobStatus),
@@ -54,6 +56,8 @@ pub enum ClaimOutcome {
         /// [`AHEAD_SCAN_ROWS`] rows of that user just older than it: how far back in
         /// the user's line it stands, which sizes how long its message stays away.
         ahead: u32,
+        /// The user at the cap.
+        user_id: i64,
     },
 }
 
@@ -263,7 +267,7 @@ pub async fn claim_many(
          WHERE id = ANY($1) AND cancel_requested_at IS NULL AND (\
            (status = 'in-queue' AND (not_after IS NULL OR attempts > 0 OR not_after >= now())) OR \
            (status = 'in-progress' AND updated_at < now() - $2::float8 * interval '1 second')) \
-         RETURNING id, attempts, failures, payload, created_at, max_runtime_s",
+         RETURNING id, attempts, failures, payload, created_at, max_runtime_s, user_id",
         )
         .bind::<Array<SqlUuid>, _>(ids)
         .bind::<BigInt, _>(stale_after_s),
@@ -301,6 +305,7 @@ pub async fn claim_many(
                     payload: row.payload,
                     created_at: row.created_at,
                     max_runtime_s: row.max_runtime_s,
+                    user_id: row.user_id,
                 };
             }
             if first && cancelled_now.contains(id) {
@@ -356,7 +361,9 @@ pub async fn claim_many_fair(
             if over.contains(id) {
                 // A row deleted meanwhile has no count; it is settled when next received.
                 let ahead = ahead.get(id).copied().unwrap_or(0);
-                ClaimOutcome::UserAtCap { ahead }
+                // Every id over the cap is a candidate, with its user.
+                let user_id = over_users.get(id).copied().unwrap_or_default();
+                ClaimOutcome::UserAtCap { ahead, user_id }
             } else {
                 // `claim_many` answers once per allowed id, in order.
                 claimed.next().unwrap_or(ClaimOutcome::HeldElsewhere)
@@ -508,6 +515,8 @@ struct ClaimedRow {
     created_at: DateTime<Utc>,
     #[diesel(sql_type = Nullable<Integer>)]
     max_runtime_s: Option<i32>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    user_id: Option<i64>,
 }
 
 /// Of the `ids` a claim could not take, ends `cancelled` those that must never run: a

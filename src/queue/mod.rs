@@ -174,7 +174,15 @@ pub struct ReceivedMessage {
     pub receive_count: u32,
     /// FIFO message group, if any.
     pub group_id: Option<String>,
+    /// The report's user, from the message's [`USER_ATTRIBUTE`] (absent on messages
+    /// sent before reportd set it, and on foreign ones).
+    pub user_id: Option<i64>,
 }
+
+/// The message attribute that carries a report's user id (a `Number`). The body stays
+/// `{"id": ...}`; the attribute lets a worker process keep a job of a user it knows to be
+/// at `fairness.max_in_flight_per_user` out of the way without a database round trip.
+pub(crate) const USER_ATTRIBUTE: &str = "reportd_user";
 
 /// A message of the dead-letter queue, as the DLQ tools see it.
 #[derive(Debug, Clone)]
@@ -217,12 +225,14 @@ impl DeadLetter {
 /// The message attribute that carries why reportd dead-lettered a message.
 pub(crate) const POISON_REASON_ATTRIBUTE: &str = "reportd_poison_reason";
 
-/// A message to send: the report id, its FIFO group (the user id), and its FIFO
+/// A message to send: the report id, its user, its FIFO group (the user id), and its FIFO
 /// deduplication id.
 #[derive(Debug, Clone)]
 pub struct OutgoingMessage {
     /// The report whose id the body carries.
     pub report_id: Uuid,
+    /// The report's user, sent as [`USER_ATTRIBUTE`].
+    pub user_id: Option<i64>,
     /// `MessageGroupId` (the user id). FIFO: None sends to group `default`. Standard queues
     /// send it when `sqs.fair_groups` is on (for SQS fair queues).
     pub group_id: Option<String>,
@@ -238,6 +248,7 @@ impl OutgoingMessage {
     pub fn for_report(report_id: Uuid, user_id: Option<i64>, generation: i32) -> Self {
         Self {
             report_id,
+            user_id,
             group_id: user_id.map(|u| u.to_string()),
             dedup_id: format!("{report_id}-{generation}"),
             delay_s: 0,
@@ -246,9 +257,15 @@ impl OutgoingMessage {
 
     /// A fresh copy replacing a received message whose SQS receive count is running out
     /// (see the worker's fate rules): a deduplication id of its own, never dropped.
-    pub(crate) fn renewal(report_id: Uuid, group_id: Option<String>, delay_s: i32) -> Self {
+    pub(crate) fn renewal(
+        report_id: Uuid,
+        user_id: Option<i64>,
+        group_id: Option<String>,
+        delay_s: i32,
+    ) -> Self {
         Self {
             report_id,
+            user_id,
             group_id,
             dedup_id: format!("{report_id}-renew-{}", Uuid::new_v4().simple()),
             delay_s,
@@ -355,6 +372,14 @@ impl SqsQueue {
             let mut entry = SendMessageBatchRequestEntry::builder()
                 .id(format!("m{index}"))
                 .message_body(message_body(message.report_id));
+            if let Some(user) = message.user_id {
+                let attribute = MessageAttributeValue::builder()
+                    .data_type("Number")
+                    .string_value(user.to_string())
+                    .build()
+                    .map_err(|e| QueueError::unbuilt("SendMessageBatch", e))?;
+                entry = entry.message_attributes(USER_ATTRIBUTE, attribute);
+            }
             if self.fifo {
                 entry = entry
                     .message_group_id(message.group_id.clone().unwrap_or_else(|| "default".into()))
@@ -404,7 +429,11 @@ impl SqsQueue {
             .wait_time_seconds(wait_time_s)
             .set_visibility_timeout(visibility_timeout_s)
             .set_message_system_attribute_names(Some(attributes.to_vec()))
-            .set_message_attribute_names((queue_url == self.dlq_url).then(|| vec!["All".into()]))
+            .message_attribute_names(if queue_url == self.dlq_url {
+                "All"
+            } else {
+                USER_ATTRIBUTE
+            })
             .send()
             .await;
         self.count("ReceiveMessage", &output);
@@ -504,7 +533,14 @@ impl SqsQueue {
             .into_iter()
             .filter_map(|m| {
                 let attributes = m.attributes.unwrap_or_default();
+                let user_id = m
+                    .message_attributes
+                    .as_ref()
+                    .and_then(|a| a.get(USER_ATTRIBUTE))
+                    .and_then(|v| v.string_value.as_deref())
+                    .and_then(|v| v.parse().ok());
                 Some(ReceivedMessage {
+                    user_id,
                     message_id: m.message_id?,
                     receipt_handle: m.receipt_handle?,
                     body: m.body.unwrap_or_default(),
@@ -900,8 +936,8 @@ mod tests {
             OutgoingMessage::for_report(id, Some(7), 3).dedup_id,
             format!("{id}-3")
         );
-        let a = OutgoingMessage::renewal(id, None, 0);
-        let b = OutgoingMessage::renewal(id, None, 0);
+        let a = OutgoingMessage::renewal(id, None, None, 0);
+        let b = OutgoingMessage::renewal(id, None, None, 0);
         assert_ne!(a.dedup_id, b.dedup_id);
     }
 }

@@ -149,7 +149,7 @@ async fn bad_requests_are_answered_with_a_json_error_naming_the_field() {
 }
 
 #[actix_web::test]
-async fn submit_answers_202_with_location_and_the_queue_message_is_exactly_the_id() {
+async fn submit_answers_202_with_location_and_the_queue_message_is_the_id_with_its_user_beside() {
     let app = spawn_app(api_only()).await;
     let response = app
         .http
@@ -194,6 +194,11 @@ async fn submit_answers_202_with_location_and_the_queue_message_is_exactly_the_i
     let messages = app.queue.receive(10, 5, Some(30)).await.expect("receive");
     assert_eq!(messages.len(), 1, "exactly one message: {messages:?}");
     assert_eq!(messages[0].body, format!("{{\"id\":\"{id}\"}}"));
+    assert_eq!(
+        messages[0].user_id,
+        Some(42),
+        "the user travels as the reportd_user attribute, beside the id-only body"
+    );
     wait_until(
         "enqueued_at to be recorded",
         Duration::from_secs(10),

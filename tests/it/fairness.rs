@@ -104,11 +104,15 @@ async fn with_a_cap_of_one_a_users_jobs_run_one_at_a_time_and_others_go_first() 
         "user 2's job waited for user 1's second job: {rows:?}"
     );
 
-    let releases = releases(&app).await + releases(&other_process).await;
-    assert!(
-        releases >= 1.0,
-        "user 1's later jobs were released: {releases}"
-    );
+    // Their turns were seconds away: user 1's later jobs waited in the processes'
+    // waiting rooms (tried when a slot freed there, or every second for a slot freed in
+    // the other process), never handed back to SQS.
+    let waits = counter(&app, "reportd_fairness_waits_total").await
+        + counter(&other_process, "reportd_fairness_waits_total").await;
+    let releases = counter(&app, "reportd_fairness_releases_total").await
+        + counter(&other_process, "reportd_fairness_releases_total").await;
+    assert!(waits >= 2.0, "user 1's two later jobs waited: {waits}");
+    assert_eq!(releases, 0.0, "nothing went back to SQS");
     assert_eq!(
         queue_depth(&app, &app.queue.dlq_url).await,
         0,
@@ -118,8 +122,57 @@ async fn with_a_cap_of_one_a_users_jobs_run_one_at_a_time_and_others_go_first() 
     app.stop().await;
 }
 
-/// `reportd_fairness_releases_total` of one process.
-async fn releases(app: &TestApp) -> f64 {
+#[actix_web::test]
+async fn at_shutdown_a_job_waiting_at_its_users_cap_goes_back_to_the_queue_at_once() {
+    let app = spawn_app(AppOptions {
+        workers: 2,
+        simulate: zero_work(Some([2_000, 2_000])),
+        adjust: Some(|settings: &mut reportd::config::Settings| {
+            settings.fairness.max_in_flight_per_user = 1;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let first = app.submit_ok(1).await;
+    app.wait_for_status(first, "in-progress", Duration::from_secs(30))
+        .await;
+    let second = app.submit_ok(1).await;
+    wait_until(
+        "the second job to wait in the room",
+        Duration::from_secs(30),
+        || async { counter(&app, "reportd_fairness_waits_total").await >= 1.0 },
+    )
+    .await;
+    let queue = app.queue.clone();
+    let db = crate::common::pg_connect(&app.settings.database.url).await;
+    app.stop().await;
+
+    // Taken into the room, its message was made invisible for a whole visibility timeout
+    // (30 s); handed back at shutdown, it is visible now.
+    let messages = queue.receive(10, 5, Some(30)).await.expect("receive");
+    let ids: Vec<String> = messages.iter().map(|m| m.body.clone()).collect();
+    assert_eq!(
+        ids,
+        vec![reportd::queue::message_body(second)],
+        "only the waiting job's message is in the queue"
+    );
+    let row = db
+        .query_one(
+            "SELECT status, attempts, failures FROM report_queue WHERE id::text = $1",
+            &[&second.to_string()],
+        )
+        .await
+        .expect("the waiting job's row");
+    let (status, attempts, failures): (String, i32, i32) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (status.as_str(), attempts, failures),
+        ("in-queue", 0, 0),
+        "waiting is neither an attempt nor a failure"
+    );
+}
+
+/// A counter of one process's `/metrics`.
+async fn counter(app: &TestApp, name: &str) -> f64 {
     let metrics = app
         .http
         .get(app.url("/metrics"))
@@ -131,9 +184,9 @@ async fn releases(app: &TestApp) -> f64 {
         .expect("body");
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("reportd_fairness_releases_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no releases counter in:\n{metrics}"))
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
 }
 
 /// A job of `user` in `status`, created `age_s` seconds ago.
@@ -165,8 +218,8 @@ async fn job(conn: &mut AsyncPgConnection, user: i64, status: &str, age_s: f64) 
     row.id
 }
 
-fn at_cap(ahead: u32) -> ClaimOutcome {
-    ClaimOutcome::UserAtCap { ahead }
+fn at_cap(user_id: i64, ahead: u32) -> ClaimOutcome {
+    ClaimOutcome::UserAtCap { ahead, user_id }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,12 +254,12 @@ async fn a_job_over_its_users_cap_is_told_how_many_of_its_users_queued_jobs_are_
     assert_eq!(
         outcomes,
         [
-            at_cap(3),
-            at_cap(1),
-            at_cap(1),
-            at_cap(0),
-            at_cap(0),
-            at_cap(2)
+            at_cap(1, 3),
+            at_cap(2, 1),
+            at_cap(1, 1),
+            at_cap(1, 0),
+            at_cap(2, 0),
+            at_cap(1, 2)
         ]
     );
 
@@ -219,6 +272,6 @@ async fn a_job_over_its_users_cap_is_told_how_many_of_its_users_queued_jobs_are_
         matches!(outcomes[0], ClaimOutcome::Claimed { attempt: 1, .. }),
         "{outcomes:?}"
     );
-    assert_eq!(outcomes[1..], [at_cap(1), at_cap(2), at_cap(0)]);
+    assert_eq!(outcomes[1..], [at_cap(1, 1), at_cap(1, 2), at_cap(1, 0)]);
     crate::common::drop_database(&url).await;
 }
