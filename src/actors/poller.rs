@@ -314,10 +314,15 @@ impl PollerActor {
             if self.room.has_room() {
                 let now = Instant::now();
                 self.room.admit(job, now, now + self.visibility_timeout);
+                self.metrics.fairness_waits.inc();
                 self.set_visibility(handle, renewal_s);
             } else {
-                // Back about when its turn comes: it was within half a visibility timeout.
-                self.set_visibility(handle, renewal_s / 2);
+                // Back to SQS until about its turn, as when the turn is far.
+                let run_estimate = self.screening.run_estimate.get();
+                let limits = &self.screening.limits;
+                let delay_s = fate::capped_release_delay_s(job.ahead, run_estimate, limits);
+                self.metrics.fairness_releases.inc();
+                self.set_visibility(handle, u64::from(delay_s));
             }
         }
         self.metrics.waiting_at_cap.set(self.room.len() as i64);

@@ -460,14 +460,10 @@ async fn claim_or_settle(
             Some(ClaimOutcome::UserAtCap { ahead, user_id }) => Some(AtCap { user_id, ahead }),
             _ => None,
         };
+        // A job sent to the waiting room is counted there, when the room takes it.
         let waits = decision.message == MessageAction::WaitForSlot;
-        if capped.is_some() {
-            let counter = if waits {
-                &deps.metrics.fairness_waits
-            } else {
-                &deps.metrics.fairness_releases
-            };
-            counter.inc();
+        if capped.is_some() && !waits {
+            deps.metrics.fairness_releases.inc();
         }
         let (mut outcome, _) = settle(deps, keepalive, message, id, attempt, decision).await;
         outcome.capped = capped.filter(|_| waits);
