@@ -311,6 +311,7 @@ async fn poller_entry(state: &AppState, views: &[ActorView]) -> Option<(Value, b
         "idleWorkers": poller.as_ref().map(|s| s.idle_workers),
         "busyWorkers": poller.as_ref().map(|s| s.busy_workers),
         "waitingForDatabase": poller.as_ref().map(|s| s.waiting_for_database),
+        "waitingAtCap": poller.as_ref().map(|s| s.waiting_at_cap),
     });
     Some((entry, ok))
 }

@@ -143,6 +143,18 @@ async fn at_shutdown_a_job_waiting_at_its_users_cap_goes_back_to_the_queue_at_on
         || async { counter(&app, "reportd_fairness_waits_total").await >= 1.0 },
     )
     .await;
+    wait_until(
+        "/health to show it waiting",
+        Duration::from_secs(30),
+        || async {
+            let (_, health) = app.get_json("/health").await;
+            let poller = health["actors"]
+                .as_array()
+                .and_then(|actors| actors.iter().find(|a| a["name"] == "poller").cloned());
+            poller.is_some_and(|p| p["waitingAtCap"] == 1)
+        },
+    )
+    .await;
     let queue = app.queue.clone();
     let db = crate::common::pg_connect(&app.settings.database.url).await;
     app.stop().await;
