@@ -190,16 +190,13 @@ pub(crate) fn on_claim(
         // users' jobs go first. Each release is one more SQS receive; `hand_back` renews
         // the message before its receives run out, so the redrive never sees a capped job.
         ClaimSeen::UserAtCap { ahead } => {
-            let delay_s = capped_release_delay_s(*ahead, run_estimate, limits);
-            let back = hand_back(delay_s, receive_count, limits);
-            // A message near its last receives is renewed instead: the room could hand
-            // it back once more when full, and SQS's redrive must never see it.
-            let within_s = limits.wait_in_room_within_s;
-            let near = within_s > 0 && turn_in_s(*ahead, run_estimate, limits) <= f64::from(within_s);
-            if near && matches!(back, MessageAction::Hide { .. }) {
+            if may_wait_in_room(receive_count, limits)
+                && turn_is_near(*ahead, run_estimate, limits)
+            {
                 return settle(None, MessageAction::WaitForSlot, Group::Stop);
             }
-            settle(None, back, Group::Stop)
+            let delay_s = capped_release_delay_s(*ahead, run_estimate, limits);
+            settle(None, hand_back(delay_s, receive_count, limits), Group::Stop)
         }
     }
 }
@@ -305,7 +302,7 @@ pub(crate) fn cancelled_at_end() -> Decision {
 /// and the far end of the backlog stays away for up to the longest.
 pub(crate) fn capped_release_delay_s(ahead: u32, run_estimate: Duration, limits: &Limits) -> u32 {
     let shortest = limits.fair_release_delay_s;
-    let longest = limits.fair_max_release_delay_s.max(shortest);
+    let longest = longest_release_delay_s(limits);
     let turn_s = turn_in_s(ahead, run_estimate, limits);
     // Finite and ≥ 0 (a Duration's seconds over a positive cap); `as` saturates, and the
     // clamp bounds it.
@@ -344,23 +341,40 @@ pub(crate) fn screen_for_waiting_user(
     run_estimate: Duration,
     limits: &Limits,
 ) -> Screened {
-    let within_s = limits.wait_in_room_within_s;
+    if !may_wait_in_room(receive_count, limits) {
+        return Screened::Claim;
+    }
+    let ahead = u32::try_from(waiting).unwrap_or(u32::MAX);
+    if turn_is_near(ahead, run_estimate, limits) {
+        return Screened::Wait;
+    }
+    Screened::Release {
+        delay_s: longest_release_delay_s(limits),
+    }
+}
+
+/// Whether a capped job may wait in the process's waiting room at all: not when waiting
+/// is off (FIFO), and not when its message is near its last receives — a hand-back then
+/// renews it, while the room, when full, would hand it back once more as it is, and SQS's
+/// redrive must never see a capped job.
+fn may_wait_in_room(receive_count: u32, limits: &Limits) -> bool {
     let renews = matches!(
         hand_back(0, receive_count, limits),
         MessageAction::Renew { .. }
     );
-    if within_s == 0 || renews {
-        return Screened::Claim;
-    }
-    let ahead = u32::try_from(waiting).unwrap_or(u32::MAX);
-    if turn_in_s(ahead, run_estimate, limits) <= f64::from(within_s) {
-        return Screened::Wait;
-    }
-    Screened::Release {
-        delay_s: limits
-            .fair_max_release_delay_s
-            .max(limits.fair_release_delay_s),
-    }
+    limits.wait_in_room_within_s > 0 && !renews
+}
+
+/// Whether a capped job's turn is within [`Limits::wait_in_room_within_s`].
+fn turn_is_near(ahead: u32, run_estimate: Duration, limits: &Limits) -> bool {
+    turn_in_s(ahead, run_estimate, limits) <= f64::from(limits.wait_in_room_within_s)
+}
+
+/// `fairness.max_release_delay_s`, never below `release_delay_s`.
+fn longest_release_delay_s(limits: &Limits) -> u32 {
+    limits
+        .fair_max_release_delay_s
+        .max(limits.fair_release_delay_s)
 }
 
 /// How far away a capped job's turn may be for it to wait in the process's waiting room:

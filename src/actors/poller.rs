@@ -164,7 +164,9 @@ impl PollerActor {
         if !self.stopping && can_claim {
             self.hand_out_waiting();
         }
+        // Every change of the room is followed by a poll (or the next tick's).
         self.metrics.idle_workers.set(self.idle.len() as i64);
+        self.metrics.waiting_at_cap.set(self.room.len() as i64);
         if self.stopping || self.idle.len() <= self.asked {
             return;
         }
@@ -253,7 +255,6 @@ impl PollerActor {
                 });
             }
         }
-        self.metrics.waiting_at_cap.set(self.room.len() as i64);
     }
 
     /// Keeps the received jobs of users with jobs waiting in the room out of the way
@@ -263,8 +264,11 @@ impl PollerActor {
         let run_estimate = self.screening.run_estimate.get();
         let mut to_claim = Vec::with_capacity(messages.len());
         for message in messages {
-            let waiting = message.user_id.map_or(0, |user| self.room.waiting(user));
-            let (Some(user_id), true) = (message.user_id, waiting > 0) else {
+            let waiting_user = message
+                .user_id
+                .map(|user| (user, self.room.waiting(user)))
+                .filter(|(_, waiting)| *waiting > 0);
+            let Some((user_id, waiting)) = waiting_user else {
                 to_claim.push(message);
                 continue;
             };
@@ -296,7 +300,6 @@ impl PollerActor {
                 }
             }
         }
-        self.metrics.waiting_at_cap.set(self.room.len() as i64);
         to_claim
     }
 
@@ -325,7 +328,6 @@ impl PollerActor {
                 self.set_visibility(handle, u64::from(delay_s));
             }
         }
-        self.metrics.waiting_at_cap.set(self.room.len() as i64);
     }
 
     /// Renews the waiting messages about to turn visible (a third of a visibility
@@ -369,7 +371,8 @@ impl PollerActor {
             }
             return;
         }
-        let messages = if self.fifo {
+        // Screening needs a user with waiting jobs: none on FIFO, none in an empty room.
+        let messages = if self.fifo || self.room.len() == 0 {
             messages
         } else {
             self.screen(messages)
@@ -468,7 +471,6 @@ impl Handler<StopPolling> for PollerActor {
         for message in self.room.empty_out() {
             self.set_visibility(message.receipt_handle, 0);
         }
-        self.metrics.waiting_at_cap.set(0);
     }
 }
 

@@ -167,12 +167,16 @@ impl WaitingRoom {
 
     /// The messages held for [`MAX_HOLD`], taken out (to go back to SQS).
     pub(crate) fn take_overdue(&mut self, now: Instant) -> Vec<ReceivedMessage> {
+        let held_long = |w: &Waiting| now.saturating_duration_since(w.held_since) >= MAX_HOLD;
         let mut overdue = Vec::new();
-        for line in self.lines.values_mut() {
-            let (keep, out): (VecDeque<Waiting>, VecDeque<Waiting>) = line
-                .waiting
-                .drain(..)
-                .partition(|w| now.saturating_duration_since(w.held_since) < MAX_HOLD);
+        // Rebuilt only when it holds an overdue job: this runs every second.
+        for line in self
+            .lines
+            .values_mut()
+            .filter(|l| l.waiting.iter().any(held_long))
+        {
+            let (keep, out): (VecDeque<Waiting>, VecDeque<Waiting>) =
+                line.waiting.drain(..).partition(|w| !held_long(w));
             line.waiting = keep;
             line.freed = line.freed.min(line.waiting.len());
             overdue.extend(out.into_iter().map(|w| w.message));

@@ -198,13 +198,7 @@ pub(crate) async fn run_in_order(
             ran.crash = Some("the report generator panicked".to_string());
         }
         ran.freed_users.extend(outcome.freed_user);
-        if let Some(capped) = outcome.capped {
-            ran.capped.push(CappedJob {
-                message: message.clone(),
-                user_id: capped.user_id,
-                ahead: capped.ahead,
-            });
-        }
+        ran.capped.extend(outcome.capped);
         if outcome.group == Group::Stop {
             let delay_s = outcome.rest_delay_s;
             for rest in &messages[index + 1..] {
@@ -226,16 +220,9 @@ struct Outcome {
     run_again_after_s: Option<u32>,
     panicked: bool,
     /// Over its user's cap, to wait in the poller's waiting room.
-    capped: Option<AtCap>,
+    capped: Option<CappedJob>,
     /// The user whose job ended here (its slot is free again).
     freed_user: Option<i64>,
-}
-
-/// A claim that found the job's user at the cap.
-#[derive(Clone, Copy)]
-struct AtCap {
-    user_id: i64,
-    ahead: u32,
 }
 
 impl Outcome {
@@ -456,17 +443,19 @@ async fn claim_or_settle(
             ClaimSeen::Claimed { attempt, .. } => Some(attempt),
             _ => None,
         };
-        let capped = match claim {
-            Some(ClaimOutcome::UserAtCap { ahead, user_id }) => Some(AtCap { user_id, ahead }),
-            _ => None,
-        };
         // A job sent to the waiting room is counted there, when the room takes it.
         let waits = decision.message == MessageAction::WaitForSlot;
-        if capped.is_some() && !waits {
+        if matches!(seen, ClaimSeen::UserAtCap { .. }) && !waits {
             deps.metrics.fairness_releases.inc();
         }
         let (mut outcome, _) = settle(deps, keepalive, message, id, attempt, decision).await;
-        outcome.capped = capped.filter(|_| waits);
+        if let (true, Some(ClaimOutcome::UserAtCap { ahead, user_id })) = (waits, claim) {
+            outcome.capped = Some(CappedJob {
+                message: message.clone(),
+                user_id,
+                ahead,
+            });
+        }
         return Err(outcome);
     }
     match claim {
